@@ -1,0 +1,1 @@
+"""Thin absl runners for the paper's experiments: `python -m experiments.<task>`."""

@@ -1,0 +1,98 @@
+"""Flags every experiment shares, and the main that turns them into a run.
+
+An experiment module defines its task's flags and calls `main(build_task, defaults)`;
+everything else (backend choice, config validation, the training loop) lives here or in
+the library.
+"""
+
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+
+from ntm_jax.training import config as config_lib
+
+FLAGS = flags.FLAGS
+_DEFAULTS = config_lib.ExperimentConfig(workdir='unused')
+
+flags.DEFINE_enum('accelerator', 'cpu', config_lib.ACCELERATORS,
+                  'JAX backend to run on; gpu and tpu need the matching JAX build.')
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, report and '
+                    'figures; rerunning with the same workdir resumes. Default: '
+                    'runs/<task>_<model>_seed<seed>.')
+flags.DEFINE_integer('seed', 0, 'Base PRNG seed for parameters and data.')
+flags.DEFINE_enum('model', 'ntm', config_lib.MODELS,
+                  'ntm, or lstm for the paper\'s LSTM baseline.')
+flags.DEFINE_integer('batch_size', None, 'Sequences per training step.')
+flags.DEFINE_integer('train_steps', None, 'Number of training steps.')
+flags.DEFINE_float('learning_rate', None, 'Learning rate.')
+flags.DEFINE_string('optimizer', None, f'One of {", ".join(config_lib.OPTIMIZERS)}.')
+flags.DEFINE_string('lr_schedule', None,
+                    f'One of {", ".join(config_lib.LR_SCHEDULES)}.')
+flags.DEFINE_float('clip', None, 'Gradient clipping threshold.')
+flags.DEFINE_string('clip_mode', None, f'One of {", ".join(config_lib.CLIP_MODES)}.')
+flags.DEFINE_integer('eval_every', None, 'Evaluate every this many steps.')
+flags.DEFINE_integer('checkpoint_every', None, 'Checkpoint every this many steps.')
+flags.DEFINE_integer('log_every', None, 'Log training metrics every this many steps.')
+flags.DEFINE_integer('eval_batch_size', None, 'Sequences per evaluated difficulty.')
+flags.DEFINE_float('target_bit_errors', None, 'Stop once the evaluation on training '
+                   'difficulties is below this many bit errors per sequence; 0: never.')
+flags.DEFINE_bool('eval_only', False, 'Evaluate the latest checkpoint in --workdir and '
+                  'write the report and figures, without training.')
+flags.DEFINE_bool('plots', True, 'Write PNG figures into the workdir.')
+flags.DEFINE_integer('memory_size', None, 'NTM memory slots N.')
+flags.DEFINE_integer('word_size', None, 'NTM slot width M.')
+flags.DEFINE_integer('num_heads', None, 'NTM read heads (and as many write heads).')
+flags.DEFINE_string('controller', None, 'NTM controller: lstm or feedforward.')
+flags.DEFINE_integer('controller_features', None, 'Width of a controller layer.')
+flags.DEFINE_integer('controller_layers', None, 'Number of controller layers.')
+flags.DEFINE_integer('shift_range', None, 'Largest shift offset R of the heads.')
+flags.DEFINE_string('memory_init', None, 'constant, learned or random.')
+flags.DEFINE_integer('lstm_features', None, 'LSTM baseline: units per layer.')
+flags.DEFINE_integer('lstm_layers', None, 'LSTM baseline: number of layers.')
+flags.DEFINE_string('dtype', None, 'float32, or bfloat16 for the dense computations.')
+
+# Flags whose value, when given, overrides the experiment's default for that config field.
+_CONFIG_FLAGS = [name for name in vars(_DEFAULTS) if name not in ('workdir', 'seed',
+                                                                   'model', 'plots')]
+
+
+def make_config(task_name: str, defaults: dict,
+                model_defaults: dict | None = None) -> config_lib.ExperimentConfig:
+  """The run's config: library defaults < task defaults (per model) < given flags."""
+  values = dict(defaults)
+  values.update((model_defaults or {}).get(FLAGS.model, {}))
+  for name in _CONFIG_FLAGS:
+    if getattr(FLAGS, name) is not None:
+      values[name] = getattr(FLAGS, name)
+  workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_seed{FLAGS.seed}'
+  return config_lib.ExperimentConfig(workdir=workdir, seed=FLAGS.seed, model=FLAGS.model,
+                                     plots=FLAGS.plots, **values)
+
+
+def main(build_task: Callable, task_name: str, defaults: dict,
+         model_defaults: dict | None = None) -> None:
+  """Parses flags into a config and a task, selects the backend, runs."""
+  # Imported here so that --accelerator is applied before JAX touches a device.
+  from ntm_jax import training
+
+  try:
+    config = make_config(task_name, defaults, model_defaults)
+    task = build_task()
+    devices = training.select_accelerator(FLAGS.accelerator)
+  except (ValueError, training.AcceleratorUnavailableError) as error:
+    sys.exit(f'error: {error}')
+  print(f'{task_name}: model={config.model} on {devices[0].platform} '
+        f'({len(devices)} device(s)), workdir={config.workdir}', flush=True)
+  try:
+    training.run(config, task, eval_only=FLAGS.eval_only)
+  except (training.NonFiniteLossError, FileNotFoundError, ValueError) as error:
+    sys.exit(f'error: {error}')
+  except KeyboardInterrupt:
+    sys.exit(130)
+
+
+def run(main_fn: Callable) -> None:
+  app.run(lambda argv: main_fn() if len(argv) == 1 else sys.exit(
+      f'error: unexpected arguments {argv[1:]}; flags look like --name=value.'))

@@ -1,0 +1,25 @@
+"""ntm_jax: the Neural Turing Machine (Graves, Wayne & Danihelka 2014) in JAX and Flax.
+
+Public API:
+  NTMCell, NTMState                   the Flax recurrent cell and its carry;
+  addressing: content_weights, interpolate, shift, sharpen, address (Eq. 5-9);
+  memory: read, write, write_heads (Eq. 2-4).
+"""
+
+from ntm_jax.addressing import address
+from ntm_jax.addressing import content_weights
+from ntm_jax.addressing import interpolate
+from ntm_jax.addressing import sharpen
+from ntm_jax.addressing import shift
+from ntm_jax.cell import NTMCell
+from ntm_jax.cell import NTMState
+from ntm_jax.memory import read
+from ntm_jax.memory import write
+from ntm_jax.memory import write_heads
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'NTMCell', 'NTMState', 'address', 'content_weights', 'interpolate', 'read', 'sharpen',
+    'shift', 'write', 'write_heads',
+]

@@ -1,0 +1,61 @@
+"""Sequence models built from cells: the NTM and the paper's LSTM baseline.
+
+Both map inputs (b, T, I) to output logits (b, T, O) and are unrolled with `nn.RNN`
+(a `jax.lax.scan` over time).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ntm_jax.cell import NTMCell
+from ntm_jax.cell import NTMState
+
+
+class NTM(nn.Module):
+  """An `NTMCell` unrolled over time: (b, T, I) -> logits (b, T, O)."""
+  cell: NTMCell
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    return nn.RNN(self.cell)(inputs)
+
+
+class LSTMBaseline(nn.Module):
+  """The paper's baseline: stacked LSTM layers and a dense output layer."""
+  features: int
+  hidden_features: int = 256
+  num_layers: int = 3
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs: jax.Array) -> jax.Array:
+    h = inputs
+    for layer in range(self.num_layers):
+      h = nn.RNN(nn.OptimizedLSTMCell(self.hidden_features, dtype=self.dtype,
+                                      param_dtype=self.param_dtype),
+                 name=f'lstm_{layer}')(h)
+    return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name='output')(h).astype(jnp.float32)
+
+
+def trace_ntm(model: NTM, params, inputs: jax.Array) -> tuple[jax.Array, NTMState]:
+  """Runs an `NTM` step by step and returns its logits and the carry after every step.
+
+  Used for the paper's memory/weighting figures: the returned `NTMState` has a time axis
+  after the batch axes, e.g. `write_weights` of shape (b, T, W, N).
+  """
+  cell = model.cell
+  cell_params = {'params': params['params']['cell']}
+  carry = cell.initialize_carry(jax.random.key(0), inputs[:, 0].shape)
+
+  def step(carry, x):
+    carry, y = cell.apply(cell_params, carry, x)
+    return carry, (y, carry)
+
+  _, (logits, states) = jax.lax.scan(step, carry, jnp.swapaxes(inputs, 0, 1))
+  to_batch_major = lambda a: jnp.swapaxes(a, 0, 1)
+  return to_batch_major(logits), jax.tree_util.tree_map(to_batch_major, states)

@@ -1,0 +1,64 @@
+"""The interface every task implements, after DeepMind's chomsky-hierarchy tasks.
+
+A task samples batches on the device from a PRNG key, for a given batch size and (for
+evaluation) a fixed difficulty, and says how wide its inputs and outputs are. Sequences of
+varying length are padded to a fixed shape and masked, so that training never recompiles.
+
+Notation: b = batch, T = padded time steps, I = input channels, O = output channels.
+"""
+
+import abc
+from typing import NamedTuple
+
+import jax
+
+
+class Batch(NamedTuple):
+  """A batch of padded sequences.
+
+  Attributes:
+    inputs: (b, T, I) float32 inputs.
+    targets: (b, T, O) float32 targets in [0, 1].
+    mask: (b, T) float32, 1 where a step's output is scored, 0 elsewhere.
+  """
+  inputs: jax.Array
+  targets: jax.Array
+  mask: jax.Array
+
+
+class Task(abc.ABC):
+  """A sequence task scored by binary cross-entropy on sigmoid outputs."""
+
+  name: str
+
+  @property
+  @abc.abstractmethod
+  def input_size(self) -> int:
+    """I, the number of input channels."""
+
+  @property
+  @abc.abstractmethod
+  def output_size(self) -> int:
+    """O, the number of output channels."""
+
+  @abc.abstractmethod
+  def sample_train(self, key: jax.Array, batch_size: int) -> Batch:
+    """A training batch: difficulties drawn from the training range, padded alike."""
+
+  @abc.abstractmethod
+  def sample_eval(self, key: jax.Array, batch_size: int, difficulty: int) -> Batch:
+    """A batch in which every sequence has the given difficulty (e.g. its length)."""
+
+  @property
+  @abc.abstractmethod
+  def eval_difficulties(self) -> tuple[int, ...]:
+    """The difficulties of the generalisation tests (the paper's figures)."""
+
+  @property
+  def difficulty_name(self) -> str:
+    """What a difficulty is, for reports ('length', 'items', ...)."""
+    return 'length'
+
+  def example_difficulties(self) -> tuple[int, ...]:
+    """Difficulties drawn in the memory/weighting figures: one trained, one longer."""
+    return (self.eval_difficulties[1], self.eval_difficulties[-1])

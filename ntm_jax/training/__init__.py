@@ -1,0 +1,10 @@
+"""The shared experiment runner: config, optimiser, loop, checkpoints, metrics, figures."""
+
+from ntm_jax.training.backend import AcceleratorUnavailableError
+from ntm_jax.training.backend import select_accelerator
+from ntm_jax.training.config import ExperimentConfig
+from ntm_jax.training.loop import NonFiniteLossError
+from ntm_jax.training.loop import run
+
+__all__ = ['AcceleratorUnavailableError', 'ExperimentConfig', 'NonFiniteLossError',
+           'run', 'select_accelerator']

@@ -1,0 +1,35 @@
+"""Choosing the JAX backend before anything runs on a device."""
+
+import jax
+
+_PLATFORMS = {'cpu': 'cpu', 'gpu': 'cuda,rocm', 'tpu': 'tpu'}
+_INSTALL_HINTS = {
+    'gpu': "install a CUDA build of JAX: pip install -U 'jax[cuda12]' (or see "
+           'https://docs.jax.dev/en/latest/installation.html for ROCm)',
+    'tpu': "install the TPU build of JAX on a TPU VM: pip install -U 'jax[tpu]'",
+    'cpu': 'reinstall jax and jaxlib',
+}
+
+
+class AcceleratorUnavailableError(RuntimeError):
+  pass
+
+
+def select_accelerator(accelerator: str) -> list[jax.Device]:
+  """Makes `accelerator` ('cpu', 'gpu' or 'tpu') JAX's only backend; returns its devices.
+
+  Must run before the first JAX computation. Raises `AcceleratorUnavailableError`, with
+  the install command, when the backend is not available on this machine.
+  """
+  if accelerator not in _PLATFORMS:
+    raise ValueError(
+        f'--accelerator must be one of {", ".join(_PLATFORMS)}; got {accelerator!r}.')
+  jax.config.update('jax_platforms', _PLATFORMS[accelerator])
+  try:
+    devices = jax.devices()
+  except RuntimeError as error:
+    raise AcceleratorUnavailableError(
+        f'--accelerator={accelerator}: no {accelerator.upper()} backend is available on '
+        f'this machine ({error}). To use it, {_INSTALL_HINTS[accelerator]}; or run with '
+        '--accelerator=cpu.') from None
+  return devices

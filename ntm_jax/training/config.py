@@ -1,0 +1,113 @@
+"""The configuration of a training run: a frozen dataclass that validates itself.
+
+Experiments parse their flags into an `ExperimentConfig`; library code never reads flags.
+Every error names the field (which is also the flag's name) and what is allowed.
+"""
+
+import dataclasses
+
+MODELS = ('ntm', 'lstm')
+OPTIMIZERS = ('adam', 'rmsprop', 'sgd')
+CLIP_MODES = ('global_norm', 'elementwise', 'none')
+LR_SCHEDULES = ('constant', 'cosine')
+ACCELERATORS = ('cpu', 'gpu', 'tpu')
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """Everything a run needs besides the task.
+
+  Attributes (each is also a flag of the experiment runners):
+    workdir: where checkpoints, metrics, the report and figures go.
+    seed: the base PRNG seed; parameters and every batch derive from it.
+    model: 'ntm' or 'lstm' (the paper's LSTM baseline).
+    batch_size, train_steps: sequences per step and the number of steps.
+    learning_rate, optimizer: 'adam', 'rmsprop' (Graves 2013: centered, decay 0.95,
+      momentum 0.9, eps 1e-4 inside the square root) or 'sgd'.
+    lr_schedule: 'constant', or 'cosine' decay from learning_rate to a tenth of it at
+      train_steps.
+    clip, clip_mode: gradient clipping threshold, by 'global_norm', 'elementwise'
+      (the paper's [-clip, clip]) or 'none'.
+    eval_every, checkpoint_every, log_every: in training steps.
+    eval_batch_size: sequences per difficulty in each evaluation.
+    target_bit_errors: stop early once the evaluation on training difficulties has
+      fewer bit errors per sequence than this (0 disables early stopping).
+    memory_size, word_size, num_heads, controller, controller_features,
+      controller_layers, shift_range, memory_init: the `NTMCell` fields
+      (num_heads read heads and as many write heads).
+    lstm_features, lstm_layers: the LSTM baseline's sizes.
+    dtype: 'float32' or 'bfloat16' for the dense computations.
+    plots: write PNG figures into the workdir.
+  """
+  workdir: str
+  seed: int = 0
+  model: str = 'ntm'
+  batch_size: int = 32
+  train_steps: int = 1000
+  learning_rate: float = 1e-3
+  optimizer: str = 'adam'
+  lr_schedule: str = 'constant'
+  clip: float = 10.0
+  clip_mode: str = 'global_norm'
+  eval_every: int = 250
+  checkpoint_every: int = 250
+  log_every: int = 50
+  eval_batch_size: int = 128
+  target_bit_errors: float = 0.0
+  memory_size: int = 128
+  word_size: int = 20
+  num_heads: int = 1
+  controller: str = 'lstm'
+  controller_features: int = 100
+  controller_layers: int = 1
+  shift_range: int = 1
+  memory_init: str = 'constant'
+  lstm_features: int = 256
+  lstm_layers: int = 3
+  dtype: str = 'float32'
+  plots: bool = True
+
+  def __post_init__(self):
+    if not self.workdir:
+      raise ValueError('workdir must be a directory path, got an empty string.')
+    positive = ('batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
+                'log_every', 'eval_batch_size', 'memory_size', 'word_size', 'num_heads',
+                'controller_features', 'controller_layers', 'lstm_features',
+                'lstm_layers')
+    for name in positive:
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+    if not isinstance(self.shift_range, int) or self.shift_range < 0:
+      raise ValueError(f'shift_range must be an integer >= 0, got {self.shift_range!r}.')
+    if 2 * self.shift_range + 1 > self.memory_size:
+      raise ValueError(f'shift_range={self.shift_range} needs 2 * shift_range + 1 <= '
+                       f'memory_size={self.memory_size}.')
+    if not self.learning_rate > 0:
+      raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}.')
+    if not self.clip > 0:
+      raise ValueError(f'clip must be > 0, got {self.clip!r}.')
+    if self.target_bit_errors < 0:
+      raise ValueError(f'target_bit_errors must be >= 0, got {self.target_bit_errors!r}.')
+    choices = dict(model=MODELS, optimizer=OPTIMIZERS, clip_mode=CLIP_MODES,
+                   lr_schedule=LR_SCHEDULES,
+                   controller=('lstm', 'feedforward'),
+                   memory_init=('constant', 'learned', 'random'), dtype=DTYPES)
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(
+            f'{name} must be one of {", ".join(allowed)}; got {getattr(self, name)!r}.')
+
+  def replace(self, **changes) -> 'ExperimentConfig':
+    return dataclasses.replace(self, **changes)
+
+  def model_fields(self) -> dict:
+    """The fields that fix the parameters' shapes: a checkpoint needs them unchanged."""
+    names = ['model', 'dtype']
+    if self.model == 'ntm':
+      names += ['memory_size', 'word_size', 'num_heads', 'controller',
+                'controller_features', 'controller_layers', 'shift_range', 'memory_init']
+    else:
+      names += ['lstm_features', 'lstm_layers']
+    return {name: getattr(self, name) for name in names}

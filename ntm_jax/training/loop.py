@@ -1,0 +1,340 @@
+"""Training and evaluation of any model on any task: the shared experiment runner.
+
+The training step is jitted once on fixed shapes (tasks pad and mask), draws its batch on
+the device from `fold_in(data_key, step)`, and donates the old state. Because the batch
+depends only on the seed and the step, a resumed run sees exactly the data an
+uninterrupted one would have.
+"""
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ntm_jax import models
+from ntm_jax.cell import NTMCell
+from ntm_jax.tasks.base import Task
+from ntm_jax.training import checkpointing
+from ntm_jax.training import metrics as metrics_lib
+from ntm_jax.training import plots
+from ntm_jax.training.config import ExperimentConfig
+from ntm_jax.training.optim import make_optimizer
+
+# The first evaluation with fewer bit errors per sequence than this counts as converged.
+CONVERGED_BIT_ERRORS = 0.1
+
+TrainState = dict  # {'step': int32 scalar, 'params': pytree, 'opt_state': pytree}
+
+
+class NonFiniteLossError(FloatingPointError):
+  pass
+
+
+def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
+  dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
+  if config.model == 'lstm':
+    return models.LSTMBaseline(features=task.output_size,
+                               hidden_features=config.lstm_features,
+                               num_layers=config.lstm_layers, dtype=dtype)
+  return models.NTM(NTMCell(
+      features=task.output_size, memory_size=config.memory_size,
+      word_size=config.word_size, num_read_heads=config.num_heads,
+      num_write_heads=config.num_heads, controller=config.controller,
+      controller_features=config.controller_features,
+      controller_layers=config.controller_layers, shift_range=config.shift_range,
+      memory_init=config.memory_init, dtype=dtype))
+
+
+class Keys:
+  """The run's PRNG keys, all derived from the one seed."""
+
+  def __init__(self, seed: int):
+    base = jax.random.key(seed)
+    self.params = jax.random.fold_in(base, 0)
+    self.data = jax.random.fold_in(base, 1)
+    self.eval = jax.random.fold_in(base, 2)
+    self.figures = jax.random.fold_in(base, 3)
+
+  def eval_batch(self, difficulty: int | None) -> jax.Array:
+    """A fixed evaluation set per difficulty (None: the training distribution)."""
+    return jax.random.fold_in(self.eval, 0 if difficulty is None else 1 + difficulty)
+
+
+def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
+                       task: Task, keys: Keys) -> TrainState:
+  sample = task.sample_train(keys.data, 1)
+  params = model.init(keys.params, sample.inputs)
+  return dict(step=jnp.array(0, jnp.int32), params=params,
+              opt_state=optimizer.init(params))
+
+
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
+                    batch_size: int, data_key: jax.Array) -> Callable:
+  """A jitted (state) -> (state, metrics) training step that donates its input state."""
+
+  def loss_fn(params, batch):
+    logits = model.apply(params, batch.inputs)
+    cost = metrics_lib.cost_per_sequence(logits, batch)
+    return jnp.mean(cost), (logits, cost)
+
+  def train_step(state):
+    batch = task.sample_train(jax.random.fold_in(data_key, state['step']), batch_size)
+    (loss, (logits, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state['params'], batch)
+    updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics = dict(cost=loss,
+                   bit_errors=jnp.mean(metrics_lib.bit_errors_per_sequence(logits, batch)),
+                   grad_norm=optax.global_norm(grads))
+    return dict(step=state['step'] + 1, params=params, opt_state=opt_state), metrics
+
+  return jax.jit(train_step, donate_argnums=0)
+
+
+def make_evaluator(model: nn.Module, task: Task, keys: Keys,
+                   batch_size: int) -> Callable[[Any, int | None], dict[str, float]]:
+  """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set."""
+
+  @jax.jit
+  def evaluate_batch(params, batch):
+    return metrics_lib.summarize(model.apply(params, batch.inputs), batch)
+
+  def evaluate(params, difficulty):
+    key = keys.eval_batch(difficulty)
+    if difficulty is None:
+      batch = task.sample_train(key, batch_size)
+    else:
+      batch = task.sample_eval(key, batch_size, difficulty)
+    return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
+
+  return evaluate
+
+
+class _Progress:
+  """A one-line progress bar on a terminal, plain log lines otherwise."""
+
+  def __init__(self, total_steps: int):
+    self.total_steps = total_steps
+    self.interactive = sys.stderr.isatty()
+
+  def update(self, step: int, sequences_per_second: float, cost: float,
+             bit_errors: float) -> None:
+    done = step / self.total_steps
+    line = (f'step {step}/{self.total_steps} [{"#" * int(20 * done):<20}] '
+            f'{sequences_per_second:7.1f} seq/s  cost {cost:8.3f} bits  '
+            f'bit errors {bit_errors:7.3f}')
+    if self.interactive:
+      print('\r' + line, end='', file=sys.stderr, flush=True)
+    else:
+      print(line, flush=True)
+
+  def newline(self) -> None:
+    if self.interactive:
+      print(file=sys.stderr, flush=True)
+
+
+class _MetricsLog:
+  """metrics.jsonl in the workdir: one JSON object per logged train window or eval."""
+
+  def __init__(self, workdir: str, resume_step: int):
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    # A resumed run repeats the steps after its checkpoint: drop what they logged before.
+    kept = [record for record in self.read(self.path) if record['step'] <= resume_step]
+    with open(self.path, 'w') as f:
+      f.writelines(json.dumps(record) + '\n' for record in kept)
+
+  @staticmethod
+  def read(path: str) -> list[dict]:
+    if not os.path.exists(path):
+      return []
+    records = []
+    with open(path) as f:
+      for line in f:
+        try:
+          records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed run
+          pass
+    return records
+
+  def write(self, record: dict) -> None:
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+
+
+def _check_config(workdir: str, config: ExperimentConfig, task: Task) -> None:
+  """Refuses to resume a checkpoint made with other model shapes; records the config."""
+  path = os.path.join(workdir, 'config.json')
+  current = dict(task=task.name, **config.model_fields())
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = json.load(f)
+    saved_model = {name: saved.get(name) for name in current}
+    if saved_model != current:
+      changed = ', '.join(f'{name}: {saved_model[name]!r} -> {current[name]!r}'
+                          for name in current if saved_model[name] != current[name])
+      raise ValueError(
+          f'--workdir={workdir} holds a run with a different model ({changed}); resume '
+          'it with the same flags or choose a new --workdir.')
+  with open(path, 'w') as f:
+    json.dump(dict(current, **{k: v for k, v in vars(config).items()
+                               if k not in current}), f, indent=2)
+
+
+def evaluate_all(evaluate: Callable, params, task: Task) -> dict:
+  """Training distribution and every generalisation difficulty of the task."""
+  results = {'train': evaluate(params, None)}
+  for difficulty in task.eval_difficulties:
+    results[str(difficulty)] = evaluate(params, difficulty)
+  return results
+
+
+def format_report(task: Task, results: dict) -> str:
+  lines = [f'{task.difficulty_name:>10} | cost (bits/seq) | bit errors/seq',
+           f'{"-" * 10}-+-----------------+---------------']
+  for name, values in results.items():
+    label = 'train mix' if name == 'train' else name
+    lines.append(f'{label:>10} | {values["cost"]:15.3f} | {values["bit_errors"]:14.3f}')
+  return '\n'.join(lines)
+
+
+def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
+  """Trains (resuming from the workdir's latest checkpoint) and evaluates; returns the report.
+
+  Writes into `config.workdir`: checkpoints/, metrics.jsonl, config.json, report.json
+  and, with `config.plots`, the learning curve and memory/weighting figures as PNG.
+  """
+  workdir = os.path.abspath(config.workdir)
+  os.makedirs(workdir, exist_ok=True)
+  _check_config(workdir, config, task)
+  keys = Keys(config.seed)
+  model = build_model(config, task)
+  optimizer = make_optimizer(config)
+  state = create_train_state(model, optimizer, task, keys)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  try:
+    if checkpointer.latest_step() is not None:
+      state = checkpointer.restore(state)
+      print(f'Resumed from the checkpoint at step {int(state["step"])} in {workdir}.',
+            flush=True)
+    elif eval_only:
+      raise FileNotFoundError(
+          f'--eval_only needs a checkpoint, and {checkpointer.directory} has none.')
+    evaluate = make_evaluator(model, task, keys, config.eval_batch_size)
+    wall_start = time.time()
+    converged_at = None
+    if not eval_only:
+      state, converged_at = _train(config, task, model, optimizer, keys, state,
+                                   checkpointer, evaluate)
+    report = _final_report(config, task, model, state, evaluate, converged_at,
+                           time.time() - wall_start, workdir, eval_only)
+  finally:
+    checkpointer.close()
+  return report
+
+
+def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate):
+  workdir = os.path.abspath(config.workdir)
+  start_step = int(state['step'])
+  log = _MetricsLog(workdir, start_step)
+  converged_at = next((r['sequences'] for r in log.read(log.path)
+                       if r.get('kind') == 'eval' and r['train']['bit_errors']
+                       < CONVERGED_BIT_ERRORS), None)
+  train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data)
+  progress = _Progress(config.train_steps)
+  pending, window_start, last_good = [], time.time(), state
+  if start_step >= config.train_steps:
+    return state, converged_at
+
+  def flush(step):
+    """Fetches the pending metrics; raises if any loss is not finite."""
+    nonlocal pending, window_start
+    if not pending:
+      return
+    values = jax.device_get(pending)
+    first_step = step - len(values) + 1
+    for offset, record in enumerate(values):
+      if not math.isfinite(float(record['cost'])):
+        raise NonFiniteLossError(
+            f'the training loss became {float(record["cost"])} at step '
+            f'{first_step + offset}. The last good checkpoint (step '
+            f'{checkpointer.latest_step()}) is kept in {checkpointer.directory}; lower '
+            '--learning_rate or --clip, or change --seed, and rerun.')
+    elapsed = time.time() - window_start
+    means = {k: sum(float(r[k]) for r in values) / len(values) for k in values[0]}
+    log.write(dict(kind='train', step=step, sequences=step * config.batch_size,
+                   sequences_per_second=len(values) * config.batch_size / elapsed,
+                   **means))
+    progress.update(step, len(values) * config.batch_size / elapsed, means['cost'],
+                    means['bit_errors'])
+    pending, window_start = [], time.time()
+
+  step = start_step
+  try:
+    while step < config.train_steps:
+      state, step_metrics = train_step(state)
+      step += 1
+      pending.append(step_metrics)
+      last = step == config.train_steps
+      boundary = lambda every: step % every == 0 or last
+      if boundary(config.log_every) or boundary(config.checkpoint_every) or boundary(
+          config.eval_every):
+        flush(step)
+      if boundary(config.checkpoint_every):
+        checkpointer.save(step, state)
+      if boundary(config.eval_every):
+        eval_start = time.time()
+        train_eval = evaluate(state['params'], None)
+        log.write(dict(kind='eval', step=step, sequences=step * config.batch_size,
+                       train=train_eval))
+        if converged_at is None and train_eval['bit_errors'] < CONVERGED_BIT_ERRORS:
+          converged_at = step * config.batch_size
+        window_start += time.time() - eval_start  # evaluations don't count as training
+        if 0 < config.target_bit_errors and train_eval['bit_errors'] < \
+            config.target_bit_errors:
+          if not boundary(config.checkpoint_every):
+            checkpointer.save(step, state)
+          progress.newline()
+          print(f'Reached {train_eval["bit_errors"]:.3f} bit errors per sequence '
+                f'(target {config.target_bit_errors}) at step {step}; stopping.',
+                flush=True)
+          break
+  except KeyboardInterrupt:
+    # Keep what was learned: save the current state if its losses were all finite.
+    progress.newline()
+    flush(step)
+    checkpointer.save(step, state)
+    print(f'Interrupted: saved the checkpoint at step {step}; rerun the same command '
+          'to resume.', flush=True)
+    raise
+  progress.newline()
+  return state, converged_at
+
+
+def _final_report(config, task, model, state, evaluate, converged_at, wall_seconds,
+                  workdir, eval_only):
+  step = int(state['step'])
+  results = evaluate_all(evaluate, state['params'], task)
+  report = dict(task=task.name, model=config.model, seed=config.seed, step=step,
+                sequences=step * config.batch_size,
+                converged_at_sequences=converged_at, wall_seconds=wall_seconds,
+                eval_only=eval_only, results=results)
+  with open(os.path.join(workdir, 'report.json'), 'w') as f:
+    json.dump(report, f, indent=2)
+  print(f'\n{task.name}, {config.model}, step {step} ({step * config.batch_size} '
+        f'sequences), evaluated on {config.eval_batch_size} sequences per row:')
+  print(format_report(task, results))
+  if converged_at is not None:
+    print(f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
+          f'{converged_at} sequences.')
+  if config.plots:
+    paths = plots.write_all(workdir, task, model, state['params'], keys=Keys(config.seed))
+    print('Figures: ' + ', '.join(paths))
+  print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
+  return report

@@ -1,0 +1,189 @@
+"""NTMCell: the Flax cell contract, shapes, the learned initial state and the step order."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ntm_jax
+from ntm_jax import NTMCell
+from ntm_jax import models
+
+B, T, I = 3, 5, 7
+
+CONFIGS = [
+    dict(),
+    dict(num_read_heads=2, num_write_heads=3),
+    dict(shift_range=2),
+    dict(controller='feedforward'),
+    dict(controller='feedforward', controller_layers=2, num_read_heads=4,
+         num_write_heads=4),
+    dict(controller_layers=2),
+    dict(memory_init='learned'),
+    dict(memory_init='random'),
+]
+
+
+@pytest.mark.parametrize('config', CONFIGS, ids=lambda c: ','.join(
+    f'{k}={v}' for k, v in c.items()) or 'defaults')
+def test_shapes_for_several_configurations(config):
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
+                 **config)
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  model = nn.RNN(cell, return_carry=True)
+  params = model.init(jax.random.key(1), xs)
+  carry, ys = jax.jit(model.apply)(params, xs)
+  assert ys.shape == (B, T, 4)
+  reads, writes = cell.num_read_heads, cell.num_write_heads
+  assert carry.memory.shape == (B, 16, 6)
+  assert carry.read_weights.shape == (B, reads, 16)
+  assert carry.write_weights.shape == (B, writes, 16)
+  assert carry.reads.shape == (B, reads, 6)
+  if cell.controller == 'lstm':
+    assert len(carry.controller) == cell.controller_layers
+    assert carry.controller[0][0].shape == (B, 12)
+  else:
+    assert carry.controller == ()
+  assert not bool(jnp.any(carry.is_initial))
+  np.testing.assert_allclose(jnp.sum(carry.read_weights, -1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.sum(carry.write_weights, -1), 1.0, rtol=1e-5)
+  assert bool(jnp.all(jnp.isfinite(ys)))
+
+
+def test_rnn_equals_a_python_loop_of_cell_calls():
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  params = nn.RNN(cell).init(jax.random.key(1), xs)
+  ys_rnn = nn.RNN(cell).apply(params, xs)
+  carry = cell.initialize_carry(jax.random.key(0), (B, I))
+  ys_loop = []
+  for t in range(T):
+    carry, y = cell.apply({'params': params['params']['cell']}, carry, xs[:, t])
+    ys_loop.append(y)
+  np.testing.assert_allclose(ys_rnn, jnp.stack(ys_loop, axis=1), rtol=1e-5, atol=1e-6)
+
+
+def test_batch_axes_are_independent_and_vmap_matches():
+  # Given a batch, when each example runs alone, then it gets the batched result.
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  model = nn.RNN(cell)
+  params = model.init(jax.random.key(1), xs)
+  batched = jax.jit(model.apply)(params, xs)
+  for b in range(B):
+    np.testing.assert_allclose(model.apply(params, xs[b:b + 1])[0], batched[b], rtol=1e-5,
+                               atol=1e-6)
+  np.testing.assert_allclose(model.apply(params, xs[0]), batched[0], rtol=1e-5, atol=1e-6)
+  two_batch_axes = xs.reshape(1, B, T, I).transpose(1, 0, 2, 3)  # (B, 1, T, I)
+  np.testing.assert_allclose(model.apply(params, two_batch_axes)[:, 0], batched, rtol=1e-5,
+                             atol=1e-6)
+
+
+def test_first_step_uses_the_learned_initial_state():
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+  xs = jnp.zeros((2, 1, I))
+  params = nn.RNN(cell).init(jax.random.key(1), xs)
+  p = params['params']['cell']
+  # The initial weightings are focused on slot 0, not uniform: N e^3 / (N e^3 + N - 1).
+  w0 = jax.nn.softmax(p['initial_write_weight_logits'], axis=-1)
+  assert float(w0[0, 0]) == pytest.approx(16 * np.e**3 / (16 * np.e**3 + 15), rel=1e-5)
+  # Changing the learned initial reads changes the first output; a carry that is not
+  # initial ignores them.
+  p2 = jax.tree_util.tree_map(lambda a: a, p)
+  p2['initial_reads'] = p['initial_reads'] + 1.0
+  carry = cell.initialize_carry(jax.random.key(0), (2, I))
+  _, y1 = cell.apply({'params': p}, carry, xs[:, 0])
+  _, y2 = cell.apply({'params': p2}, carry, xs[:, 0])
+  assert not np.allclose(y1, y2)
+  later = carry._replace(is_initial=jnp.zeros_like(carry.is_initial))
+  _, y3 = cell.apply({'params': p}, later, xs[:, 0])
+  _, y4 = cell.apply({'params': p2}, later, xs[:, 0])
+  np.testing.assert_allclose(y3, y4)
+
+
+def test_learned_memory_is_a_parameter_and_random_memory_comes_from_the_rng():
+  xs = jnp.zeros((2, 3, I))
+  learned = NTMCell(features=4, memory_size=16, word_size=6, memory_init='learned')
+  params = nn.RNN(learned).init(jax.random.key(1), xs)
+  assert params['params']['cell']['initial_memory'].shape == (16, 6)
+  random_cell = NTMCell(features=4, memory_size=16, word_size=6, memory_init='random')
+  m1 = random_cell.initialize_carry(jax.random.key(1), (2, I)).memory
+  m2 = random_cell.initialize_carry(jax.random.key(2), (2, I)).memory
+  assert not np.allclose(m1, m2)
+  constant = NTMCell(features=4, memory_size=16, word_size=6)
+  np.testing.assert_array_equal(
+      constant.initialize_carry(jax.random.key(1), (2, I)).memory, np.float32(1e-6))
+  assert 'initial_memory' not in nn.RNN(constant).init(jax.random.key(1), xs)['params'][
+      'cell']
+
+
+def test_a_step_writes_memory_only_where_the_write_weighting_is_nonzero():
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+  x = jax.random.normal(jax.random.key(0), (B, I))
+  carry = cell.initialize_carry(jax.random.key(0), (B, I))
+  params = cell.init(jax.random.key(1), carry, x)
+  # Start from a random memory and a write weighting focused on slot 5 with no spread.
+  memory = jax.random.normal(jax.random.key(2), carry.memory.shape)
+  w = jnp.broadcast_to(jax.nn.one_hot(5, 16), carry.write_weights.shape)
+  carry = carry._replace(memory=memory, write_weights=w,
+                         is_initial=jnp.zeros_like(carry.is_initial))
+  new_carry, _ = cell.apply(params, carry, x)
+  changed = jnp.any(jnp.abs(new_carry.memory - memory) > 0, axis=-1)  # (B, N)
+  written = new_carry.write_weights[:, 0] > 0
+  np.testing.assert_array_equal(changed, changed & written)
+  assert bool(jnp.all(changed.any(axis=-1)))
+
+
+def test_reads_see_the_write_of_the_same_step():
+  # Order within a step: write heads first, then the read heads read M_t.
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+  x = jax.random.normal(jax.random.key(0), (1, I))
+  carry = cell.initialize_carry(jax.random.key(0), (1, I))
+  params = cell.init(jax.random.key(1), carry, x)
+  new_carry, _ = cell.apply(params, carry, x)
+  expected = jnp.einsum('bhn,bnm->bhm', new_carry.read_weights, new_carry.memory)
+  np.testing.assert_allclose(new_carry.reads, expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('memory_size', 0, 'memory_size must be a positive integer'),
+    ('num_read_heads', -1, 'num_read_heads must be a positive integer'),
+    ('controller', 'gru', "controller must be one of \\('lstm', 'feedforward'\\)"),
+    ('memory_init', 'zeros', 'memory_init must be one of'),
+    ('shift_range', 8, 'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16'),
+])
+def test_bad_fields_raise_clear_errors(field, value, message):
+  with pytest.raises(ValueError, match=message):
+    NTMCell(features=4, **{'memory_size': 16, field: value})
+
+
+def test_bfloat16_computation_keeps_a_float32_carry_and_gradients():
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
+                 dtype=jnp.bfloat16)
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  model = nn.RNN(cell, return_carry=True)
+  params = model.init(jax.random.key(1), xs)
+  carry, ys = model.apply(params, xs)
+  assert carry.memory.dtype == jnp.float32 and ys.dtype == jnp.bfloat16
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(params))
+  grads = jax.grad(lambda p: jnp.sum(model.apply(p, xs)[1].astype(jnp.float32)))(params)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
+
+
+def test_trace_ntm_returns_the_states_of_every_step():
+  model = models.NTM(NTMCell(features=4, memory_size=16, word_size=6))
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  params = model.init(jax.random.key(1), xs)
+  logits, states = models.trace_ntm(model, params, xs)
+  np.testing.assert_allclose(logits, model.apply(params, xs), rtol=1e-5, atol=1e-6)
+  assert states.write_weights.shape == (B, T, 1, 16)
+  assert states.memory.shape == (B, T, 16, 6)
+
+
+def test_public_api():
+  for name in ('NTMCell', 'NTMState', 'content_weights', 'interpolate', 'shift', 'sharpen',
+               'address', 'read', 'write', 'write_heads'):
+    assert hasattr(ntm_jax, name)
+  assert issubclass(ntm_jax.NTMCell, nn.RNNCellBase)
+  assert NTMCell(features=3).num_feature_axes == 1

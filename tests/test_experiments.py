@@ -1,0 +1,42 @@
+"""`python -m experiments.copy` as a user runs it: clear errors for bad flags."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=300):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', 'experiments.copy', *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize('args,message', [
+    (['--batch_size=-2'], 'batch_size must be a positive integer, got -2'),
+    (['--memory_size=0'], 'memory_size must be a positive integer'),
+    (['--optimizer=adagrad'], 'optimizer must be one of adam, rmsprop, sgd'),
+    (['--max_length=0'], 'min_length <= max_length'),
+    (['--accelerator=tpu'], '--accelerator=tpu: no TPU backend is available'),
+    (['--accelerator=quantum'], "value should be one of <cpu|gpu|tpu>"),
+    (['--eval_only'], '--eval_only needs a checkpoint'),
+])
+def test_bad_flags_fail_with_a_message_naming_them(tmp_path, args, message):
+  result = _run(f'--workdir={tmp_path}', *args)
+  assert result.returncode != 0
+  assert message in result.stderr, result.stderr
+
+
+def test_a_tiny_run_trains_evaluates_and_resumes(tmp_path):
+  args = [f'--workdir={tmp_path}', '--train_steps=2', '--batch_size=2', '--memory_size=8',
+          '--word_size=4', '--controller_features=8', '--eval_batch_size=2',
+          '--max_length=2', '--eval_lengths=3', '--plots=false']
+  first = _run(*args)
+  assert first.returncode == 0, first.stderr
+  assert 'train mix' in first.stdout and 'Report:' in first.stdout
+  second = _run(*args[:1], '--train_steps=3', *args[2:])
+  assert second.returncode == 0, second.stderr
+  assert 'Resumed from the checkpoint at step 2' in second.stdout

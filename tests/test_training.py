@@ -1,0 +1,182 @@
+"""The shared runner: config errors, checkpoints, resuming, eval-only, non-finite losses."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ntm_jax.tasks import CopyTask
+from ntm_jax.training import ExperimentConfig
+from ntm_jax.training import NonFiniteLossError
+from ntm_jax.training import checkpointing
+from ntm_jax.training import loop
+from ntm_jax.training import run
+
+TINY = dict(batch_size=4, memory_size=8, word_size=4, controller_features=16,
+            eval_batch_size=4, plots=False, log_every=2, eval_every=3, checkpoint_every=3)
+
+
+def tiny_task():
+  return CopyTask(bits=3, min_length=1, max_length=3, eval_lengths=(2, 5))
+
+
+def _params(workdir):
+  config = ExperimentConfig(workdir=workdir, **TINY)
+  task = tiny_task()
+  model = loop.build_model(config, task)
+  state = loop.create_train_state(model, loop.make_optimizer(config), task,
+                                  loop.Keys(config.seed))
+  checkpointer = checkpointing.Checkpointer(workdir)
+  try:
+    return checkpointer.latest_step(), checkpointer.restore(state)
+  finally:
+    checkpointer.close()
+
+
+@pytest.mark.parametrize('changes,message', [
+    (dict(batch_size=0), 'batch_size must be a positive integer, got 0'),
+    (dict(memory_size=-3), 'memory_size must be a positive integer'),
+    (dict(optimizer='adagrad'), "optimizer must be one of adam, rmsprop, sgd; got 'adagrad'"),
+    (dict(model='gru'), 'model must be one of ntm, lstm'),
+    (dict(learning_rate=0.0), 'learning_rate must be > 0'),
+    (dict(clip=-1.0), 'clip must be > 0'),
+    (dict(clip_mode='norm'), 'clip_mode must be one of'),
+    (dict(lr_schedule='step'), 'lr_schedule must be one of constant, cosine'),
+    (dict(shift_range=100), 'shift_range=100 needs'),
+    (dict(controller='rnn'), 'controller must be one of lstm, feedforward'),
+    (dict(dtype='float16'), 'dtype must be one of float32, bfloat16'),
+])
+def test_bad_config_values_are_named_in_the_error(changes, message):
+  with pytest.raises(ValueError, match=message):
+    ExperimentConfig(workdir='/tmp/x', **changes)
+
+
+def test_checkpoint_round_trip(tmp_path):
+  state = dict(step=jnp.array(7, jnp.int32),
+               params={'w': jnp.arange(6.0).reshape(2, 3), 'b': jnp.ones(3)},
+               opt_state=(jnp.zeros(2), {'mu': jnp.full((2,), 0.5)}))
+  checkpointer = checkpointing.Checkpointer(str(tmp_path))
+  checkpointer.save(7, state)
+  checkpointer.close()
+  restored_by = checkpointing.Checkpointer(str(tmp_path))
+  like = jax.tree_util.tree_map(jnp.zeros_like, state)
+  restored = restored_by.restore(like)
+  restored_by.close()
+  assert restored_by.latest_step() == 7
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  whole, parts = str(tmp_path / 'whole'), str(tmp_path / 'parts')
+  run(ExperimentConfig(workdir=whole, train_steps=6, **TINY), tiny_task())
+  run(ExperimentConfig(workdir=parts, train_steps=3, **TINY), tiny_task())
+  report = run(ExperimentConfig(workdir=parts, train_steps=6, **TINY), tiny_task())
+  assert report['step'] == 6
+  (step_a, a), (step_b, b) = _params(whole), _params(parts)
+  assert step_a == step_b == 6
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  # The resumed run's metrics continue where the first stopped, without duplicates.
+  with open(os.path.join(parts, 'metrics.jsonl')) as f:
+    steps = [json.loads(line)['step'] for line in f if '"train"' in line]
+  assert steps == sorted(steps) and steps[-1] == 6
+
+
+def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
+  # A save of step 6 that never completed: Orbax's temporary directory, half written.
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  partial = os.path.join(checkpoints, '6.orbax-checkpoint-tmp-1234')
+  shutil.copytree(os.path.join(checkpoints, '3'), partial)
+  os.remove(os.path.join(partial, 'commit_success.txt'))
+  step, _ = _params(workdir)
+  assert step == 3
+  report = run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
+  assert report['step'] == 6
+
+
+def test_eval_only_evaluates_the_latest_checkpoint_without_training(tmp_path):
+  workdir = str(tmp_path)
+  trained = run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
+  report = run(ExperimentConfig(workdir=workdir, train_steps=100, **TINY), tiny_task(),
+               eval_only=True)
+  assert report['step'] == 3 and report['eval_only']
+  assert report['results'] == trained['results']
+  assert set(report['results']) == {'train', '2', '5'}
+  with open(os.path.join(workdir, 'report.json')) as f:
+    assert json.load(f)['step'] == 3
+
+
+def test_eval_only_without_a_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match='--eval_only needs a checkpoint'):
+    run(ExperimentConfig(workdir=str(tmp_path), **TINY), tiny_task(), eval_only=True)
+
+
+def test_resuming_with_another_model_is_a_clear_error(tmp_path):
+  run(ExperimentConfig(workdir=str(tmp_path), train_steps=3, **TINY), tiny_task())
+  changed = dict(TINY, memory_size=16)
+  with pytest.raises(ValueError, match='memory_size: 8 -> 16'):
+    run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, **changed), tiny_task())
+
+
+class _PoisonedCopy(CopyTask):
+  """Copy with NaN inputs: every loss is NaN."""
+
+  def sample_train(self, key, batch_size):
+    batch = super().sample_train(key, batch_size)
+    return batch._replace(inputs=batch.inputs * jnp.nan)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
+  _, good = _params(workdir)
+  poisoned = _PoisonedCopy(bits=3, min_length=1, max_length=3, eval_lengths=(2, 5))
+  with pytest.raises(NonFiniteLossError, match='at step 4.*last good checkpoint \\(step 3\\)'):
+    run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), poisoned)
+  step, kept = _params(workdir)
+  assert step == 3
+  jax.tree_util.tree_map(np.testing.assert_array_equal, kept, good)
+
+
+def test_the_lstm_baseline_trains_through_the_same_runner(tmp_path):
+  config = ExperimentConfig(workdir=str(tmp_path), model='lstm', lstm_features=8,
+                            lstm_layers=2, train_steps=2, **TINY)
+  report = run(config, tiny_task())
+  assert report['model'] == 'lstm' and report['step'] == 2
+
+
+def test_figures_are_written(tmp_path):
+  config = ExperimentConfig(workdir=str(tmp_path), train_steps=3, **dict(TINY, plots=True))
+  run(config, tiny_task())
+  for name in ('learning_curve.png', 'sequence_length_3.png', 'sequence_length_5.png'):
+    with open(tmp_path / name, 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('controller', ['lstm', 'feedforward'])
+def test_a_tiny_ntm_learns_to_copy_short_sequences(controller):
+  # Given a tiny NTM (16 slots of 8) on copy of 4-bit vectors, length 1-4, when it trains
+  # for 400 steps, then the cost falls tenfold and it copies with almost no bit errors.
+  config = ExperimentConfig(workdir='/unused', batch_size=16, memory_size=16, word_size=8,
+                            controller=controller, controller_features=32,
+                            learning_rate=1e-2)
+  task = CopyTask(bits=4, min_length=1, max_length=4, eval_lengths=(4,))
+  model = loop.build_model(config, task)
+  optimizer = loop.make_optimizer(config)
+  keys = loop.Keys(0)
+  state = loop.create_train_state(model, optimizer, task, keys)
+  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+  costs, bit_errors = [], []
+  for _ in range(400):
+    state, metrics = step(state)
+    costs.append(float(metrics['cost']))
+    bit_errors.append(float(metrics['bit_errors']))
+  assert np.isfinite(costs).all()
+  assert np.mean(costs[-20:]) < 0.1 * np.mean(costs[:20]), (costs[:20], costs[-20:])
+  assert np.mean(bit_errors[-20:]) < 0.1, bit_errors[-20:]
