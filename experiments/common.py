@@ -5,11 +5,13 @@ everything else (backend choice, config validation, the training loop) lives her
 the library.
 """
 
+import signal
 import sys
 from typing import Callable
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from ntm_jax.training import config as config_lib
 
@@ -58,6 +60,15 @@ _CONFIG_FLAGS = [name for name in vars(_DEFAULTS) if name not in ('workdir', 'se
                                                                    'model', 'plots')]
 
 
+def int_list(flag_name: str) -> tuple[int, ...]:
+  """A comma-separated list flag as integers, or a ValueError naming the flag."""
+  values = getattr(FLAGS, flag_name)
+  try:
+    return tuple(int(value) for value in values)
+  except ValueError:
+    raise ValueError(f'--{flag_name} must be integers, got {values}.') from None
+
+
 def make_config(task_name: str, defaults: dict,
                 model_defaults: dict | None = None) -> config_lib.ExperimentConfig:
   """The run's config: library defaults < task defaults (per model) < given flags."""
@@ -77,6 +88,9 @@ def main(build_task: Callable, task_name: str, defaults: dict,
   # Imported here so that --accelerator is applied before JAX touches a device.
   from ntm_jax import training
 
+  if not FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+
   try:
     config = make_config(task_name, defaults, model_defaults)
     task = build_task()
@@ -85,12 +99,19 @@ def main(build_task: Callable, task_name: str, defaults: dict,
     sys.exit(f'error: {error}')
   print(f'{task_name}: model={config.model} on {devices[0].platform} '
         f'({len(devices)} device(s)), workdir={config.workdir}', flush=True)
+  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # preemption saves too
   try:
     training.run(config, task, eval_only=FLAGS.eval_only)
-  except (training.NonFiniteLossError, FileNotFoundError, ValueError) as error:
+  except (training.NonFiniteLossError, training.WorkdirMismatchError,
+          FileNotFoundError) as error:
     sys.exit(f'error: {error}')
   except KeyboardInterrupt:
     sys.exit(130)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
 
 
 def run(main_fn: Callable) -> None:

@@ -17,20 +17,17 @@ flags.DEFINE_list('eval_lengths', ['10', '20', '30', '50', '120'],
 FLAGS = flags.FLAGS
 
 # Chosen by the sweep in BUILD_NOTES.md ("Copy: choosing the defaults").
-DEFAULTS = dict(batch_size=16, train_steps=1500, learning_rate=1e-3, optimizer='adam',
-                clip=10.0, clip_mode='global_norm', eval_every=100, checkpoint_every=250)
+DEFAULTS = dict(batch_size=16, train_steps=4000, learning_rate=1e-3, optimizer='adam',
+                lr_schedule='cosine', clip=10.0, clip_mode='global_norm', eval_every=100,
+                checkpoint_every=250, eval_batch_size=256)
 # The paper's LSTM baseline for copy: 3 x 256, RMSProp 3e-5 (Adam here, as for the NTM).
 MODEL_DEFAULTS = dict(lstm=dict(lstm_features=256, lstm_layers=3))
 
 
 def build_task() -> CopyTask:
   try:
-    eval_lengths = tuple(int(length) for length in FLAGS.eval_lengths)
-  except ValueError:
-    raise ValueError(f'--eval_lengths must be integers, got {FLAGS.eval_lengths}.') from None
-  try:
     return CopyTask(min_length=FLAGS.min_length, max_length=FLAGS.max_length,
-                    eval_lengths=eval_lengths)
+                    eval_lengths=common.int_list('eval_lengths'))
   except ValueError as error:
     raise ValueError(f'copy task flags: {error}') from None
 

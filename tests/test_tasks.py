@@ -4,7 +4,11 @@ import jax
 import numpy as np
 import pytest
 
+from ntm_jax.tasks import AssociativeRecallTask
 from ntm_jax.tasks import CopyTask
+from ntm_jax.tasks import DynamicNGramsTask
+from ntm_jax.tasks import PrioritySortTask
+from ntm_jax.tasks import RepeatCopyTask
 
 
 def test_copy_training_batch_layout():
@@ -56,3 +60,97 @@ def test_copy_batches_depend_only_on_the_key():
 def test_copy_rejects_bad_settings(kwargs, message):
   with pytest.raises(ValueError, match=message):
     CopyTask(**kwargs)
+
+
+def test_repeat_copy_layout_and_normalised_count():
+  task = RepeatCopyTask(bits=4, max_length=5, max_repeats=4)
+  batch = jax.device_get(task.sample_train(jax.random.key(0), 32))
+  assert batch.inputs.shape == (32, 5 * 5 + 2, 6) and batch.targets.shape[-1] == 5
+  counts = set()
+  for inputs, targets, mask in zip(batch.inputs, batch.targets, batch.mask):
+    length = int(np.flatnonzero(inputs[:, 4])[0])
+    count = inputs[length, 5] * task.repeats_std + task.repeats_mean
+    repeats = int(round(count))
+    assert abs(count - repeats) < 1e-5 and 1 <= repeats <= 4 and 1 <= length <= 5
+    counts.add(repeats)
+    end = length + 1 + length * repeats
+    np.testing.assert_array_equal(np.flatnonzero(mask), np.arange(length + 1, end + 1))
+    expected = np.tile(inputs[:length, :4], (repeats, 1))
+    np.testing.assert_array_equal(targets[length + 1:end, :4], expected)
+    np.testing.assert_array_equal(np.flatnonzero(targets[:, 4]), [end])
+  assert counts == {1, 2, 3, 4}
+  # The normalised count has mean 0 and variance 1 over the training range.
+  values = task.normalise_repeats(np.arange(1, 5))
+  assert abs(values.mean()) < 1e-6 and abs(values.var() - 1.0) < 1e-6
+
+
+def test_repeat_copy_eval_shape():
+  batch = RepeatCopyTask().sample_eval(jax.random.key(0), 2, (20, 10))
+  assert batch.inputs.shape == (2, 20 * 11 + 2, 10)
+  np.testing.assert_array_equal(np.asarray(batch.mask).sum(1), [201, 201])
+
+
+def test_associative_recall_target_is_the_item_after_the_query():
+  task = AssociativeRecallTask(bits=6, item_length=3, min_items=2, max_items=6)
+  batch = jax.device_get(task.sample_train(jax.random.key(0), 64))
+  assert batch.inputs.shape == (64, 4 * 6 + 8, 8)
+  seen = set()
+  for inputs, targets, mask in zip(batch.inputs, batch.targets, batch.mask):
+    starts = np.flatnonzero(inputs[:, 6])               # item delimiters
+    n = len(starts)
+    seen.add(n)
+    np.testing.assert_array_equal(starts, 4 * np.arange(n))
+    items = [inputs[s + 1:s + 4, :6] for s in starts]
+    query_delimiters = np.flatnonzero(inputs[:, 7])
+    np.testing.assert_array_equal(query_delimiters, [4 * n, 4 * n + 4])
+    query = inputs[4 * n + 1:4 * n + 4, :6]
+    matches = [i for i, item in enumerate(items[:-1]) if np.array_equal(item, query)]
+    assert matches
+    np.testing.assert_array_equal(np.flatnonzero(mask), 4 * n + 5 + np.arange(3))
+    np.testing.assert_array_equal(targets[4 * n + 5:4 * n + 8], items[matches[0] + 1])
+  assert seen == {2, 3, 4, 5, 6}
+
+
+def test_priority_sort_targets_are_sorted_by_priority():
+  task = PrioritySortTask()
+  batch = jax.device_get(task.sample_train(jax.random.key(0), 16))
+  assert batch.inputs.shape == (16, 37, 10) and batch.targets.shape == (16, 37, 8)
+  for inputs, targets, mask in zip(batch.inputs, batch.targets, batch.mask):
+    priorities = inputs[:20, 8]
+    assert (priorities >= -1).all() and (priorities <= 1).all()
+    assert inputs[20, 9] == 1 and not inputs[:20, 9].any()
+    order = np.argsort(-priorities)[:16]
+    np.testing.assert_array_equal(targets[21:], inputs[order, :8])
+    np.testing.assert_array_equal(np.flatnonzero(mask), np.arange(21, 37))
+    assert np.all(np.diff(priorities[order]) < 0)
+
+
+def test_ngrams_batch_layout():
+  task = DynamicNGramsTask()
+  batch = jax.device_get(task.sample_train(jax.random.key(0), 8))
+  assert batch.inputs.shape == (8, 204, 1)
+  np.testing.assert_array_equal(batch.inputs[:, 1:], batch.targets[:, :-1])
+  np.testing.assert_array_equal(batch.mask.sum(1), [200] * 8)
+  assert set(np.unique(batch.inputs)) <= {0.0, 1.0}
+
+
+def test_ngrams_optimal_estimator_by_hand():
+  # context = 1 bit, bits 0 1 1 1 0: predictions after context 0, 1, 1, 1.
+  #   bit 1 after context 0: counts (0, 0) -> P(1) = 1/2            cost 1 bit
+  #   bit 1 after context 1: counts (0, 0) -> P(1) = 1/2            cost 1 bit
+  #   bit 1 after context 1: N1 = 1, N0 = 0 -> P(1) = 1.5 / 2       cost -log2 0.75
+  #   bit 0 after context 1: N1 = 2, N0 = 0 -> P(0) = 1 - 2.5 / 3   cost -log2(1/6)
+  task = DynamicNGramsTask(context=1, length=4)
+  bits = np.array([0, 1, 1, 1, 0], np.float32)
+  from ntm_jax.tasks import Batch
+  batch = Batch(inputs=bits[None, :-1, None], targets=bits[None, 1:, None],
+                mask=np.ones((1, 4), np.float32))
+  expected = 1 + 1 - np.log2(0.75) - np.log2(1 / 6)
+  np.testing.assert_allclose(task.reference_cost(batch), [expected], rtol=1e-6)
+
+
+def test_ngrams_optimal_cost_matches_the_paper():
+  # The paper's optimum: about 133 bits per 200-bit sequence.
+  task = DynamicNGramsTask()
+  cost = float(np.mean(task.reference_cost(task.sample_eval(jax.random.key(0), 500, 200))))
+  assert 128 < cost < 138

@@ -12,6 +12,9 @@ from typing import NamedTuple
 
 import jax
 
+# A difficulty is an int (a length, a number of items) or a tuple of ints (length, repeats).
+Difficulty = int | tuple[int, ...]
+
 
 class Batch(NamedTuple):
   """A batch of padded sequences.
@@ -46,12 +49,12 @@ class Task(abc.ABC):
     """A training batch: difficulties drawn from the training range, padded alike."""
 
   @abc.abstractmethod
-  def sample_eval(self, key: jax.Array, batch_size: int, difficulty: int) -> Batch:
+  def sample_eval(self, key: jax.Array, batch_size: int, difficulty: Difficulty) -> Batch:
     """A batch in which every sequence has the given difficulty (e.g. its length)."""
 
   @property
   @abc.abstractmethod
-  def eval_difficulties(self) -> tuple[int, ...]:
+  def eval_difficulties(self) -> tuple[Difficulty, ...]:
     """The difficulties of the generalisation tests (the paper's figures)."""
 
   @property
@@ -59,6 +62,17 @@ class Task(abc.ABC):
     """What a difficulty is, for reports ('length', 'items', ...)."""
     return 'length'
 
-  def example_difficulties(self) -> tuple[int, ...]:
-    """Difficulties drawn in the memory/weighting figures: one trained, one longer."""
-    return (self.eval_difficulties[1], self.eval_difficulties[-1])
+  def difficulty_label(self, difficulty: Difficulty) -> str:
+    """A difficulty as it appears in reports and file names."""
+    if isinstance(difficulty, tuple):
+      return 'x'.join(str(part) for part in difficulty)
+    return str(difficulty)
+
+  def example_difficulties(self) -> tuple[Difficulty, ...]:
+    """Difficulties drawn in the memory/weighting figures: one trained, one harder."""
+    return (self.eval_difficulties[0], self.eval_difficulties[-1])
+
+  def reference_cost(self, batch: Batch) -> jax.Array | None:
+    """(b,) the cost in bits per sequence of a reference predictor, if the task has one."""
+    del batch
+    return None

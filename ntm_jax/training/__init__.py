@@ -4,7 +4,8 @@ from ntm_jax.training.backend import AcceleratorUnavailableError
 from ntm_jax.training.backend import select_accelerator
 from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.loop import NonFiniteLossError
+from ntm_jax.training.loop import WorkdirMismatchError
 from ntm_jax.training.loop import run
 
 __all__ = ['AcceleratorUnavailableError', 'ExperimentConfig', 'NonFiniteLossError',
-           'run', 'select_accelerator']
+           'WorkdirMismatchError', 'run', 'select_accelerator']

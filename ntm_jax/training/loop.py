@@ -34,7 +34,11 @@ TrainState = dict  # {'step': int32 scalar, 'params': pytree, 'opt_state': pytre
 
 
 class NonFiniteLossError(FloatingPointError):
-  pass
+  """The training loss stopped being finite; the last good checkpoint is kept."""
+
+
+class WorkdirMismatchError(ValueError):
+  """The workdir holds a run of another model: it cannot be resumed with these flags."""
 
 
 def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
@@ -62,9 +66,14 @@ class Keys:
     self.eval = jax.random.fold_in(base, 2)
     self.figures = jax.random.fold_in(base, 3)
 
-  def eval_batch(self, difficulty: int | None) -> jax.Array:
+  def eval_batch(self, difficulty) -> jax.Array:
     """A fixed evaluation set per difficulty (None: the training distribution)."""
-    return jax.random.fold_in(self.eval, 0 if difficulty is None else 1 + difficulty)
+    if difficulty is None:
+      return jax.random.fold_in(self.eval, 0)
+    key = self.eval
+    for part in difficulty if isinstance(difficulty, tuple) else (difficulty,):
+      key = jax.random.fold_in(key, 1 + part)
+    return key
 
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
@@ -99,12 +108,20 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
 
 
 def make_evaluator(model: nn.Module, task: Task, keys: Keys,
-                   batch_size: int) -> Callable[[Any, int | None], dict[str, float]]:
-  """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set."""
+                   batch_size: int) -> Callable[[Any, Any], dict[str, float]]:
+  """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set.
+
+  For tasks with a reference predictor (N-grams' optimal estimator) the result also has
+  its mean cost, `reference_cost`, on the same sequences.
+  """
 
   @jax.jit
   def evaluate_batch(params, batch):
-    return metrics_lib.summarize(model.apply(params, batch.inputs), batch)
+    results = metrics_lib.summarize(model.apply(params, batch.inputs), batch)
+    reference = task.reference_cost(batch)
+    if reference is not None:
+      results['reference_cost'] = jnp.mean(reference)
+    return results
 
   def evaluate(params, difficulty):
     key = keys.eval_batch(difficulty)
@@ -179,7 +196,7 @@ def _check_config(workdir: str, config: ExperimentConfig, task: Task) -> None:
     if saved_model != current:
       changed = ', '.join(f'{name}: {saved_model[name]!r} -> {current[name]!r}'
                           for name in current if saved_model[name] != current[name])
-      raise ValueError(
+      raise WorkdirMismatchError(
           f'--workdir={workdir} holds a run with a different model ({changed}); resume '
           'it with the same flags or choose a new --workdir.')
   with open(path, 'w') as f:
@@ -191,16 +208,22 @@ def evaluate_all(evaluate: Callable, params, task: Task) -> dict:
   """Training distribution and every generalisation difficulty of the task."""
   results = {'train': evaluate(params, None)}
   for difficulty in task.eval_difficulties:
-    results[str(difficulty)] = evaluate(params, difficulty)
+    results[task.difficulty_label(difficulty)] = evaluate(params, difficulty)
   return results
 
 
 def format_report(task: Task, results: dict) -> str:
-  lines = [f'{task.difficulty_name:>10} | cost (bits/seq) | bit errors/seq',
-           f'{"-" * 10}-+-----------------+---------------']
+  has_reference = 'reference_cost' in next(iter(results.values()))
+  header = f'{task.difficulty_name:>16} | cost (bits/seq) | bit errors/seq'
+  if has_reference:
+    header += ' | optimal cost'
+  lines = [header, '-' * len(header)]
   for name, values in results.items():
     label = 'train mix' if name == 'train' else name
-    lines.append(f'{label:>10} | {values["cost"]:15.3f} | {values["bit_errors"]:14.3f}')
+    line = f'{label:>16} | {values["cost"]:15.3f} | {values["bit_errors"]:14.3f}'
+    if has_reference:
+      line += f' | {values["reference_cost"]:12.3f}'
+    lines.append(line)
   return '\n'.join(lines)
 
 

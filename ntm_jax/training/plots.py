@@ -42,7 +42,7 @@ def learning_curve(workdir: str, path: str) -> None:
   plt.close(fig)
 
 
-def sequence_view(task, model, params, key, difficulty: int, path: str) -> None:
+def sequence_view(task, model, params, key, difficulty, path: str) -> None:
   """Inputs, targets, outputs and (for an NTM) read/write weightings over time."""
   batch = task.sample_eval(key, 1, difficulty)
   panels = [('inputs', batch.inputs[0].T), ('targets', batch.targets[0].T)]
@@ -64,7 +64,7 @@ def sequence_view(task, model, params, key, difficulty: int, path: str) -> None:
     ax.set_ylabel('slot' if 'weighting' in title else 'channel')
     ax.set_title(title, fontsize=9)
   axes[-1, 0].set_xlabel('time step')
-  fig.suptitle(f'{task.name}, {task.difficulty_name} {difficulty}')
+  fig.suptitle(f'{task.name}, {task.difficulty_name} {task.difficulty_label(difficulty)}')
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
@@ -73,9 +73,11 @@ def sequence_view(task, model, params, key, difficulty: int, path: str) -> None:
 def write_all(workdir: str, task, model, params, keys) -> list[str]:
   paths = [os.path.join(workdir, 'learning_curve.png')]
   learning_curve(workdir, paths[0])
-  for difficulty in task.example_difficulties():
-    path = os.path.join(workdir, f'sequence_{task.difficulty_name}_{difficulty}.png')
-    sequence_view(task, model, params, jax.random.fold_in(keys.figures, difficulty),
+  for index, difficulty in enumerate(task.example_difficulties()):
+    label = task.difficulty_label(difficulty)
+    path = os.path.join(workdir, f'sequence_{task.difficulty_name}_{label}.png'.replace(
+        ' ', '_'))
+    sequence_view(task, model, params, jax.random.fold_in(keys.figures, index),
                   difficulty, path)
     paths.append(path)
   return paths
