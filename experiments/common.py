@@ -54,10 +54,16 @@ flags.DEFINE_string('memory_init', None, 'constant, learned or random.')
 flags.DEFINE_integer('lstm_features', None, 'LSTM baseline: units per layer.')
 flags.DEFINE_integer('lstm_layers', None, 'LSTM baseline: number of layers.')
 flags.DEFINE_string('dtype', None, 'float32, or bfloat16 for the dense computations.')
+flags.DEFINE_bool('data_parallel', False, 'Split each batch over all devices (of all '
+                  'processes, with the multi-host flags below).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '
+                    'for jax.distributed.initialize.')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process\'s index.')
 
 # Flags whose value, when given, overrides the experiment's default for that config field.
-_CONFIG_FLAGS = [name for name in vars(_DEFAULTS) if name not in ('workdir', 'seed',
-                                                                   'model', 'plots')]
+_CONFIG_FLAGS = [name for name in vars(_DEFAULTS) if name not in (
+    'workdir', 'seed', 'model', 'plots', 'data_parallel')]
 
 
 def int_list(flag_name: str) -> tuple[int, ...]:
@@ -79,7 +85,8 @@ def make_config(task_name: str, defaults: dict,
       values[name] = getattr(FLAGS, name)
   workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_seed{FLAGS.seed}'
   return config_lib.ExperimentConfig(workdir=workdir, seed=FLAGS.seed, model=FLAGS.model,
-                                     plots=FLAGS.plots, **values)
+                                     plots=FLAGS.plots, data_parallel=FLAGS.data_parallel,
+                                     **values)
 
 
 def main(build_task: Callable, task_name: str, defaults: dict,
@@ -95,6 +102,13 @@ def main(build_task: Callable, task_name: str, defaults: dict,
     config = make_config(task_name, defaults, model_defaults)
     task = build_task()
     devices = training.select_accelerator(FLAGS.accelerator)
+    if FLAGS.coordinator_address is not None:
+      if FLAGS.num_processes is None or FLAGS.process_id is None:
+        raise ValueError('--coordinator_address needs --num_processes and --process_id.')
+      import jax  # pylint: disable=g-import-not-at-top
+      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+      devices = jax.devices()
   except (ValueError, training.AcceleratorUnavailableError) as error:
     sys.exit(f'error: {error}')
   print(f'{task_name}: model={config.model} on {devices[0].platform} '

@@ -39,6 +39,8 @@ class ExperimentConfig:
     lstm_features, lstm_layers: the LSTM baseline's sizes.
     dtype: 'float32' or 'bfloat16' for the dense computations.
     plots: write PNG figures into the workdir.
+    data_parallel: split each batch over all devices (a mesh over the batch axis);
+      batch_size must be divisible by the number of devices.
   """
   workdir: str
   seed: int = 0
@@ -67,6 +69,7 @@ class ExperimentConfig:
   lstm_layers: int = 3
   dtype: str = 'float32'
   plots: bool = True
+  data_parallel: bool = False
 
   def __post_init__(self):
     if not self.workdir:

@@ -84,9 +84,26 @@ def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation
               opt_state=optimizer.init(params))
 
 
+def make_mesh(batch_size: int) -> jax.sharding.Mesh:
+  """A mesh over all devices along the batch axis, for data-parallel training."""
+  num_devices = jax.device_count()
+  if batch_size % num_devices:
+    raise ValueError(f'batch_size={batch_size} must be divisible by the number of '
+                     f'devices ({num_devices}) for data-parallel training.')
+  # An Auto axis: XLA's sharding propagation partitions the step from the batch's sharding.
+  return jax.make_mesh((num_devices,), ('batch',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
-                    batch_size: int, data_key: jax.Array) -> Callable:
-  """A jitted (state) -> (state, metrics) training step that donates its input state."""
+                    batch_size: int, data_key: jax.Array,
+                    mesh: jax.sharding.Mesh | None = None) -> Callable:
+  """A jitted (state) -> (state, metrics) training step that donates its input state.
+
+  With a `mesh`, the batch is split over its 'batch' axis and the state is replicated:
+  XLA partitions the step and all-reduces the gradients, so the result is that of one
+  device at the same global batch.
+  """
 
   def loss_fn(params, batch):
     logits = model.apply(params, batch.inputs)
@@ -95,6 +112,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
 
   def train_step(state):
     batch = task.sample_train(jax.random.fold_in(data_key, state['step']), batch_size)
+    if mesh is not None:
+      batch = jax.lax.with_sharding_constraint(
+          batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch')))
     (loss, (logits, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state['params'], batch)
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
@@ -104,7 +124,10 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
                    grad_norm=optax.global_norm(grads))
     return dict(step=state['step'] + 1, params=params, opt_state=opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
 
 
 def make_evaluator(model: nn.Module, task: Task, keys: Keys,
@@ -240,6 +263,10 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
   model = build_model(config, task)
   optimizer = make_optimizer(config)
   state = create_train_state(model, optimizer, task, keys)
+  mesh = make_mesh(config.batch_size) if config.data_parallel else None
+  if mesh is not None:
+    state = jax.device_put(
+        state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
     if checkpointer.latest_step() is not None:
@@ -254,7 +281,7 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
     converged_at = None
     if not eval_only:
       state, converged_at = _train(config, task, model, optimizer, keys, state,
-                                   checkpointer, evaluate)
+                                   checkpointer, evaluate, mesh)
     report = _final_report(config, task, model, state, evaluate, converged_at,
                            time.time() - wall_start, workdir, eval_only)
   finally:
@@ -262,14 +289,14 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
   return report
 
 
-def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate):
+def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, mesh):
   workdir = os.path.abspath(config.workdir)
   start_step = int(state['step'])
   log = _MetricsLog(workdir, start_step)
   converged_at = next((r['sequences'] for r in log.read(log.path)
                        if r.get('kind') == 'eval' and r['train']['bit_errors']
                        < CONVERGED_BIT_ERRORS), None)
-  train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data)
+  train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh)
   progress = _Progress(config.train_steps)
   pending, window_start, last_good = [], time.time(), state
   if start_step >= config.train_steps:

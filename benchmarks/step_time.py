@@ -1,0 +1,163 @@
+"""Training-step speed, scaling, compile time, peak memory and arithmetic efficiency.
+
+`python -m benchmarks.step_time` prints tables and writes `--output` (JSON). It times the
+real jitted training step of the runner (`ntm_jax.training.loop.make_train_step`) on the
+copy task, after a warm-up, as the median of `--repeats` steps.
+
+Model FLOPs are counted from the shapes (dense layers: 2 FLOPs per multiply-accumulate;
+per head: content addressing 4NM + (10 + 2S)N, a write 4NM, a read 2NM; backward = 2 x
+forward) and divided by the step time, as a fraction of this machine's dense float32
+matmul throughput measured in the same run.
+"""
+
+import json
+import math
+import time
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntm_jax.tasks import CopyTask
+from ntm_jax.training import ExperimentConfig
+from ntm_jax.training import loop
+
+flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
+flags.DEFINE_list('memory_sizes', ['32', '128', '512', '2048', '8192'],
+                  'Memory slots N of the scaling table (batch 32, length 20).')
+flags.DEFINE_list('lengths', ['20', '100', '500'],
+                  'Copy lengths of the scaling table (batch 32, N = 128); T = 2L + 1.')
+flags.DEFINE_integer('repeats', 10, 'Timed steps per measurement.')
+flags.DEFINE_string('output', 'benchmarks/step_time.json', 'Where to write the JSON.')
+FLAGS = flags.FLAGS
+
+
+def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
+  """This machine's dense float32 matmul throughput, measured with JAX."""
+  a = jax.random.normal(jax.random.key(0), (size, size))
+  matmul = jax.jit(lambda x: x @ a)
+  x = matmul(a).block_until_ready()
+  start = time.perf_counter()
+  for _ in range(repeats):
+    x = matmul(x)
+  x.block_until_ready()
+  return 2 * size**3 * repeats / (time.perf_counter() - start)
+
+
+def model_flops(config: ExperimentConfig, task: CopyTask, batch_size: int,
+                num_steps: int) -> float:
+  """Training FLOPs of one step (forward x 3) counted from the shapes."""
+  n, m, h = config.memory_size, config.word_size, config.controller_features
+  heads, shifts = config.num_heads, 2 * config.shift_range + 1
+  inputs, outputs = task.input_size, task.output_size
+  if config.controller == 'lstm':
+    controller = 2 * (inputs + heads * m + h) * 4 * h
+    controller += (config.controller_layers - 1) * 2 * (2 * h) * 4 * h
+  else:
+    controller = 2 * (inputs + heads * m) * h + (config.controller_layers - 1) * 2 * h * h
+  head_parameters = heads * (m + shifts + 3) + heads * (3 * m + shifts + 3)
+  projection = 2 * h * head_parameters
+  addressing = 2 * heads * (4 * n * m + (10 + 2 * shifts) * n)
+  memory = heads * (4 * n * m + 2 * n * m)
+  output = 2 * (h + heads * m) * outputs
+  per_step = controller + projection + addressing + memory + output
+  return 3.0 * per_step * num_steps * batch_size
+
+
+def measure(config: ExperimentConfig, task: CopyTask, repeats: int) -> dict:
+  """Compile time, median step time and peak memory of the training step."""
+  model = loop.build_model(config, task)
+  optimizer = loop.make_optimizer(config)
+  keys = loop.Keys(0)
+  state = loop.create_train_state(model, optimizer, task, keys)
+  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+  start = time.perf_counter()
+  compiled = step.lower(state).compile()
+  compile_seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  peak_bytes = None
+  if memory is not None:
+    peak_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
+                  memory.output_size_in_bytes - memory.alias_size_in_bytes)
+  state, _ = compiled(state)  # warm-up
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state, metrics = compiled(state)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  return dict(compile_seconds=compile_seconds, step_seconds=float(np.median(times)),
+              peak_bytes=peak_bytes)
+
+
+def _copy_config(**changes) -> ExperimentConfig:
+  return ExperimentConfig(workdir='/unused', **changes)
+
+
+def fitted_exponent(sizes, seconds) -> float:
+  """Slope of log(time) against log(size) over the two largest sizes."""
+  return math.log(seconds[-1] / seconds[-2]) / math.log(sizes[-1] / sizes[-2])
+
+
+def main(argv):
+  del argv
+  peak = matmul_flops_per_second()
+  print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s\n')
+  results = dict(device=jax.devices()[0].device_kind, matmul_flops_per_second=peak,
+                 speed=[], memory_scaling=[], length_scaling=[])
+  task = CopyTask()
+  num_steps = 2 * task.max_length + 1
+
+  print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps)')
+  print(f'{"controller":>11} {"batch":>6} {"step ms":>9} {"seq/s":>9} {"compile s":>10} '
+        f'{"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9}')
+  for controller in ('lstm', 'feedforward'):
+    for batch_size in (int(b) for b in FLAGS.batch_sizes):
+      config = _copy_config(batch_size=batch_size, controller=controller)
+      row = measure(config, task, FLAGS.repeats)
+      flops = model_flops(config, task, batch_size, num_steps) / row['step_seconds']
+      row.update(controller=controller, batch_size=batch_size,
+                 sequences_per_second=batch_size / row['step_seconds'],
+                 model_flops_per_second=flops, fraction_of_matmul=flops / peak)
+      results['speed'].append(row)
+      peak_mib = (row['peak_bytes'] or 0) / 2**20
+      print(f'{controller:>11} {batch_size:>6} {1e3 * row["step_seconds"]:9.1f} '
+            f'{row["sequences_per_second"]:9.1f} {row["compile_seconds"]:10.2f} '
+            f'{peak_mib:9.1f} {flops / 1e9:8.2f} {100 * flops / peak:8.1f}%')
+
+  print('\nScaling in memory slots N (batch 32, length 20, LSTM controller)')
+  sizes = [int(n) for n in FLAGS.memory_sizes]
+  for n in sizes:
+    row = measure(_copy_config(batch_size=32, memory_size=n), task, FLAGS.repeats)
+    row.update(memory_size=n)
+    results['memory_scaling'].append(row)
+    print(f'  N={n:>6}: {1e3 * row["step_seconds"]:9.1f} ms/step, peak '
+          f'{(row["peak_bytes"] or 0) / 2**20:8.1f} MiB')
+  exponent = fitted_exponent(sizes, [r['step_seconds'] for r in results['memory_scaling']])
+  results['memory_exponent'] = exponent
+  print(f'  fitted exponent over the two largest N: {exponent:.2f}')
+
+  print('\nScaling in sequence length (batch 32, N = 128, LSTM controller)')
+  lengths = [int(length) for length in FLAGS.lengths]
+  for length in lengths:
+    long_task = CopyTask(max_length=length, eval_lengths=(length,))
+    row = measure(_copy_config(batch_size=32), long_task, FLAGS.repeats)
+    row.update(length=length, time_steps=2 * length + 1)
+    results['length_scaling'].append(row)
+    print(f'  L={length:>5} (T={2 * length + 1:>5}): {1e3 * row["step_seconds"]:9.1f} '
+          f'ms/step, peak {(row["peak_bytes"] or 0) / 2**20:8.1f} MiB')
+  exponent = fitted_exponent([2 * length + 1 for length in lengths],
+                             [r['step_seconds'] for r in results['length_scaling']])
+  results['length_exponent'] = exponent
+  print(f'  fitted exponent over the two longest T: {exponent:.2f}')
+
+  with open(FLAGS.output, 'w') as f:
+    json.dump(results, f, indent=2)
+  print(f'\nWrote {FLAGS.output}')
+
+
+if __name__ == '__main__':
+  app.run(main)
