@@ -54,6 +54,8 @@ flags.DEFINE_string('memory_init', None, 'constant, learned or random.')
 flags.DEFINE_integer('lstm_features', None, 'LSTM baseline: units per layer.')
 flags.DEFINE_integer('lstm_layers', None, 'LSTM baseline: number of layers.')
 flags.DEFINE_string('dtype', None, 'float32, or bfloat16 for the dense computations.')
+flags.DEFINE_integer('remat_chunk', None, 'Rematerialise the NTM backward pass in '
+                     'chunks of this many steps (0: off); for long sequences.')
 flags.DEFINE_bool('data_parallel', False, 'Split each batch over all devices (of all '
                   'processes, with the multi-host flags below).')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '

@@ -4,6 +4,7 @@ Both map inputs (b, T, I) to output logits (b, T, O) and are unrolled with `nn.R
 (a `jax.lax.scan` over time).
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -15,12 +16,39 @@ from ntm_jax.cell import NTMState
 
 
 class NTM(nn.Module):
-  """An `NTMCell` unrolled over time: (b, T, I) -> logits (b, T, O)."""
+  """An `NTMCell` unrolled over time: (b, T, I) -> logits (b, T, O).
+
+  Attributes:
+    cell: the NTMCell.
+    remat_chunk: 0 for a plain `nn.RNN`. Otherwise time is cut into chunks of this many
+      steps, scanned by an outer scan whose body (an inner scan over one chunk) is
+      rematerialised: the backward pass keeps only the carry at chunk boundaries, about
+      T / remat_chunk copies of the (b, N, M) memory instead of T, and recomputes each
+      chunk once. `jax.checkpoint` on single steps would still keep all T carries.
+  """
   cell: NTMCell
+  remat_chunk: int = 0
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    return nn.RNN(self.cell)(inputs)
+    if not self.remat_chunk:
+      return nn.RNN(self.cell)(inputs)
+    batch, num_steps, _ = inputs.shape
+    chunk = self.remat_chunk
+    num_chunks = -(-num_steps // chunk)
+    # Padding at the end changes nothing before it: the outputs there are dropped.
+    padded = jnp.pad(inputs, ((0, 0), (0, num_chunks * chunk - num_steps), (0, 0)))
+    xs = padded.reshape(batch, num_chunks, chunk, -1).transpose(1, 2, 0, 3)
+    carry = self.cell.initialize_carry(jax.random.key(0), inputs[:, 0].shape)
+    scan = functools.partial(nn.scan, variable_broadcast='params',
+                             split_rngs={'params': False})
+
+    def run_chunk(cell, carry, chunk_inputs):
+      return scan(lambda cell, carry, x: cell(carry, x))(cell, carry, chunk_inputs)
+
+    _, ys = scan(nn.remat(run_chunk, prevent_cse=False))(self.cell, carry, xs)
+    ys = ys.transpose(2, 0, 1, 3).reshape(batch, num_chunks * chunk, -1)
+    return ys[:, :num_steps]
 
 
 class LSTMBaseline(nn.Module):

@@ -187,3 +187,21 @@ def test_public_api():
     assert hasattr(ntm_jax, name)
   assert issubclass(ntm_jax.NTMCell, nn.RNNCellBase)
   assert NTMCell(features=3).num_feature_axes == 1
+
+
+@pytest.mark.parametrize('chunk', [1, 4, 11, 16])
+def test_chunked_remat_equals_the_plain_scan(chunk):
+  # Given the same parameters, when time is scanned in rematerialised chunks (including a
+  # chunk that does not divide T and one longer than T), then outputs and gradients match.
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+  xs = jax.random.normal(jax.random.key(0), (B, 11, I))
+  plain, chunked = models.NTM(cell), models.NTM(cell, remat_chunk=chunk)
+  params = plain.init(jax.random.key(1), xs)
+  assert jax.tree_util.tree_structure(chunked.init(jax.random.key(1), xs)) == \
+      jax.tree_util.tree_structure(params)
+  np.testing.assert_allclose(chunked.apply(params, xs), plain.apply(params, xs), rtol=1e-5,
+                             atol=1e-6)
+  loss = lambda model: lambda p: jnp.sum(jnp.square(model.apply(p, xs)))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+      jax.grad(loss(plain))(params), jax.grad(loss(chunked))(params))

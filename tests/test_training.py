@@ -159,13 +159,16 @@ def test_figures_are_written(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('controller', ['lstm', 'feedforward'])
-def test_a_tiny_ntm_learns_to_copy_short_sequences(controller):
+@pytest.mark.parametrize('controller,dtype', [('lstm', 'float32'),
+                                              ('feedforward', 'float32'),
+                                              ('feedforward', 'bfloat16')])
+def test_a_tiny_ntm_learns_to_copy_short_sequences(controller, dtype):
   # Given a tiny NTM (16 slots of 8) on copy of 4-bit vectors, length 1-4, when it trains
-  # for 400 steps, then the cost falls tenfold and it copies with almost no bit errors.
+  # for 400 steps, then the cost falls tenfold and it copies with almost no bit errors;
+  # also with bfloat16 dense computations (float32 parameters and memory).
   config = ExperimentConfig(workdir='/unused', batch_size=16, memory_size=16, word_size=8,
                             controller=controller, controller_features=32,
-                            learning_rate=1e-2)
+                            learning_rate=1e-2, dtype=dtype)
   task = CopyTask(bits=4, min_length=1, max_length=4, eval_lengths=(4,))
   model = loop.build_model(config, task)
   optimizer = loop.make_optimizer(config)

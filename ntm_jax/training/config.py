@@ -39,6 +39,8 @@ class ExperimentConfig:
     lstm_features, lstm_layers: the LSTM baseline's sizes.
     dtype: 'float32' or 'bfloat16' for the dense computations.
     plots: write PNG figures into the workdir.
+    remat_chunk: 0, or rematerialise the NTM's backward pass in chunks of this many
+      steps (bounded memory for long sequences and big memories; see models.NTM).
     data_parallel: split each batch over all devices (a mesh over the batch axis);
       batch_size must be divisible by the number of devices.
   """
@@ -69,6 +71,7 @@ class ExperimentConfig:
   lstm_layers: int = 3
   dtype: str = 'float32'
   plots: bool = True
+  remat_chunk: int = 0
   data_parallel: bool = False
 
   def __post_init__(self):
@@ -82,6 +85,8 @@ class ExperimentConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'{name} must be a positive integer, got {value!r}.')
+    if not isinstance(self.remat_chunk, int) or self.remat_chunk < 0:
+      raise ValueError(f'remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
     if not isinstance(self.shift_range, int) or self.shift_range < 0:
       raise ValueError(f'shift_range must be an integer >= 0, got {self.shift_range!r}.')
     if 2 * self.shift_range + 1 > self.memory_size:

@@ -53,7 +53,7 @@ def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
       num_write_heads=config.num_heads, controller=config.controller,
       controller_features=config.controller_features,
       controller_layers=config.controller_layers, shift_range=config.shift_range,
-      memory_init=config.memory_init, dtype=dtype))
+      memory_init=config.memory_init, dtype=dtype), remat_chunk=config.remat_chunk)
 
 
 class Keys:
