@@ -23,11 +23,8 @@ MODEL_DEFAULTS = dict(lstm=dict(lstm_features=256, lstm_layers=3))
 
 
 def build_task() -> AssociativeRecallTask:
-  try:
-    return AssociativeRecallTask(max_items=FLAGS.max_items,
-                                 eval_items=common.int_list('eval_items'))
-  except ValueError as error:
-    raise ValueError(f'associative recall flags: {error}') from None
+  return AssociativeRecallTask(max_items=FLAGS.max_items,
+                               eval_items=common.int_list('eval_items'))
 
 
 def main():

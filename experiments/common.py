@@ -102,7 +102,10 @@ def main(build_task: Callable, task_name: str, defaults: dict,
 
   try:
     config = make_config(task_name, defaults, model_defaults)
-    task = build_task()
+    try:
+      task = build_task()
+    except ValueError as error:
+      raise ValueError(f'{task_name} task flags: {error}') from None
     devices = training.select_accelerator(FLAGS.accelerator)
     if FLAGS.coordinator_address is not None:
       if FLAGS.num_processes is None or FLAGS.process_id is None:

@@ -27,11 +27,8 @@ MODEL_DEFAULTS = dict(lstm=dict(lstm_features=256, lstm_layers=3))
 
 
 def build_task() -> CopyTask:
-  try:
-    return CopyTask(min_length=FLAGS.min_length, max_length=FLAGS.max_length,
-                    eval_lengths=common.int_list('eval_lengths'))
-  except ValueError as error:
-    raise ValueError(f'copy task flags: {error}') from None
+  return CopyTask(min_length=FLAGS.min_length, max_length=FLAGS.max_length,
+                  eval_lengths=common.int_list('eval_lengths'))
 
 
 def main():

@@ -22,11 +22,8 @@ MODEL_DEFAULTS = dict(lstm=dict(lstm_features=128, lstm_layers=3))
 
 
 def build_task() -> DynamicNGramsTask:
-  try:
-    return DynamicNGramsTask(length=FLAGS.sequence_length,
-                             eval_lengths=(FLAGS.sequence_length,))
-  except ValueError as error:
-    raise ValueError(f'n-grams flags: {error}') from None
+  return DynamicNGramsTask(length=FLAGS.sequence_length,
+                           eval_lengths=(FLAGS.sequence_length,))
 
 
 def main():

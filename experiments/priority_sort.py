@@ -22,11 +22,8 @@ MODEL_DEFAULTS = dict(lstm=dict(lstm_features=128, lstm_layers=3))
 
 
 def build_task() -> PrioritySortTask:
-  try:
-    return PrioritySortTask(num_inputs=FLAGS.num_inputs, num_outputs=FLAGS.num_outputs,
-                            eval_inputs=(FLAGS.num_inputs,))
-  except ValueError as error:
-    raise ValueError(f'priority sort flags: {error}') from None
+  return PrioritySortTask(num_inputs=FLAGS.num_inputs, num_outputs=FLAGS.num_outputs,
+                          eval_inputs=(FLAGS.num_inputs,))
 
 
 def main():

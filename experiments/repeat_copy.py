@@ -31,11 +31,8 @@ def build_task() -> RepeatCopyTask:
   except ValueError:
     raise ValueError('--eval_difficulties must look like 10x10,20x10 (LENGTHxREPEATS), '
                      f'got {FLAGS.eval_difficulties}.') from None
-  try:
-    return RepeatCopyTask(max_length=FLAGS.max_length, max_repeats=FLAGS.max_repeats,
-                          eval_difficulties=pairs)
-  except ValueError as error:
-    raise ValueError(f'repeat copy flags: {error}') from None
+  return RepeatCopyTask(max_length=FLAGS.max_length, max_repeats=FLAGS.max_repeats,
+                        eval_difficulties=pairs)
 
 
 def main():
