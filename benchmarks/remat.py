@@ -20,7 +20,7 @@ from ntm_jax.training import loop
 flags.DEFINE_integer('length', 500, 'Copy length L; T = 2L + 1 steps.')
 flags.DEFINE_integer('memory_size', 8192, 'Memory slots N.')
 flags.DEFINE_integer('batch_size', 32, 'Batch size.')
-flags.DEFINE_integer('remat_chunk', 32, 'Chunk length of the rematerialised scan.')
+flags.DEFINE_integer('remat_chunk', 16, 'Chunk length of the rematerialised scan.')
 flags.DEFINE_bool('run', True, 'Also run one rematerialised step and time it.')
 flags.DEFINE_string('output', 'benchmarks/remat.json', 'Where to write the JSON.')
 FLAGS = flags.FLAGS
