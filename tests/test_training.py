@@ -106,6 +106,7 @@ def test_eval_only_evaluates_the_latest_checkpoint_without_training(tmp_path):
                eval_only=True)
   assert report['step'] == 3 and report['eval_only']
   assert report['results'] == trained['results']
+  assert report['converged_at_sequences'] == trained['converged_at_sequences']
   assert set(report['results']) == {'train', '2', '5'}
   with open(os.path.join(workdir, 'report.json')) as f:
     assert json.load(f)['step'] == 3
@@ -121,6 +122,14 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
   changed = dict(TINY, memory_size=16)
   with pytest.raises(ValueError, match='memory_size: 8 -> 16'):
     run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, **changed), tiny_task())
+
+
+def test_a_workdir_without_checkpoints_accepts_other_sizes(tmp_path):
+  # A first run that died before its first save leaves config.json but nothing to resume.
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(dict(task='copy', model='ntm', memory_size=64), f)
+  report = run(ExperimentConfig(workdir=str(tmp_path), train_steps=1, **TINY), tiny_task())
+  assert report['step'] == 1
 
 
 class _PoisonedCopy(CopyTask):

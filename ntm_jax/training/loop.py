@@ -208,11 +208,12 @@ class _MetricsLog:
       f.write(json.dumps(record) + '\n')
 
 
-def _check_config(workdir: str, config: ExperimentConfig, task: Task) -> None:
+def _check_config(workdir: str, config: ExperimentConfig, task: Task,
+                  resuming: bool) -> None:
   """Refuses to resume a checkpoint made with other model shapes; records the config."""
   path = os.path.join(workdir, 'config.json')
   current = dict(task=task.name, **config.model_fields())
-  if os.path.exists(path):
+  if resuming and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
     saved_model = {name: saved.get(name) for name in current}
@@ -258,7 +259,6 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
   """
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
-  _check_config(workdir, config, task)
   keys = Keys(config.seed)
   model = build_model(config, task)
   optimizer = make_optimizer(config)
@@ -269,6 +269,9 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
         state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
+    # Only a checkpoint binds the workdir to a model: a run that died before its first
+    # save can be restarted with other sizes.
+    _check_config(workdir, config, task, resuming=checkpointer.latest_step() is not None)
     if checkpointer.latest_step() is not None:
       state = checkpointer.restore(state)
       print(f'Resumed from the checkpoint at step {int(state["step"])} in {workdir}.',
@@ -278,7 +281,8 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
           f'--eval_only needs a checkpoint, and {checkpointer.directory} has none.')
     evaluate = make_evaluator(model, task, keys, config.eval_batch_size)
     wall_start = time.time()
-    converged_at = None
+    converged_at = _converged_at(_MetricsLog.read(os.path.join(workdir, 'metrics.jsonl')),
+                                 int(state['step']))
     if not eval_only:
       state, converged_at = _train(config, task, model, optimizer, keys, state,
                                    checkpointer, evaluate, mesh)
@@ -289,16 +293,21 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
   return report
 
 
+def _converged_at(records: list[dict], up_to_step: int) -> int | None:
+  """Sequences seen at the first logged evaluation below CONVERGED_BIT_ERRORS."""
+  return next((r['sequences'] for r in records
+               if r.get('kind') == 'eval' and r['step'] <= up_to_step
+               and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
+
+
 def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, mesh):
   workdir = os.path.abspath(config.workdir)
   start_step = int(state['step'])
   log = _MetricsLog(workdir, start_step)
-  converged_at = next((r['sequences'] for r in log.read(log.path)
-                       if r.get('kind') == 'eval' and r['train']['bit_errors']
-                       < CONVERGED_BIT_ERRORS), None)
+  converged_at = _converged_at(log.read(log.path), start_step)
   train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh)
   progress = _Progress(config.train_steps)
-  pending, window_start, last_good = [], time.time(), state
+  pending, window_start = [], time.time()
   if start_step >= config.train_steps:
     return state, converged_at
 
