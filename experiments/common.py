@@ -106,14 +106,8 @@ def main(build_task: Callable, task_name: str, defaults: dict,
       task = build_task()
     except ValueError as error:
       raise ValueError(f'{task_name} task flags: {error}') from None
-    devices = training.select_accelerator(FLAGS.accelerator)
-    if FLAGS.coordinator_address is not None:
-      if FLAGS.num_processes is None or FLAGS.process_id is None:
-        raise ValueError('--coordinator_address needs --num_processes and --process_id.')
-      import jax  # pylint: disable=g-import-not-at-top
-      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
-                                 FLAGS.process_id)
-      devices = jax.devices()
+    devices = training.select_accelerator(FLAGS.accelerator, FLAGS.coordinator_address,
+                                          FLAGS.num_processes, FLAGS.process_id)
   except (ValueError, training.AcceleratorUnavailableError) as error:
     sys.exit(f'error: {error}')
   print(f'{task_name}: model={config.model} on {devices[0].platform} '

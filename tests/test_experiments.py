@@ -1,6 +1,7 @@
 """`python -m experiments.copy` as a user runs it: clear errors for bad flags."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ def _run(*args, timeout=300):
     (['--accelerator=tpu'], '--accelerator=tpu: no TPU backend is available'),
     (['--accelerator=quantum'], "value should be one of <cpu|gpu|tpu>"),
     (['--eval_only'], '--eval_only needs a checkpoint'),
+    (['--coordinator_address=localhost:1'], '--coordinator_address needs --num_processes'),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(tmp_path, args, message):
   result = _run(f'--workdir={tmp_path}', *args)
@@ -40,3 +42,16 @@ def test_a_tiny_run_trains_evaluates_and_resumes(tmp_path):
   second = _run(*args[:1], '--train_steps=3', *args[2:])
   assert second.returncode == 0, second.stderr
   assert 'Resumed from the checkpoint at step 2' in second.stdout
+
+
+def test_a_one_process_multi_host_run_initialises_and_trains(tmp_path):
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  result = _run(f'--workdir={tmp_path}', f'--coordinator_address=localhost:{port}',
+                '--num_processes=1', '--process_id=0', '--data_parallel',
+                '--train_steps=1', '--batch_size=2', '--memory_size=8', '--word_size=4',
+                '--controller_features=8', '--eval_batch_size=2', '--max_length=2',
+                '--eval_lengths=3', '--plots=false')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'Report:' in result.stdout

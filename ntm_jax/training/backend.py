@@ -14,16 +14,25 @@ class AcceleratorUnavailableError(RuntimeError):
   pass
 
 
-def select_accelerator(accelerator: str) -> list[jax.Device]:
+def select_accelerator(accelerator: str, coordinator_address: str | None = None,
+                       num_processes: int | None = None,
+                       process_id: int | None = None) -> list[jax.Device]:
   """Makes `accelerator` ('cpu', 'gpu' or 'tpu') JAX's only backend; returns its devices.
 
-  Must run before the first JAX computation. Raises `AcceleratorUnavailableError`, with
-  the install command, when the backend is not available on this machine.
+  Must run before the first JAX computation. With a `coordinator_address` it also joins a
+  multi-host run (`jax.distributed.initialize`, which must precede any use of a device),
+  and the devices returned are those of every process. Raises
+  `AcceleratorUnavailableError`, with the install command, when the backend is not
+  available on this machine.
   """
   if accelerator not in _PLATFORMS:
     raise ValueError(
         f'--accelerator must be one of {", ".join(_PLATFORMS)}; got {accelerator!r}.')
   jax.config.update('jax_platforms', _PLATFORMS[accelerator])
+  if coordinator_address is not None:
+    if num_processes is None or process_id is None:
+      raise ValueError('--coordinator_address needs --num_processes and --process_id.')
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
   try:
     devices = jax.devices()
   except Exception:  # noqa: BLE001 - JAX raises RuntimeError or AssertionError here
