@@ -17,7 +17,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntm_jax.tasks import CopyTask
