@@ -28,6 +28,9 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any) -> None:
+    """Saves `state` as `step`, unless that step is already saved."""
+    if step == self.latest_step():
+      return
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def restore(self, like: Any, step: int | None = None) -> Any:

@@ -285,7 +285,7 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
                                  int(state['step']))
     if not eval_only:
       state, converged_at = _train(config, task, model, optimizer, keys, state,
-                                   checkpointer, evaluate, mesh)
+                                   checkpointer, evaluate, mesh, converged_at)
     report = _final_report(config, task, model, state, evaluate, converged_at,
                            time.time() - wall_start, workdir, eval_only)
   finally:
@@ -300,11 +300,11 @@ def _converged_at(records: list[dict], up_to_step: int) -> int | None:
                and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
 
 
-def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, mesh):
+def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, mesh,
+           converged_at):
   workdir = os.path.abspath(config.workdir)
   start_step = int(state['step'])
   log = _MetricsLog(workdir, start_step)
-  converged_at = _converged_at(log.read(log.path), start_step)
   train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh)
   progress = _Progress(config.train_steps)
   pending, window_start = [], time.time()
@@ -357,8 +357,7 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
         window_start += time.time() - eval_start  # evaluations don't count as training
         if 0 < config.target_bit_errors and train_eval['bit_errors'] < \
             config.target_bit_errors:
-          if not boundary(config.checkpoint_every):
-            checkpointer.save(step, state)
+          checkpointer.save(step, state)
           progress.newline()
           print(f'Reached {train_eval["bit_errors"]:.3f} bit errors per sequence '
                 f'(target {config.target_bit_errors}) at step {step}; stopping.',
