@@ -15,6 +15,7 @@ import jax
 
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
+from ntm_jax.training import backend
 from ntm_jax.training import loop
 
 flags.DEFINE_integer('length', 500, 'Copy length L; T = 2L + 1 steps.')
@@ -42,6 +43,7 @@ def compiled_step(config, task):
 
 def main(argv):
   del argv
+  backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
   task = CopyTask(max_length=FLAGS.length, eval_lengths=(FLAGS.length,))
   results = dict(length=FLAGS.length, time_steps=2 * FLAGS.length + 1,
                  memory_size=FLAGS.memory_size, batch_size=FLAGS.batch_size,

@@ -12,6 +12,7 @@ matmul throughput measured in the same run.
 
 import json
 import math
+import os
 import time
 
 from absl import app
@@ -21,6 +22,7 @@ import numpy as np
 
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
+from ntm_jax.training import backend
 from ntm_jax.training import loop
 
 flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
@@ -103,9 +105,13 @@ def fitted_exponent(sizes, seconds) -> float:
 
 def main(argv):
   del argv
+  backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
   peak = matmul_flops_per_second()
-  print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s\n')
+  xla_flags = os.environ.get('XLA_FLAGS', '')
+  print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s; '
+        f'XLA_FLAGS={xla_flags!r}\n')
   results = dict(device=jax.devices()[0].device_kind, matmul_flops_per_second=peak,
+                 xla_flags=xla_flags,
                  speed=[], memory_scaling=[], length_scaling=[])
   task = CopyTask()
   num_steps = 2 * task.max_length + 1

@@ -8,5 +8,9 @@ from ntm_jax.tasks.ngrams import DynamicNGramsTask
 from ntm_jax.tasks.priority_sort import PrioritySortTask
 from ntm_jax.tasks.repeat_copy import RepeatCopyTask
 
+# Every task by its `name`, as recorded in a run's config.json.
+TASKS = {task.name: task for task in (CopyTask, RepeatCopyTask, AssociativeRecallTask,
+                                      DynamicNGramsTask, PrioritySortTask)}
+
 __all__ = ['AssociativeRecallTask', 'Batch', 'CopyTask', 'DynamicNGramsTask',
-           'PrioritySortTask', 'RepeatCopyTask', 'Task']
+           'PrioritySortTask', 'RepeatCopyTask', 'TASKS', 'Task']

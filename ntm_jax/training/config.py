@@ -5,6 +5,8 @@ Every error names the field (which is also the flag's name) and what is allowed.
 """
 
 import dataclasses
+import json
+import os
 
 MODELS = ('ntm', 'lstm')
 OPTIMIZERS = ('adam', 'rmsprop', 'sgd')
@@ -109,6 +111,21 @@ class ExperimentConfig:
 
   def replace(self, **changes) -> 'ExperimentConfig':
     return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def load(cls, workdir: str, **changes) -> tuple['ExperimentConfig', str]:
+    """The config a run recorded in `<workdir>/config.json`, and its task's name.
+
+    The workdir is set to `workdir` (a run's directory may have been moved); `changes`
+    override other fields, e.g. a smaller eval_batch_size.
+    """
+    with open(os.path.join(workdir, 'config.json')) as f:
+      saved = json.load(f)
+    task_name = saved.pop('task')
+    fields = {field.name for field in dataclasses.fields(cls)}
+    values = {name: value for name, value in saved.items() if name in fields}
+    values.update(changes, workdir=workdir)
+    return cls(**values), task_name
 
   def model_fields(self) -> dict:
     """The fields that fix the parameters' shapes: a checkpoint needs them unchanged."""

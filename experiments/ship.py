@@ -1,0 +1,70 @@
+"""Copies a finished run into `trained/` and records the metrics its test checks.
+
+`python -m experiments.ship --workdir=runs/copy_ntm_seed0` copies the run's latest
+checkpoint, config.json, metrics.jsonl and report.json into `trained/<task>_<model>/`,
+then evaluates the copy with `--eval_only` on `--eval_batch_size` sequences per row and
+writes the results to `expected.json`. `tests/test_trained.py` re-evaluates every shipped
+run and fails when its metrics move: a change that breaks the cell's maths fails CI.
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'The finished run to ship.', required=True)
+flags.DEFINE_string('destination', 'trained', 'Where shipped runs live.')
+flags.DEFINE_integer('eval_batch_size', 64,
+                     'Sequences per evaluated row in expected.json (kept small for CI).')
+
+RUN_FILES = ('config.json', 'metrics.jsonl', 'report.json')
+
+
+def evaluate(directory: str, eval_batch_size: int) -> dict:
+  """Evaluates a run directory's latest checkpoint, in a scratch copy (eval writes files)."""
+  from ntm_jax.tasks import TASKS
+  from ntm_jax.training import ExperimentConfig
+  from ntm_jax.training import run
+
+  with tempfile.TemporaryDirectory() as scratch:
+    workdir = os.path.join(scratch, 'run')
+    shutil.copytree(directory, workdir)
+    config, task_name = ExperimentConfig.load(workdir, eval_batch_size=eval_batch_size,
+                                              plots=False)
+    report = run(config, TASKS[task_name](), eval_only=True)
+  return report['results']
+
+
+def ship(workdir: str, destination: str, eval_batch_size: int) -> str:
+  """Copies the run's latest checkpoint and records; returns the shipped directory."""
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  checkpoints = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit())
+  if not steps:
+    raise FileNotFoundError(f'{checkpoints} holds no finished checkpoint.')
+  target = os.path.join(destination, f'{config["task"]}_{config["model"]}')
+  shutil.rmtree(target, ignore_errors=True)
+  shutil.copytree(os.path.join(checkpoints, str(steps[-1])),
+                  os.path.join(target, 'checkpoints', str(steps[-1])))
+  for name in RUN_FILES:
+    shutil.copy(os.path.join(workdir, name), target)
+  results = evaluate(target, eval_batch_size)
+  with open(os.path.join(target, 'expected.json'), 'w') as f:
+    json.dump(dict(eval_batch_size=eval_batch_size, results=results), f, indent=2)
+  return target
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}.')
+  print(f'Shipped {ship(FLAGS.workdir, FLAGS.destination, FLAGS.eval_batch_size)}')
+
+
+if __name__ == '__main__':
+  app.run(main)
