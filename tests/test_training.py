@@ -152,6 +152,44 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
   jax.tree_util.tree_map(np.testing.assert_array_equal, kept, good)
 
 
+def _interrupt_on_step(monkeypatch, interrupted_step, after_donation):
+  """Makes the runner's training step raise KeyboardInterrupt (Ctrl-C) at a given step.
+
+  With `after_donation`, the interrupt comes once the step has taken (donated, deleted)
+  the state, as when Ctrl-C lands while a step is being dispatched; otherwise before.
+  """
+  make_train_step = loop.make_train_step
+
+  def interrupting_make_train_step(*args, **kwargs):
+    step_fn = make_train_step(*args, **kwargs)
+
+    def train_step(state):
+      if int(state['step']) + 1 == interrupted_step:
+        if after_donation:
+          jax.tree_util.tree_map(lambda leaf: leaf.delete(), state)
+        raise KeyboardInterrupt
+      return step_fn(state)
+
+    return train_step
+
+  monkeypatch.setattr(loop, 'make_train_step', interrupting_make_train_step)
+
+
+@pytest.mark.parametrize('after_donation,kept_step', [(False, 4), (True, 3)])
+def test_ctrl_c_keeps_a_restorable_checkpoint(tmp_path, monkeypatch, after_donation,
+                                              kept_step):
+  workdir = str(tmp_path)
+  _interrupt_on_step(monkeypatch, 5, after_donation)
+  with pytest.raises(KeyboardInterrupt):
+    run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())
+  step, state = _params(workdir)
+  assert step == kept_step and int(state['step']) == kept_step
+  # Resuming from it finishes the run.
+  monkeypatch.undo()
+  report = run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())
+  assert report['step'] == 9
+
+
 def test_the_lstm_baseline_trains_through_the_same_runner(tmp_path):
   config = ExperimentConfig(workdir=str(tmp_path), model='lstm', lstm_features=8,
                             lstm_layers=2, train_steps=2, **TINY)

@@ -364,9 +364,16 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
                 flush=True)
           break
   except KeyboardInterrupt:
-    # Keep what was learned: save the current state if its losses were all finite.
     progress.newline()
+    if any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state)):
+      # Interrupted while a step was being dispatched: the step had already taken the
+      # donated state, so there is nothing newer than the last checkpoint to save.
+      print('Interrupted during a training step: kept the checkpoint at step '
+            f'{checkpointer.latest_step()}; rerun the same command to resume.', flush=True)
+      raise
+    # Keep what was learned: save the current state if its losses were all finite.
     flush(step)
+    step = int(state['step'])  # the step the state has reached, whatever the loop counted
     checkpointer.save(step, state)
     print(f'Interrupted: saved the checkpoint at step {step}; rerun the same command '
           'to resume.', flush=True)

@@ -1,4 +1,4 @@
-"""PNG figures: the learning curve and the paper's Fig. 4/6 views of a run.
+"""PNG figures: learning curves (one run, or several compared) and the paper's Fig. 4/6 views of a run.
 
 The weighting view shows, for one sequence, the inputs, targets and outputs over time and
 each head's weighting over the memory slots: on copy the write head should step through
@@ -17,26 +17,52 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ntm_jax import models  # noqa: E402
 
 
-def learning_curve(workdir: str, path: str) -> None:
-  """Cost per sequence (training windows) and eval bit errors against sequences seen."""
+def _read_metrics(workdir: str) -> list[dict]:
   records = []
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     for line in f:
       try:
         records.append(json.loads(line))
-      except json.JSONDecodeError:
+      except json.JSONDecodeError:  # a line cut short by a killed run
         pass
-  train = [r for r in records if r.get('kind') == 'train']
-  evals = [r for r in records if r.get('kind') == 'eval']
+  return records
+
+
+def learning_curve(workdir: str, path: str) -> None:
+  """Cost per sequence (training windows) and eval bit errors against sequences seen."""
+  learning_curves({None: workdir}, path)
+
+
+def learning_curves(runs: dict, path: str, title: str | None = None,
+                    reference_cost: float | None = None) -> None:
+  """One or more runs' learning curves on shared axes (the paper's Fig. 3, 7, 10, 13, 16).
+
+  Args:
+    runs: {label: workdir}; a label of None draws a single run without a legend.
+    path: the PNG to write.
+    title: a title over both panels.
+    reference_cost: a cost per sequence to draw as a line (e.g. the optimal estimator's).
+  """
   fig, (ax_cost, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
-  ax_cost.plot([r['sequences'] for r in train], [r['cost'] for r in train])
+  for label, workdir in runs.items():
+    records = _read_metrics(workdir)
+    train = [r for r in records if r.get('kind') == 'train']
+    evals = [r for r in records if r.get('kind') == 'eval']
+    ax_cost.plot([r['sequences'] for r in train], [r['cost'] for r in train], label=label)
+    ax_err.plot([r['sequences'] for r in evals],
+                [r['train']['bit_errors'] for r in evals], marker='.', label=label)
+  if reference_cost is not None:
+    ax_cost.axhline(reference_cost, color='black', linestyle='--', label='optimal')
   ax_cost.set(xlabel='sequences seen', ylabel='cost per sequence (bits)',
               title='training cost', yscale='log')
-  ax_err.plot([r['sequences'] for r in evals], [r['train']['bit_errors'] for r in evals],
-              marker='o')
   ax_err.set(xlabel='sequences seen', ylabel='bit errors per sequence',
-             title='evaluation on training lengths', yscale='symlog')
+             title='evaluation on the training distribution', yscale='symlog')
   ax_err.axhline(0.1, color='grey', linestyle=':')
+  if any(label is not None for label in runs):
+    ax_cost.legend()
+    ax_err.legend()
+  if title:
+    fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
