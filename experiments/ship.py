@@ -15,6 +15,7 @@ import tempfile
 
 from absl import app
 from absl import flags
+from absl import logging
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The finished run to ship.', required=True)
@@ -52,8 +53,9 @@ def ship(workdir: str, destination: str, eval_batch_size: int) -> str:
   shutil.rmtree(target, ignore_errors=True)
   shutil.copytree(os.path.join(checkpoints, str(steps[-1])),
                   os.path.join(target, 'checkpoints', str(steps[-1])))
-  for name in RUN_FILES:
-    shutil.copy(os.path.join(workdir, name), target)
+  for name in RUN_FILES:  # report.json is missing if the run was stopped before the end
+    if os.path.exists(os.path.join(workdir, name)):
+      shutil.copy(os.path.join(workdir, name), target)
   results = evaluate(target, eval_batch_size)
   with open(os.path.join(target, 'expected.json'), 'w') as f:
     json.dump(dict(eval_batch_size=eval_batch_size, results=results), f, indent=2)
@@ -63,6 +65,9 @@ def ship(workdir: str, destination: str, eval_batch_size: int) -> str:
 def main(argv):
   if len(argv) > 1:
     sys.exit(f'error: unexpected arguments {argv[1:]}.')
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
+  from ntm_jax.training import backend
+  backend.tune_cpu_compiler()  # the compiler flags the tests and runners use
   print(f'Shipped {ship(FLAGS.workdir, FLAGS.destination, FLAGS.eval_batch_size)}')
 
 

@@ -30,9 +30,11 @@ def test_shipped_run_keeps_its_metrics(name):
     expected = json.load(f)
   results = ship.evaluate(os.path.join(TRAINED, name), expected['eval_batch_size'])
   assert results.keys() == expected['results'].keys()
+  # Same sequences, same parameters: only float reassociation between XLA builds may move
+  # the numbers, and at most flip an output bit that sat on the 0.5 threshold.
+  one_bit = 1.0 / expected['eval_batch_size']
   for row, values in expected['results'].items():
     for metric, value in values.items():
-      # Same sequences, same parameters: only float reassociation between XLA builds
-      # may move them.
-      assert results[row][metric] == pytest.approx(value, rel=1e-3, abs=2e-3), (
-          row, metric)
+      tolerance = dict(abs=2 * one_bit) if metric == 'bit_errors' else dict(rel=1e-3,
+                                                                             abs=2e-3)
+      assert results[row][metric] == pytest.approx(value, **tolerance), (row, metric)
