@@ -30,6 +30,8 @@ flags.DEFINE_list('memory_sizes', ['32', '128', '512', '2048', '8192'],
                   'Memory slots N of the scaling table (batch 32, length 20).')
 flags.DEFINE_list('lengths', ['20', '100', '500'],
                   'Copy lengths of the scaling table (batch 32, N = 128); T = 2L + 1.')
+flags.DEFINE_bool('tune_cpu', True, 'Apply ntm_jax.training.backend.tune_cpu_compiler() as the '
+                  'runners do (--notune_cpu measures XLA\'s defaults).')
 flags.DEFINE_integer('repeats', 10, 'Timed steps per measurement.')
 flags.DEFINE_string('output', 'benchmarks/step_time.json', 'Where to write the JSON.')
 FLAGS = flags.FLAGS
@@ -105,7 +107,8 @@ def fitted_exponent(sizes, seconds) -> float:
 
 def main(argv):
   del argv
-  backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
+  if FLAGS.tune_cpu:
+    backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
   peak = matmul_flops_per_second()
   xla_flags = os.environ.get('XLA_FLAGS', '')
   print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s; '

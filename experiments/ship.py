@@ -43,16 +43,21 @@ def evaluate(directory: str, eval_batch_size: int) -> dict:
 
 def ship(workdir: str, destination: str, eval_batch_size: int) -> str:
   """Copies the run's latest checkpoint and records; returns the shipped directory."""
-  with open(os.path.join(workdir, 'config.json')) as f:
-    config = json.load(f)
-  checkpoints = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(name) for name in os.listdir(checkpoints) if name.isdigit())
-  if not steps:
-    raise FileNotFoundError(f'{checkpoints} holds no finished checkpoint.')
-  target = os.path.join(destination, f'{config["task"]}_{config["model"]}')
+  from ntm_jax.training import ExperimentConfig
+  from ntm_jax.training import checkpointing
+
+  config, task_name = ExperimentConfig.load(workdir)
+  checkpointer = checkpointing.Checkpointer(workdir)
+  try:
+    step = checkpointer.latest_step()
+  finally:
+    checkpointer.close()
+  if step is None:
+    raise FileNotFoundError(f'{checkpointer.directory} holds no finished checkpoint.')
+  target = os.path.join(destination, f'{task_name}_{config.model}')
   shutil.rmtree(target, ignore_errors=True)
-  shutil.copytree(os.path.join(checkpoints, str(steps[-1])),
-                  os.path.join(target, 'checkpoints', str(steps[-1])))
+  shutil.copytree(os.path.join(checkpointer.directory, str(step)),
+                  os.path.join(target, 'checkpoints', str(step)))
   for name in RUN_FILES:  # report.json is missing if the run was stopped before the end
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copy(os.path.join(workdir, name), target)
@@ -68,7 +73,11 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every step at INFO
   from ntm_jax.training import backend
   backend.tune_cpu_compiler()  # the compiler flags the tests and runners use
-  print(f'Shipped {ship(FLAGS.workdir, FLAGS.destination, FLAGS.eval_batch_size)}')
+  try:
+    target = ship(FLAGS.workdir, FLAGS.destination, FLAGS.eval_batch_size)
+  except FileNotFoundError as error:
+    sys.exit(f'error: --workdir={FLAGS.workdir} is not a finished run: {error}')
+  print(f'Shipped {target}')
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
-"""PNG figures: learning curves (one run, or several compared) and the paper's Fig. 4/6 views of a run.
+"""PNG figures: learning curves (one run, or several compared) and the paper's Fig. 4/6
+views of a run.
 
 The weighting view shows, for one sequence, the inputs, targets and outputs over time and
 each head's weighting over the memory slots: on copy the write head should step through
