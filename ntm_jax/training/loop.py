@@ -184,24 +184,19 @@ class _MetricsLog:
   """metrics.jsonl in the workdir: one JSON object per logged train window or eval."""
 
   def __init__(self, workdir: str, resume_step: int):
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, metrics_lib.LOG_NAME)
     # A resumed run repeats the steps after its checkpoint: drop what they logged before.
-    kept = [record for record in self.read(self.path) if record['step'] <= resume_step]
+    kept = [record for record in self.read(workdir) if record['step'] <= resume_step]
     with open(self.path, 'w') as f:
       f.writelines(json.dumps(record) + '\n' for record in kept)
 
   @staticmethod
-  def read(path: str) -> list[dict]:
-    if not os.path.exists(path):
+  def read(workdir: str) -> list[dict]:
+    """The workdir's records; none for a fresh workdir."""
+    try:
+      return metrics_lib.read_log(workdir)
+    except FileNotFoundError:
       return []
-    records = []
-    with open(path) as f:
-      for line in f:
-        try:
-          records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a killed run
-          pass
-    return records
 
   def write(self, record: dict) -> None:
     with open(self.path, 'a') as f:
@@ -281,8 +276,7 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
           f'--eval_only needs a checkpoint, and {checkpointer.directory} has none.')
     evaluate = make_evaluator(model, task, keys, config.eval_batch_size)
     wall_start = time.time()
-    converged_at = _converged_at(_MetricsLog.read(os.path.join(workdir, 'metrics.jsonl')),
-                                 int(state['step']))
+    converged_at = _converged_at(_MetricsLog.read(workdir), int(state['step']))
     if not eval_only:
       state, converged_at = _train(config, task, model, optimizer, keys, state,
                                    checkpointer, evaluate, mesh, converged_at)

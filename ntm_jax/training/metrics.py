@@ -3,9 +3,13 @@
 cost: binary cross-entropy of sigmoid outputs, in bits, summed over a sequence's scored
 steps and channels (the paper's "cost per sequence"). bit_errors: scored outputs whose
 thresholded value (sigmoid > 0.5, i.e. logit > 0) differs from the target.
+
+A run logs them to `metrics.jsonl` in its workdir (`read_log` reads it back).
 """
 
+import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -30,3 +34,18 @@ def summarize(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
   """Batch means of the cost and bit errors per sequence."""
   return dict(cost=jnp.mean(cost_per_sequence(logits, batch)),
               bit_errors=jnp.mean(bit_errors_per_sequence(logits, batch)))
+
+
+LOG_NAME = 'metrics.jsonl'
+
+
+def read_log(workdir: str) -> list[dict]:
+  """The records of a run's metrics.jsonl; raises FileNotFoundError if it has none."""
+  records = []
+  with open(os.path.join(workdir, LOG_NAME)) as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:  # a line cut short by a killed run
+        pass
+  return records

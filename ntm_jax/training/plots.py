@@ -6,7 +6,6 @@ each head's weighting over the memory slots: on copy the write head should step 
 memory while the input is presented and the read head should follow it afterwards.
 """
 
-import json
 import os
 
 import jax
@@ -16,17 +15,7 @@ matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ntm_jax import models  # noqa: E402
-
-
-def _read_metrics(workdir: str) -> list[dict]:
-  records = []
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      try:
-        records.append(json.loads(line))
-      except json.JSONDecodeError:  # a line cut short by a killed run
-        pass
-  return records
+from ntm_jax.training import metrics as metrics_lib  # noqa: E402
 
 
 def learning_curve(workdir: str, path: str) -> None:
@@ -46,7 +35,7 @@ def learning_curves(runs: dict, path: str, title: str | None = None,
   """
   fig, (ax_cost, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
   for label, workdir in runs.items():
-    records = _read_metrics(workdir)
+    records = metrics_lib.read_log(workdir)
     train = [r for r in records if r.get('kind') == 'train']
     evals = [r for r in records if r.get('kind') == 'eval']
     ax_cost.plot([r['sequences'] for r in train], [r['cost'] for r in train], label=label)
