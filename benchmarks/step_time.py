@@ -2,7 +2,9 @@
 
 `python -m benchmarks.step_time` prints tables and writes `--output` (JSON). It times the
 real jitted training step of the runner (`ntm_jax.training.loop.make_train_step`) on the
-copy task, after a warm-up, as the median of `--repeats` steps.
+copy task, after a warm-up, as the median of `--repeats` steps: on one device with the
+whole batch at once, and as the runners' `--data_parallel --micro_batch_size=8` run it on
+a CPU (one JAX device per core, each going through its share in micro-batches).
 
 Model FLOPs are counted from the shapes (dense layers: 2 FLOPs per multiply-accumulate;
 per head: content addressing 4NM + (10 + 2S)N, a write 4NM, a read 2NM; backward = 2 x
@@ -26,6 +28,9 @@ from ntm_jax.training import backend
 from ntm_jax.training import loop
 
 flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
+flags.DEFINE_list('parallel_batch_sizes', ['32', '128'],
+                  'Batch sizes timed data-parallel over one CPU device per core.')
+flags.DEFINE_integer('micro_batch_size', 8, 'Micro-batch of the data-parallel rows.')
 flags.DEFINE_list('memory_sizes', ['32', '128', '512', '2048', '8192'],
                   'Memory slots N of the scaling table (batch 32, length 20).')
 flags.DEFINE_list('lengths', ['20', '100', '500'],
@@ -38,15 +43,26 @@ FLAGS = flags.FLAGS
 
 
 def matmul_flops_per_second(size: int = 1024, repeats: int = 20) -> float:
-  """This machine's dense float32 matmul throughput, measured with JAX."""
-  a = jax.random.normal(jax.random.key(0), (size, size))
-  matmul = jax.jit(lambda x: x @ a)
-  x = matmul(a).block_until_ready()
-  start = time.perf_counter()
-  for _ in range(repeats):
-    x = matmul(x)
-  x.block_until_ready()
-  return 2 * size**3 * repeats / (time.perf_counter() - start)
+  """This machine's dense float32 matmul throughput, measured with JAX.
+
+  The better of one device and of all devices at once (each multiplying its own rows), so
+  that the peak counts every core whether XLA's threads or the devices use them.
+  """
+  a = jax.random.normal(jax.random.key(0), (size, size)) / size**0.5  # keeps x's scale
+  best = 0.0
+  for num_devices in sorted({1, jax.device_count()}):
+    mesh = jax.make_mesh((num_devices,), ('rows',), devices=jax.devices()[:num_devices])
+    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('rows'))
+    x = jax.device_put(jax.random.normal(jax.random.key(1), (num_devices * size, size)),
+                       rows)
+    matmul = jax.jit(lambda x: x @ a, out_shardings=rows)
+    x = matmul(x).block_until_ready()
+    start = time.perf_counter()
+    for _ in range(repeats):
+      x = matmul(x)
+    x.block_until_ready()
+    best = max(best, 2 * num_devices * size**3 * repeats / (time.perf_counter() - start))
+  return best
 
 
 def model_flops(config: ExperimentConfig, task: CopyTask, batch_size: int,
@@ -75,7 +91,12 @@ def measure(config: ExperimentConfig, task: CopyTask, repeats: int) -> dict:
   optimizer = loop.make_optimizer(config)
   keys = loop.Keys(0)
   state = loop.create_train_state(model, optimizer, task, keys)
-  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+  mesh = loop.make_mesh(config.batch_size) if config.data_parallel else None
+  if mesh is not None:
+    state = jax.device_put(
+        state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
+                              config.micro_batch_size)
   start = time.perf_counter()
   compiled = step.lower(state).compile()
   compile_seconds = time.perf_counter() - start
@@ -109,6 +130,8 @@ def main(argv):
   del argv
   if FLAGS.tune_cpu:
     backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
+  # One CPU device per core, as `--data_parallel` makes them; the other rows use one.
+  jax.config.update('jax_num_cpu_devices', backend.usable_cores())
   peak = matmul_flops_per_second()
   xla_flags = os.environ.get('XLA_FLAGS', '')
   print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s; '
@@ -120,21 +143,27 @@ def main(argv):
   num_steps = 2 * task.max_length + 1
 
   print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps)')
-  print(f'{"controller":>11} {"batch":>6} {"step ms":>9} {"seq/s":>9} {"compile s":>10} '
-        f'{"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9}')
+  print(f'{"controller":>11} {"batch":>6} {"devices":>8} {"micro":>6} {"step ms":>9} '
+        f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9}')
+  splits = [(int(b), False, 0) for b in FLAGS.batch_sizes]
+  splits += [(int(b), True, FLAGS.micro_batch_size) for b in FLAGS.parallel_batch_sizes]
   for controller in ('lstm', 'feedforward'):
-    for batch_size in (int(b) for b in FLAGS.batch_sizes):
-      config = _copy_config(batch_size=batch_size, controller=controller)
+    for batch_size, data_parallel, micro_batch_size in splits:
+      config = _copy_config(batch_size=batch_size, controller=controller,
+                            data_parallel=data_parallel, micro_batch_size=micro_batch_size)
       row = measure(config, task, FLAGS.repeats)
       flops = model_flops(config, task, batch_size, num_steps) / row['step_seconds']
-      row.update(controller=controller, batch_size=batch_size,
+      devices = jax.device_count() if data_parallel else 1
+      row.update(controller=controller, batch_size=batch_size, devices=devices,
+                 micro_batch_size=micro_batch_size,
                  sequences_per_second=batch_size / row['step_seconds'],
                  model_flops_per_second=flops, fraction_of_matmul=flops / peak)
       results['speed'].append(row)
       peak_mib = (row['peak_bytes'] or 0) / 2**20
-      print(f'{controller:>11} {batch_size:>6} {1e3 * row["step_seconds"]:9.1f} '
-            f'{row["sequences_per_second"]:9.1f} {row["compile_seconds"]:10.2f} '
-            f'{peak_mib:9.1f} {flops / 1e9:8.2f} {100 * flops / peak:8.1f}%')
+      print(f'{controller:>11} {batch_size:>6} {devices:>8} {micro_batch_size or "-":>6} '
+            f'{1e3 * row["step_seconds"]:9.1f} {row["sequences_per_second"]:9.1f} '
+            f'{row["compile_seconds"]:10.2f} {peak_mib:9.1f} {flops / 1e9:8.2f} '
+            f'{100 * flops / peak:8.1f}%')
 
   print('\nScaling in memory slots N (batch 32, length 20, LSTM controller)')
   sizes = [int(n) for n in FLAGS.memory_sizes]

@@ -25,6 +25,9 @@ def _run(*args, timeout=300):
     (['--accelerator=quantum'], "value should be one of <cpu|gpu|tpu>"),
     (['--eval_only'], '--eval_only needs a checkpoint'),
     (['--coordinator_address=localhost:1'], '--coordinator_address needs --num_processes'),
+    (['--micro_batch_size=3', '--batch_size=32'],
+     'micro_batch_size=3 must divide batch_size=32'),
+    (['--micro_batch_size=-1'], 'micro_batch_size must be an integer >= 0'),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(tmp_path, args, message):
   result = _run(f'--workdir={tmp_path}', *args)
@@ -44,14 +47,27 @@ def test_a_tiny_run_trains_evaluates_and_resumes(tmp_path):
   assert 'Resumed from the checkpoint at step 2' in second.stdout
 
 
+def test_data_parallel_on_the_cpu_makes_one_device_per_core(tmp_path):
+  cores = len(os.sched_getaffinity(0))
+  result = _run(f'--workdir={tmp_path}', '--data_parallel', f'--batch_size={2 * cores}',
+                '--micro_batch_size=1', '--train_steps=1', '--memory_size=8',
+                '--word_size=4', '--controller_features=8', '--eval_batch_size=2',
+                '--max_length=2', '--eval_lengths=3', '--plots=false')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert f'on cpu ({cores} device(s))' in result.stdout
+  if cores > 1:
+    odd = _run(f'--workdir={tmp_path}/odd', '--data_parallel', f'--batch_size={cores + 1}')
+    assert f'batch_size={cores + 1} must be divisible by the number of devices' in odd.stderr
+
+
 def test_a_one_process_multi_host_run_initialises_and_trains(tmp_path):
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
   result = _run(f'--workdir={tmp_path}', f'--coordinator_address=localhost:{port}',
                 '--num_processes=1', '--process_id=0', '--data_parallel',
-                '--train_steps=1', '--batch_size=2', '--memory_size=8', '--word_size=4',
-                '--controller_features=8', '--eval_batch_size=2', '--max_length=2',
-                '--eval_lengths=3', '--plots=false')
+                '--train_steps=1', f'--batch_size={2 * len(os.sched_getaffinity(0))}',
+                '--memory_size=8', '--word_size=4', '--controller_features=8',
+                '--eval_batch_size=2', '--max_length=2', '--eval_lengths=3', '--plots=false')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'Report:' in result.stdout

@@ -3,6 +3,7 @@
 from ntm_jax.training.backend import AcceleratorUnavailableError
 from ntm_jax.training.backend import select_accelerator
 from ntm_jax.training.backend import tune_cpu_compiler
+from ntm_jax.training.backend import usable_cores
 from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.loop import NonFiniteLossError
 from ntm_jax.training.loop import WorkdirMismatchError
@@ -10,4 +11,4 @@ from ntm_jax.training.loop import run
 
 __all__ = ['AcceleratorUnavailableError', 'ExperimentConfig', 'NonFiniteLossError',
            'WorkdirMismatchError', 'run', 'select_accelerator',
-           'tune_cpu_compiler']
+           'tune_cpu_compiler', 'usable_cores']

@@ -40,16 +40,25 @@ def tune_cpu_compiler() -> tuple[str, ...]:
   return added
 
 
+def usable_cores() -> int:
+  """The CPU cores this process may run on."""
+  if hasattr(os, 'sched_getaffinity'):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def select_accelerator(accelerator: str, coordinator_address: str | None = None,
-                       num_processes: int | None = None,
-                       process_id: int | None = None) -> list[jax.Device]:
+                       num_processes: int | None = None, process_id: int | None = None,
+                       cpu_devices: int | None = None) -> list[jax.Device]:
   """Makes `accelerator` ('cpu', 'gpu' or 'tpu') JAX's only backend; returns its devices.
 
-  Must run before the first JAX computation. With a `coordinator_address` it also joins a
-  multi-host run (`jax.distributed.initialize`, which must precede any use of a device),
-  and the devices returned are those of every process. Raises
-  `AcceleratorUnavailableError`, with the install command, when the backend is not
-  available on this machine.
+  Must run before the first JAX computation. On the CPU, `cpu_devices` splits the host
+  into that many JAX devices, each running on its own thread: for data-parallel training
+  over the cores (unless `XLA_FLAGS` already sets a device count). With a
+  `coordinator_address` it also joins a multi-host run (`jax.distributed.initialize`,
+  which must precede any use of a device), and the devices returned are those of every
+  process. Raises `AcceleratorUnavailableError`, with the install command, when the
+  backend is not available on this machine.
   """
   if accelerator not in _PLATFORMS:
     raise ValueError(
@@ -57,6 +66,9 @@ def select_accelerator(accelerator: str, coordinator_address: str | None = None,
   jax.config.update('jax_platforms', _PLATFORMS[accelerator])
   if accelerator == 'cpu':
     tune_cpu_compiler()
+    if cpu_devices and 'xla_force_host_platform_device_count' not in os.environ.get(
+        'XLA_FLAGS', ''):
+      jax.config.update('jax_num_cpu_devices', cpu_devices)
   if coordinator_address is not None:
     if num_processes is None or process_id is None:
       raise ValueError('--coordinator_address needs --num_processes and --process_id.')

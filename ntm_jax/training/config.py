@@ -44,7 +44,11 @@ class ExperimentConfig:
     remat_chunk: 0, or rematerialise the NTM's backward pass in chunks of this many
       steps (bounded memory for long sequences and big memories; see models.NTM).
     data_parallel: split each batch over all devices (a mesh over the batch axis);
-      batch_size must be divisible by the number of devices.
+      batch_size must be divisible by the number of devices. On the CPU the runners
+      make one device per core.
+    micro_batch_size: 0, or go through each device's batch in micro-batches of this
+      size, summing their gradients: the same update, faster on a CPU (8 fits its
+      caches; BUILD_NOTES.md, "Speed").
   """
   workdir: str
   seed: int = 0
@@ -75,6 +79,7 @@ class ExperimentConfig:
   plots: bool = True
   remat_chunk: int = 0
   data_parallel: bool = False
+  micro_batch_size: int = 0
 
   def __post_init__(self):
     if not self.workdir:
@@ -89,6 +94,12 @@ class ExperimentConfig:
         raise ValueError(f'{name} must be a positive integer, got {value!r}.')
     if not isinstance(self.remat_chunk, int) or self.remat_chunk < 0:
       raise ValueError(f'remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
+    if not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 0:
+      raise ValueError(
+          f'micro_batch_size must be an integer >= 0, got {self.micro_batch_size!r}.')
+    if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+      raise ValueError(f'micro_batch_size={self.micro_batch_size} must divide '
+                       f'batch_size={self.batch_size}.')
     if not isinstance(self.shift_range, int) or self.shift_range < 0:
       raise ValueError(f'shift_range must be an integer >= 0, got {self.shift_range!r}.')
     if 2 * self.shift_range + 1 > self.memory_size:

@@ -97,30 +97,60 @@ def make_mesh(batch_size: int) -> jax.sharding.Mesh:
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
                     batch_size: int, data_key: jax.Array,
-                    mesh: jax.sharding.Mesh | None = None) -> Callable:
+                    mesh: jax.sharding.Mesh | None = None,
+                    micro_batch_size: int = 0) -> Callable:
   """A jitted (state) -> (state, metrics) training step that donates its input state.
 
-  With a `mesh`, the batch is split over its 'batch' axis and the state is replicated:
-  XLA partitions the step and all-reduces the gradients, so the result is that of one
-  device at the same global batch.
+  With a `mesh`, each device takes its slice of the batch (`shard_map` over the mesh's
+  'batch' axis) and the gradients are summed over devices, so the result is that of one
+  device at the same global batch. With a `micro_batch_size`, each device goes through its
+  slice in micro-batches of that size (a `lax.scan` that sums their gradients): the same
+  update, computed on arrays small enough to stay in a CPU's caches.
   """
+  num_devices = 1 if mesh is None else mesh.size
+  per_device = batch_size // num_devices
+  micro = micro_batch_size or per_device
+  if per_device % micro:
+    raise ValueError(f'micro_batch_size={micro_batch_size} must divide the batch on each '
+                     f'device: batch_size={batch_size} over {num_devices} device(s).')
 
-  def loss_fn(params, batch):
-    logits = model.apply(params, batch.inputs)
-    cost = metrics_lib.cost_per_sequence(logits, batch)
-    return jnp.mean(cost), (logits, cost)
+  def sums(params, batch):
+    """Summed cost, bit errors and cost gradients over one micro-batch."""
+    def total_cost(params):
+      logits = model.apply(params, batch.inputs)
+      return jnp.sum(metrics_lib.cost_per_sequence(logits, batch)), logits
+
+    (cost, logits), grads = jax.value_and_grad(total_cost, has_aux=True)(params)
+    return cost, jnp.sum(metrics_lib.bit_errors_per_sequence(logits, batch)), grads
+
+  def device_sums(params, batch):
+    """`sums` over this device's slice of the batch, in micro-batches, then all devices."""
+    if per_device > micro:
+      micro_batches = jax.tree.map(
+          lambda x: x.reshape((per_device // micro, micro) + x.shape[1:]), batch)
+      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(sums, params, batch))
+      totals, _ = jax.lax.scan(
+          lambda totals, micro_batch: (jax.tree.map(jnp.add, totals,
+                                                    sums(params, micro_batch)), None),
+          zeros, micro_batches)
+    else:
+      totals = sums(params, batch)
+    return totals if mesh is None else jax.lax.psum(totals, 'batch')
+
+  if mesh is not None:
+    P = jax.sharding.PartitionSpec  # noqa: N806 - the usual short name
+    # check_vma=False: the models' scans start from carries made of (replicated)
+    # parameters and take per-device inputs, which the varying-axes check rejects.
+    device_sums = jax.shard_map(device_sums, mesh=mesh, in_specs=(P(), P('batch')),
+                                out_specs=P(), check_vma=False)
 
   def train_step(state):
     batch = task.sample_train(jax.random.fold_in(data_key, state['step']), batch_size)
-    if mesh is not None:
-      batch = jax.lax.with_sharding_constraint(
-          batch, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch')))
-    (loss, (logits, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state['params'], batch)
+    cost, bit_errors, grads = device_sums(state['params'], batch)
+    grads = jax.tree.map(lambda g: g / batch_size, grads)  # of the mean cost
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = dict(cost=loss,
-                   bit_errors=jnp.mean(metrics_lib.bit_errors_per_sequence(logits, batch)),
+    metrics = dict(cost=cost / batch_size, bit_errors=bit_errors / batch_size,
                    grad_norm=optax.global_norm(grads))
     return dict(step=state['step'] + 1, params=params, opt_state=opt_state), metrics
 
@@ -299,7 +329,8 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
   workdir = os.path.abspath(config.workdir)
   start_step = int(state['step'])
   log = _MetricsLog(workdir, start_step)
-  train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh)
+  train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
+                               config.micro_batch_size)
   progress = _Progress(config.train_steps)
   pending, window_start = [], time.time()
   if start_step >= config.train_steps:
