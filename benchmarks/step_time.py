@@ -15,6 +15,9 @@ matmul throughput measured in the same run.
 import json
 import math
 import os
+import subprocess
+import sys
+import tempfile
 import time
 
 from absl import app
@@ -31,6 +34,10 @@ flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the sp
 flags.DEFINE_list('parallel_batch_sizes', ['32', '128'],
                   'Batch sizes timed data-parallel over one CPU device per core.')
 flags.DEFINE_integer('micro_batch_size', 8, 'Micro-batch of the data-parallel rows.')
+flags.DEFINE_integer('cpu_devices', 1, 'JAX CPU devices of this process. With more than '
+                     'one it times only the data-parallel rows: the main run starts such '
+                     'a process itself, one device per core, because splitting the CPU '
+                     'into devices slows the single-device rows.')
 flags.DEFINE_list('memory_sizes', ['32', '128', '512', '2048', '8192'],
                   'Memory slots N of the scaling table (batch 32, length 20).')
 flags.DEFINE_list('lengths', ['20', '100', '500'],
@@ -126,27 +133,11 @@ def fitted_exponent(sizes, seconds) -> float:
   return math.log(seconds[-1] / seconds[-2]) / math.log(sizes[-1] / sizes[-2])
 
 
-def main(argv):
-  del argv
-  if FLAGS.tune_cpu:
-    backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
-  # One CPU device per core, as `--data_parallel` makes them; the other rows use one.
-  jax.config.update('jax_num_cpu_devices', backend.usable_cores())
-  peak = matmul_flops_per_second()
-  xla_flags = os.environ.get('XLA_FLAGS', '')
-  print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s; '
-        f'XLA_FLAGS={xla_flags!r}\n')
-  results = dict(device=jax.devices()[0].device_kind, matmul_flops_per_second=peak,
-                 xla_flags=xla_flags,
-                 speed=[], memory_scaling=[], length_scaling=[])
+def speed_rows(splits, peak: float) -> list[dict]:
+  """Times the copy configuration per (controller, batch, data-parallel, micro-batch)."""
   task = CopyTask()
   num_steps = 2 * task.max_length + 1
-
-  print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps)')
-  print(f'{"controller":>11} {"batch":>6} {"devices":>8} {"micro":>6} {"step ms":>9} '
-        f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9}')
-  splits = [(int(b), False, 0) for b in FLAGS.batch_sizes]
-  splits += [(int(b), True, FLAGS.micro_batch_size) for b in FLAGS.parallel_batch_sizes]
+  rows = []
   for controller in ('lstm', 'feedforward'):
     for batch_size, data_parallel, micro_batch_size in splits:
       config = _copy_config(batch_size=batch_size, controller=controller,
@@ -158,12 +149,63 @@ def main(argv):
                  micro_batch_size=micro_batch_size,
                  sequences_per_second=batch_size / row['step_seconds'],
                  model_flops_per_second=flops, fraction_of_matmul=flops / peak)
-      results['speed'].append(row)
+      rows.append(row)
       peak_mib = (row['peak_bytes'] or 0) / 2**20
       print(f'{controller:>11} {batch_size:>6} {devices:>8} {micro_batch_size or "-":>6} '
             f'{1e3 * row["step_seconds"]:9.1f} {row["sequences_per_second"]:9.1f} '
             f'{row["compile_seconds"]:10.2f} {peak_mib:9.1f} {flops / 1e9:8.2f} '
-            f'{100 * flops / peak:8.1f}%')
+            f'{100 * flops / peak:8.1f}%', flush=True)
+  return rows
+
+
+def data_parallel_rows() -> dict:
+  """The data-parallel rows, timed in a child process with one CPU device per core."""
+  with tempfile.TemporaryDirectory() as directory:
+    output = os.path.join(directory, 'rows.json')
+    command = [sys.executable, '-m', 'benchmarks.step_time',
+               f'--cpu_devices={backend.usable_cores()}', f'--output={output}',
+               f'--parallel_batch_sizes={",".join(FLAGS.parallel_batch_sizes)}',
+               f'--micro_batch_size={FLAGS.micro_batch_size}', f'--repeats={FLAGS.repeats}',
+               f'--tune_cpu={FLAGS.tune_cpu}']
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run(command, check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
+    with open(output) as f:
+      return json.load(f)
+
+
+def main(argv):
+  del argv
+  if FLAGS.tune_cpu:
+    backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
+  if FLAGS.cpu_devices > 1:  # as `--data_parallel` makes them
+    jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
+    peak = matmul_flops_per_second()
+    splits = [(int(b), True, FLAGS.micro_batch_size) for b in FLAGS.parallel_batch_sizes]
+    rows = speed_rows(splits, peak)
+    with open(FLAGS.output, 'w') as f:
+      json.dump(dict(matmul_flops_per_second=peak, speed=rows), f)
+    return
+
+  peak = matmul_flops_per_second()
+  xla_flags = os.environ.get('XLA_FLAGS', '')
+  print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s; '
+        f'XLA_FLAGS={xla_flags!r}\n')
+  results = dict(device=jax.devices()[0].device_kind, matmul_flops_per_second=peak,
+                 xla_flags=xla_flags,
+                 speed=[], memory_scaling=[], length_scaling=[])
+
+  print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps); '
+        'data-parallel rows: one CPU device per core, each with its share of the batch in '
+        'micro-batches')
+  print(f'{"controller":>11} {"batch":>6} {"devices":>8} {"micro":>6} {"step ms":>9} '
+        f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9}',
+        flush=True)
+  results['speed'] = speed_rows([(int(b), False, 0) for b in FLAGS.batch_sizes], peak)
+  if FLAGS.parallel_batch_sizes and backend.usable_cores() > 1:
+    parallel = data_parallel_rows()
+    results['speed'] += parallel['speed']
+    results['data_parallel_matmul_flops_per_second'] = parallel['matmul_flops_per_second']
+  task = CopyTask()
 
   print('\nScaling in memory slots N (batch 32, length 20, LSTM controller)')
   sizes = [int(n) for n in FLAGS.memory_sizes]
