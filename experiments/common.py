@@ -120,7 +120,8 @@ def main(build_task: Callable, task_name: str, defaults: dict,
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # preemption saves too
   try:
     training.run(config, task, eval_only=FLAGS.eval_only)
-  # ValueError: e.g. a batch that does not split over the devices found.
+  # ValueError: settings that fail only once the devices are known (a batch that does not
+  # split over them, micro-batches that do not split a device's share).
   except (training.NonFiniteLossError, training.WorkdirMismatchError,
           FileNotFoundError, ValueError) as error:
     sys.exit(f'error: {error}')

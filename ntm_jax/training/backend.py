@@ -53,8 +53,8 @@ def select_accelerator(accelerator: str, coordinator_address: str | None = None,
   """Makes `accelerator` ('cpu', 'gpu' or 'tpu') JAX's only backend; returns its devices.
 
   Must run before the first JAX computation. On the CPU, `cpu_devices` splits the host
-  into that many JAX devices, each running on its own thread: for data-parallel training
-  over the cores (unless `XLA_FLAGS` already sets a device count). With a
+  into that many JAX devices, which run concurrently: for data-parallel training over
+  the cores (unless `XLA_FLAGS` already sets a device count). With a
   `coordinator_address` it also joins a multi-host run (`jax.distributed.initialize`,
   which must precede any use of a device), and the devices returned are those of every
   process. Raises `AcceleratorUnavailableError`, with the install command, when the

@@ -47,8 +47,8 @@ class ExperimentConfig:
       batch_size must be divisible by the number of devices. On the CPU the runners
       make one device per core.
     micro_batch_size: 0, or go through each device's batch in micro-batches of this
-      size, summing their gradients: the same update, faster on a CPU (8 fits its
-      caches; BUILD_NOTES.md, "Speed").
+      size, summing their gradients: the same update, faster on this project's CPU
+      at 8 (BUILD_NOTES.md, "Speed").
   """
   workdir: str
   seed: int = 0

@@ -105,7 +105,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   'batch' axis) and the gradients are summed over devices, so the result is that of one
   device at the same global batch. With a `micro_batch_size`, each device goes through its
   slice in micro-batches of that size (a `lax.scan` that sums their gradients): the same
-  update, computed on arrays small enough to stay in a CPU's caches.
+  update, computed on smaller arrays, which a CPU runs faster (BUILD_NOTES.md, "Speed").
   """
   num_devices = 1 if mesh is None else mesh.size
   per_device = batch_size // num_devices
@@ -126,13 +126,13 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   def device_sums(params, batch):
     """`sums` over this device's slice of the batch, in micro-batches, then all devices."""
     if per_device > micro:
-      micro_batches = jax.tree.map(
+      def accumulate(totals, micro_batch):
+        return jax.tree.map(jnp.add, totals, sums(params, micro_batch)), None
+
+      micro_batches = jax.tree.map(  # every Batch field has the batch axis first
           lambda x: x.reshape((per_device // micro, micro) + x.shape[1:]), batch)
       zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(sums, params, batch))
-      totals, _ = jax.lax.scan(
-          lambda totals, micro_batch: (jax.tree.map(jnp.add, totals,
-                                                    sums(params, micro_batch)), None),
-          zeros, micro_batches)
+      totals, _ = jax.lax.scan(accumulate, zeros, micro_batches)
     else:
       totals = sums(params, batch)
     return totals if mesh is None else jax.lax.psum(totals, 'batch')
