@@ -30,10 +30,7 @@ DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='
 # It sees the same number of sequences (64,000), in batches of 16: at batch 1 its 3 x 256
 # layers train at about 35 sequences per second on one core of this CPU, against about 80
 # at batch 16 (matrix-vector products that re-read the weights at every step).
-MODEL_DEFAULTS = dict(lstm=dict(lstm_features=256, lstm_layers=3, batch_size=16,
-                                train_steps=4000, learning_rate=1e-3, optimizer='adam',
-                                clip_mode='global_norm', eval_every=100,
-                                checkpoint_every=250, log_every=50))
+MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(256, 64000, eval_every=100))
 
 
 def build_task() -> CopyTask:

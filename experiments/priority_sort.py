@@ -23,10 +23,7 @@ DEFAULTS = dict(batch_size=1, train_steps=200000, learning_rate=1e-4, optimizer=
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=5000,
                 checkpoint_every=5000, log_every=1000, eval_batch_size=256, num_heads=5,
                 controller_layers=2)
-MODEL_DEFAULTS = dict(lstm=dict(lstm_features=128, lstm_layers=3, batch_size=16,
-                                train_steps=12500, learning_rate=1e-3, optimizer='adam',
-                                clip_mode='global_norm', eval_every=250,
-                                checkpoint_every=250, log_every=50))
+MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(128, 200000, eval_every=250))
 
 
 def build_task() -> PrioritySortTask:

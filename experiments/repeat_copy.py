@@ -25,10 +25,7 @@ FLAGS = flags.FLAGS
 DEFAULTS = dict(batch_size=1, train_steps=120000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=4000,
                 checkpoint_every=4000, log_every=1000, eval_batch_size=128)
-MODEL_DEFAULTS = dict(lstm=dict(lstm_features=512, lstm_layers=3, batch_size=16,
-                                train_steps=7500, learning_rate=1e-3, optimizer='adam',
-                                clip_mode='global_norm', eval_every=250,
-                                checkpoint_every=250, log_every=50))
+MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(512, 120000, eval_every=250))
 
 
 def build_task() -> RepeatCopyTask:
