@@ -100,8 +100,7 @@ def measure(config: ExperimentConfig, task: CopyTask, repeats: int) -> dict:
   state = loop.create_train_state(model, optimizer, task, keys)
   mesh = loop.make_mesh(config.batch_size) if config.data_parallel else None
   if mesh is not None:
-    state = jax.device_put(
-        state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    state = loop.replicate(state, mesh)
   step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
                               config.micro_batch_size)
   start = time.perf_counter()

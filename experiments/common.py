@@ -60,7 +60,8 @@ flags.DEFINE_bool('data_parallel', False, 'Split each batch over all devices (of
                   'processes, with the multi-host flags below); on the CPU, one device '
                   'per core.')
 flags.DEFINE_integer('micro_batch_size', None, 'Go through each device\'s batch in '
-                     'micro-batches of this size (0: all at once); 8 is fastest on a CPU.')
+                     'micro-batches of this size (0: all at once); 8 was fastest on a 2-core '
+                     'CPU (BUILD_NOTES.md).')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '
                     'for jax.distributed.initialize.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')

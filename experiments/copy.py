@@ -26,10 +26,9 @@ DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,
                 controller='lstm')
-# The paper's LSTM baseline for copy: 3 x 256 (trained with RMSProp 3e-5; Adam 1e-3 here).
-# It sees the same number of sequences (64,000), in batches of 16: at batch 1 its 3 x 256
-# layers train at about 35 sequences per second on one core of this CPU, against about 80
-# at batch 16 (matrix-vector products that re-read the weights at every step).
+# The paper's LSTM baseline for copy: 3 x 256 (trained with RMSProp 3e-5; Adam 1e-3 here),
+# in batches of 16: at batch 1 it trains at about 35 sequences per second on one core of
+# this CPU, against about 80 at batch 16.
 MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(256, 64000, eval_every=100))
 
 

@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 
 # The paper: NTM 1 head, LSTM controller of 100, trained as the paper did: one sequence
 # per update, Graves' RMSProp at 1e-4, each gradient entry clipped to [-10, 10]. All 5
-# seeds converged with it (32,000-52,000+ sequences), where Adam 1e-3 at batch 16 left the
+# seeds converged with it (24,000-52,000 sequences), where Adam 1e-3 at batch 16 left the
 # initial plateau for 1 of 5 (BUILD_NOTES.md, "Repeat copy"). LSTM baseline: 3 x 512,
 # the same number of sequences in batches of 16 with Adam (not run to this budget here:
 # about 6 sequences per second on this CPU).

@@ -95,6 +95,11 @@ def make_mesh(batch_size: int) -> jax.sharding.Mesh:
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def replicate(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
+  """The state on every device of `mesh`, as the data-parallel step expects it."""
+  return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
                     batch_size: int, data_key: jax.Array,
                     mesh: jax.sharding.Mesh | None = None,
@@ -290,8 +295,7 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
   state = create_train_state(model, optimizer, task, keys)
   mesh = make_mesh(config.batch_size) if config.data_parallel else None
   if mesh is not None:
-    state = jax.device_put(
-        state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    state = replicate(state, mesh)
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
     # Only a checkpoint binds the workdir to a model: a run that died before its first
