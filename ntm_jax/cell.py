@@ -145,7 +145,8 @@ class NTMCell(nn.RNNCellBase):
     shift_range: R, the largest shift offset; 2R + 1 <= memory_size.
     memory_init: 'constant' (1e-6 everywhere, Collier & Beel 2018), 'learned' (a
       parameter, reset to at the start of each sequence) or 'random' (drawn per sequence
-      in `initialize_carry` from its rng, normal with stddev 0.01).
+      in `initialize_carry` from its rng, normal with stddev 0.01; `models.NTM` takes
+      that rng from its 'memory' rng stream, which the training step sets per step).
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.

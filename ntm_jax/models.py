@@ -18,6 +18,10 @@ from ntm_jax.cell import NTMState
 class NTM(nn.Module):
   """An `NTMCell` unrolled over time: (b, T, I) -> logits (b, T, O).
 
+  With `memory_init='random'` the starting memory is drawn from the 'memory' rng stream
+  when `apply` is given one (`rngs={'memory': key}`; the training step passes a fresh key
+  per step), and from a fixed key otherwise, so that evaluation is deterministic.
+
   Attributes:
     cell: the NTMCell.
     remat_chunk: 0 for a plain `nn.RNN`. Otherwise time is cut into chunks of this many
@@ -31,15 +35,16 @@ class NTM(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
+    init_key = self.make_rng('memory') if self.has_rng('memory') else jax.random.key(0)
     if not self.remat_chunk:
-      return nn.RNN(self.cell)(inputs)
+      return nn.RNN(self.cell)(inputs, init_key=init_key)
     batch, num_steps, _ = inputs.shape
     chunk = self.remat_chunk
     num_chunks = -(-num_steps // chunk)
     # Padding at the end changes nothing before it: the outputs there are dropped.
     padded = jnp.pad(inputs, ((0, 0), (0, num_chunks * chunk - num_steps), (0, 0)))
     xs = padded.reshape(batch, num_chunks, chunk, -1).transpose(1, 2, 0, 3)
-    carry = self.cell.initialize_carry(jax.random.key(0), inputs[:, 0].shape)
+    carry = self.cell.initialize_carry(init_key, inputs[:, 0].shape)
     scan = functools.partial(nn.scan, variable_broadcast='params',
                              split_rngs={'params': False})
 

@@ -118,6 +118,19 @@ def test_learned_memory_is_a_parameter_and_random_memory_comes_from_the_rng():
       'cell']
 
 
+def test_the_ntm_draws_a_random_memory_from_the_memory_rng_and_a_fixed_one_without():
+  xs = jax.random.normal(jax.random.key(0), (2, 3, I))
+  cell = NTMCell(features=4, memory_size=16, word_size=6, memory_init='random')
+  model = models.NTM(cell)
+  params = model.init(jax.random.key(1), xs)
+  with_key = lambda k: model.apply(params, xs, rngs={'memory': jax.random.key(k)})
+  np.testing.assert_array_equal(with_key(5), with_key(5))
+  assert not np.allclose(with_key(5), with_key(6))
+  # Without a 'memory' rng (evaluation, figures) the carry is initialize_carry(key(0))'s.
+  np.testing.assert_array_equal(
+      model.apply(params, xs), nn.RNN(cell).apply(params, xs, init_key=jax.random.key(0)))
+
+
 def test_a_step_writes_memory_only_where_the_write_weighting_is_nonzero():
   cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
   x = jax.random.normal(jax.random.key(0), (B, I))

@@ -24,8 +24,8 @@ def tiny_task():
   return CopyTask(bits=3, min_length=1, max_length=3, eval_lengths=(2, 5))
 
 
-def _params(workdir):
-  config = ExperimentConfig(workdir=workdir, **TINY)
+def _params(workdir, memory_init='constant'):
+  config = ExperimentConfig(workdir=workdir, **dict(TINY, memory_init=memory_init))
   task = tiny_task()
   model = loop.build_model(config, task)
   state = loop.create_train_state(model, loop.make_optimizer(config), task,
@@ -70,13 +70,16 @@ def test_checkpoint_round_trip(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+# memory_init='random' draws each step's starting memories from the seed and the step.
+@pytest.mark.parametrize('memory_init', ['constant', 'random'])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, memory_init):
   whole, parts = str(tmp_path / 'whole'), str(tmp_path / 'parts')
-  run(ExperimentConfig(workdir=whole, train_steps=6, **TINY), tiny_task())
-  run(ExperimentConfig(workdir=parts, train_steps=3, **TINY), tiny_task())
-  report = run(ExperimentConfig(workdir=parts, train_steps=6, **TINY), tiny_task())
+  tiny = dict(TINY, memory_init=memory_init)
+  run(ExperimentConfig(workdir=whole, train_steps=6, **tiny), tiny_task())
+  run(ExperimentConfig(workdir=parts, train_steps=3, **tiny), tiny_task())
+  report = run(ExperimentConfig(workdir=parts, train_steps=6, **tiny), tiny_task())
   assert report['step'] == 6
-  (step_a, a), (step_b, b) = _params(whole), _params(parts)
+  (step_a, a), (step_b, b) = _params(whole, memory_init), _params(parts, memory_init)
   assert step_a == step_b == 6
   jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
   # The resumed run's metrics continue where the first stopped, without duplicates.

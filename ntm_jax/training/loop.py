@@ -2,8 +2,8 @@
 
 The training step is jitted once on fixed shapes (tasks pad and mask), draws its batch on
 the device from `fold_in(data_key, step)`, and donates the old state. Because the batch
-depends only on the seed and the step, a resumed run sees exactly the data an
-uninterrupted one would have.
+(and, for memory_init='random', the starting memory) depends only on the seed and the
+step, a resumed run sees exactly the data an uninterrupted one would have.
 """
 
 import json
@@ -29,6 +29,9 @@ from ntm_jax.training.optim import make_optimizer
 
 # The first evaluation with fewer bit errors per sequence than this counts as converged.
 CONVERGED_BIT_ERRORS = 0.1
+# A step's random starting memories (memory_init='random') come from
+# fold_in(step's data key, MEMORY_STREAM): like its batch, a function of seed and step only.
+MEMORY_STREAM = 7
 
 TrainState = dict  # {'step': int32 scalar, 'params': pytree, 'opt_state': pytree}
 
@@ -119,39 +122,48 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
     raise ValueError(f'micro_batch_size={micro_batch_size} must divide the batch on each '
                      f'device: batch_size={batch_size} over {num_devices} device(s).')
 
-  def sums(params, batch):
+  def sums(params, batch, memory_key):
     """Summed cost, bit errors and cost gradients over one micro-batch."""
     def total_cost(params):
-      logits = model.apply(params, batch.inputs)
+      logits = model.apply(params, batch.inputs, rngs={'memory': memory_key})
       return jnp.sum(metrics_lib.cost_per_sequence(logits, batch)), logits
 
     (cost, logits), grads = jax.value_and_grad(total_cost, has_aux=True)(params)
     return cost, jnp.sum(metrics_lib.bit_errors_per_sequence(logits, batch)), grads
 
-  def device_sums(params, batch):
+  def device_sums(params, batch, memory_key):
     """`sums` over this device's slice of the batch, in micro-batches, then all devices."""
+    if mesh is not None:  # each device draws its own random memories
+      memory_key = jax.random.fold_in(memory_key, jax.lax.axis_index('batch'))
     if per_device > micro:
-      def accumulate(totals, micro_batch):
-        return jax.tree.map(jnp.add, totals, sums(params, micro_batch)), None
+      def accumulate(totals, micro_batch_and_key):
+        return jax.tree.map(jnp.add, totals, sums(params, *micro_batch_and_key)), None
 
+      num_micro = per_device // micro
       micro_batches = jax.tree.map(  # every Batch field has the batch axis first
-          lambda x: x.reshape((per_device // micro, micro) + x.shape[1:]), batch)
-      zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(sums, params, batch))
-      totals, _ = jax.lax.scan(accumulate, zeros, micro_batches)
+          lambda x: x.reshape((num_micro, micro) + x.shape[1:]), batch)
+      zeros = jax.tree.map(jnp.zeros_like,
+                           jax.eval_shape(sums, params, batch, memory_key))
+      totals, _ = jax.lax.scan(accumulate, zeros,
+                               (micro_batches, jax.random.split(memory_key, num_micro)))
     else:
-      totals = sums(params, batch)
+      totals = sums(params, batch, memory_key)
     return totals if mesh is None else jax.lax.psum(totals, 'batch')
 
   if mesh is not None:
     P = jax.sharding.PartitionSpec  # noqa: N806 - the usual short name
     # check_vma=False: the models' scans start from carries made of (replicated)
     # parameters and take per-device inputs, which the varying-axes check rejects.
-    device_sums = jax.shard_map(device_sums, mesh=mesh, in_specs=(P(), P('batch')),
-                                out_specs=P(), check_vma=False)
+    device_sums = jax.shard_map(device_sums, mesh=mesh,
+                                in_specs=(P(), P('batch'), P()), out_specs=P(),
+                                check_vma=False)
 
   def train_step(state):
-    batch = task.sample_train(jax.random.fold_in(data_key, state['step']), batch_size)
-    cost, bit_errors, grads = device_sums(state['params'], batch)
+    step_key = jax.random.fold_in(data_key, state['step'])
+    batch = task.sample_train(step_key, batch_size)
+    # The step's random starting memories (memory_init='random'; unused otherwise).
+    memory_key = jax.random.fold_in(step_key, MEMORY_STREAM)
+    cost, bit_errors, grads = device_sums(state['params'], batch, memory_key)
     grads = jax.tree.map(lambda g: g / batch_size, grads)  # of the mean cost
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
