@@ -22,11 +22,12 @@ FLAGS = flags.FLAGS
 # 3e-4: 19,200), and batch 1 runs faster per sequence on this CPU than batch 16. The LSTM
 # controller copies length 120 far better than the feed-forward one at batch 1, whose
 # read head drifts during a long input and then spoils the jump back to the start.
-# A random starting memory (a fresh draw per sequence) replaces the constant one: over a
-# constant memory the slots a wandering head meets are all alike, so training cannot tell
-# a read head that parks on the first slot from one that wanders or blurs, and 4 seeds in
-# 10 lost their place at length 120 (mean 137.2 bit errors); over random slots the
-# wandering costs something, and the mean fell to 9.0 (BUILD_NOTES.md, session 6).
+# A random starting memory (a fresh draw per sequence) replaces the constant one. Over a
+# constant memory the unwritten slots are all alike, so on lists of at most 20 a read head
+# that wanders or blurs during the input does as well as one parked on the first slot;
+# 4 seeds in 10 learned that and lost their place at length 120 (mean 137.2 bit errors).
+# Over random slots those 4 seeds parked, and the mean fell to 9.0 (BUILD_NOTES.md,
+# session 6).
 DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,
