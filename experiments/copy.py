@@ -26,8 +26,8 @@ FLAGS = flags.FLAGS
 # constant memory the unwritten slots are all alike, so on lists of at most 20 a read head
 # that wanders or blurs during the input does as well as one parked on the first slot;
 # 4 seeds in 10 learned that and lost their place at length 120 (mean 137.2 bit errors).
-# Over random slots those 4 seeds parked, and the mean fell to 9.0 (BUILD_NOTES.md,
-# session 6).
+# Over random slots those 4 seeds parked, and the mean over seeds 0-9 fell to 9.0 (41.8
+# over 20 seeds, 2 of which still fail: BUILD_NOTES.md, session 6).
 DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,
