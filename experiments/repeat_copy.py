@@ -20,8 +20,8 @@ FLAGS = flags.FLAGS
 # per update, Graves' RMSProp at 1e-4, each gradient entry clipped to [-10, 10]. All 5
 # seeds converged with it (24,000-52,000 sequences), where Adam 1e-3 at batch 16 left the
 # initial plateau for 1 of 5 (BUILD_NOTES.md, "Repeat copy"). LSTM baseline: 3 x 512,
-# the same number of sequences in batches of 16 with Adam (not run to this budget here:
-# about 6 sequences per second on this CPU).
+# the same number of sequences in batches of 16 with Adam (about 6 sequences per second
+# on this CPU: measured to 24,000 sequences only, docs/RESULTS.md).
 DEFAULTS = dict(batch_size=1, train_steps=120000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=4000,
                 checkpoint_every=4000, log_every=1000, eval_batch_size=128)
