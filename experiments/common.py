@@ -40,6 +40,8 @@ flags.DEFINE_integer('log_every', None, 'Log training metrics every this many st
 flags.DEFINE_integer('eval_batch_size', None, 'Sequences per evaluated difficulty.')
 flags.DEFINE_float('target_bit_errors', None, 'Stop once the evaluation on training '
                    'difficulties is below this many bit errors per sequence; 0: never.')
+flags.DEFINE_float('entropy_penalty', None, 'NTM: bits added to the training cost per '
+                   'bit of entropy of the heads\' weightings; 0: the paper\'s cost alone.')
 flags.DEFINE_bool('eval_only', False, 'Evaluate the latest checkpoint in --workdir and '
                   'write the report and figures, without training.')
 flags.DEFINE_bool('plots', True, 'Write PNG figures into the workdir.')
@@ -51,6 +53,8 @@ flags.DEFINE_integer('controller_features', None, 'Width of a controller layer.'
 flags.DEFINE_integer('controller_layers', None, 'Number of controller layers.')
 flags.DEFINE_integer('shift_range', None, 'Largest shift offset R of the heads.')
 flags.DEFINE_string('memory_init', None, 'constant, learned or random.')
+flags.DEFINE_float('memory_stddev', None, 'NTM: scale of the random memory '
+                   '(memory_init=random) and of the learned memory\'s starting value.')
 flags.DEFINE_integer('lstm_features', None, 'LSTM baseline: units per layer.')
 flags.DEFINE_integer('lstm_layers', None, 'LSTM baseline: number of layers.')
 flags.DEFINE_string('dtype', None, 'float32, or bfloat16 for the dense computations.')
@@ -102,7 +106,7 @@ def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> 
   global-norm clipping: at batch 1 its wide layers run as matrix-vector products that
   re-read the weights at every step, several times slower per sequence on a CPU.
   """
-  return dict(lstm_features=features, lstm_layers=3, batch_size=16,
+  return dict(lstm_features=features, lstm_layers=3, batch_size=16, entropy_penalty=0.0,
               train_steps=sequences // 16, learning_rate=1e-3, optimizer='adam',
               clip_mode='global_norm', eval_every=eval_every, checkpoint_every=250,
               log_every=50)

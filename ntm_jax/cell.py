@@ -25,9 +25,6 @@ MEMORY_INITS = ('constant', 'learned', 'random')
 # Collier & Beel (2018): a small constant memory converges about 2x faster than a learned
 # or random one.
 CONSTANT_MEMORY_VALUE = 1e-6
-# Scale of the per-sequence random memory for memory_init='random', and of the starting
-# value of the learned memory for memory_init='learned'.
-MEMORY_INIT_STDDEV = 0.01
 # The learned initial weightings start focused on slot 0: logit log(N) + 3 there and 0
 # elsewhere puts N e^3 / (N e^3 + N - 1), about 95%, of the weight on slot 0 for any N. A uniform
 # initial weighting over a constant memory makes every slot look alike and learning stalls.
@@ -145,8 +142,11 @@ class NTMCell(nn.RNNCellBase):
     shift_range: R, the largest shift offset; 2R + 1 <= memory_size.
     memory_init: 'constant' (1e-6 everywhere, Collier & Beel 2018), 'learned' (a
       parameter, reset to at the start of each sequence) or 'random' (drawn per sequence
-      in `initialize_carry` from its rng, normal with stddev 0.01; `models.NTM` takes
-      that rng from its 'memory' rng stream, which the training step sets per step).
+      in `initialize_carry` from its rng, normal with stddev `memory_stddev`;
+      `models.NTM` takes that rng from its 'memory' rng stream, which the training step
+      sets per step).
+    memory_stddev: the scale of the random memory, and of the learned memory's starting
+      value.
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
@@ -161,6 +161,7 @@ class NTMCell(nn.RNNCellBase):
   controller_layers: int = 1
   shift_range: int = 1
   memory_init: str = 'constant'
+  memory_stddev: float = 0.01
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -181,6 +182,9 @@ class NTMCell(nn.RNNCellBase):
     if self.controller not in CONTROLLERS:
       raise ValueError(
           f'NTMCell.controller must be one of {CONTROLLERS}, got {self.controller!r}.')
+    if not 0 <= self.memory_stddev < float('inf'):
+      raise ValueError(f'NTMCell.memory_stddev must be a finite number >= 0, got '
+                       f'{self.memory_stddev!r}.')
     if self.memory_init not in MEMORY_INITS:
       raise ValueError(
           f'NTMCell.memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}.')
@@ -205,7 +209,7 @@ class NTMCell(nn.RNNCellBase):
     batch = tuple(input_shape[:-1])
     n, m = self.memory_size, self.word_size
     if self.memory_init == 'random':
-      memory = MEMORY_INIT_STDDEV * jax.random.normal(rng, batch + (n, m), jnp.float32)
+      memory = self.memory_stddev * jax.random.normal(rng, batch + (n, m), jnp.float32)
     else:
       memory = jnp.full(batch + (n, m), CONSTANT_MEMORY_VALUE, jnp.float32)
     if self.controller == 'lstm':
@@ -245,6 +249,12 @@ class NTMCell(nn.RNNCellBase):
     y = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='output')(jnp.concatenate(
                      [h, reads.reshape(x.shape[0], -1).astype(h.dtype)], axis=-1))
+    if self.is_mutable_collection('intermediates'):
+      # Recorded only when asked for (apply(..., mutable=['intermediates'])): the
+      # training's entropy penalty needs the weightings of every step, and `models.NTM`
+      # stacks them over time.
+      self.sow('intermediates', 'read_weights', unflat(read_weights))
+      self.sow('intermediates', 'write_weights', unflat(write_weights))
     new_carry = NTMState(memory=memory, read_weights=read_weights,
                          write_weights=write_weights, reads=reads,
                          controller=controller_state,
@@ -268,7 +278,7 @@ class NTMCell(nn.RNNCellBase):
     if self.memory_init == 'learned':
       learned_memory = self.param(
           'initial_memory',
-          lambda k, s, d: CONSTANT_MEMORY_VALUE + MEMORY_INIT_STDDEV * jax.random.normal(
+          lambda k, s, d: CONSTANT_MEMORY_VALUE + self.memory_stddev * jax.random.normal(
               k, s, d), (n, m), self.param_dtype)
       memory = select(learned_memory, memory)
     controller = tuple(

@@ -22,6 +22,10 @@ class NTM(nn.Module):
   when `apply` is given one (`rngs={'memory': key}`; the training step passes a fresh key
   per step), and from a fixed key otherwise, so that evaluation is deterministic.
 
+  Applied with `mutable=['intermediates']`, it also returns every step's weightings,
+  `variables['intermediates']['cell']['read_weights'][0]` of shape (b, T, R, N)
+  and likewise 'write_weights' (b, T, W, N), as the training's entropy penalty uses them.
+
   Attributes:
     cell: the NTMCell.
     remat_chunk: 0 for a plain `nn.RNN`. Otherwise time is cut into chunks of this many
@@ -37,7 +41,12 @@ class NTM(nn.Module):
   def __call__(self, inputs: jax.Array) -> jax.Array:
     init_key = self.make_rng('memory') if self.has_rng('memory') else jax.random.key(0)
     if not self.remat_chunk:
-      return nn.RNN(self.cell)(inputs, init_key=init_key)
+      # variable_axes: the cell's recorded weightings are stacked along time (axis 1).
+      return nn.RNN(self.cell, variable_axes={'intermediates': 1})(inputs,
+                                                                   init_key=init_key)
+    if self.is_mutable_collection('intermediates'):
+      raise ValueError('NTM: the weightings are recorded (mutable=["intermediates"]) '
+                       'only with remat_chunk=0.')
     batch, num_steps, _ = inputs.shape
     chunk = self.remat_chunk
     num_chunks = -(-num_steps // chunk)

@@ -111,6 +111,12 @@ def test_learned_memory_is_a_parameter_and_random_memory_comes_from_the_rng():
   m1 = random_cell.initialize_carry(jax.random.key(1), (2, I)).memory
   m2 = random_cell.initialize_carry(jax.random.key(2), (2, I)).memory
   assert not np.allclose(m1, m2)
+  # Its scale is memory_stddev (0.01 by default): 2 * 16 * 6 = 192 draws.
+  assert 0.008 < float(jnp.std(m1)) < 0.012
+  wide = NTMCell(features=4, memory_size=16, word_size=6, memory_init='random',
+                 memory_stddev=0.1)
+  np.testing.assert_allclose(wide.initialize_carry(jax.random.key(1), (2, I)).memory,
+                             10 * m1, rtol=1e-5)
   constant = NTMCell(features=4, memory_size=16, word_size=6)
   np.testing.assert_array_equal(
       constant.initialize_carry(jax.random.key(1), (2, I)).memory, np.float32(1e-6))
@@ -164,6 +170,7 @@ def test_reads_see_the_write_of_the_same_step():
     ('num_read_heads', -1, 'num_read_heads must be a positive integer'),
     ('controller', 'gru', "controller must be one of \\('lstm', 'feedforward'\\)"),
     ('memory_init', 'zeros', 'memory_init must be one of'),
+    ('memory_stddev', -0.1, 'memory_stddev must be a finite number >= 0'),
     ('shift_range', 8, 'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16'),
 ])
 def test_bad_fields_raise_clear_errors(field, value, message):
@@ -192,6 +199,27 @@ def test_trace_ntm_returns_the_states_of_every_step():
   np.testing.assert_allclose(logits, model.apply(params, xs), rtol=1e-5, atol=1e-6)
   assert states.write_weights.shape == (B, T, 1, 16)
   assert states.memory.shape == (B, T, 16, 6)
+
+
+def test_the_ntm_records_every_steps_weightings_only_when_asked():
+  # Given an NTM with 2 read and 3 write heads, when applied with 'intermediates' mutable,
+  # then it returns the same outputs and the weightings trace_ntm sees at every step; a
+  # plain apply records nothing, and the remat path refuses to record.
+  cell = NTMCell(features=4, memory_size=16, word_size=6, num_read_heads=2,
+                 num_write_heads=3)
+  model = models.NTM(cell)
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  params = model.init(jax.random.key(1), xs)
+  assert set(params) == {'params'}
+  logits, variables = model.apply(params, xs, mutable=['intermediates'])
+  np.testing.assert_array_equal(logits, model.apply(params, xs))
+  _, states = models.trace_ntm(model, params, xs)
+  recorded = variables['intermediates']['cell']
+  assert recorded['read_weights'][0].shape == (B, T, 2, 16)
+  np.testing.assert_allclose(recorded['read_weights'][0], states.read_weights, atol=1e-6)
+  np.testing.assert_allclose(recorded['write_weights'][0], states.write_weights, atol=1e-6)
+  with pytest.raises(ValueError, match='only with remat_chunk=0'):
+    models.NTM(cell, remat_chunk=2).apply(params, xs, mutable=['intermediates'])
 
 
 def test_public_api():

@@ -9,11 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ntm_jax import models
 from ntm_jax.tasks import CopyTask
+from ntm_jax.tasks.base import Batch
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import NonFiniteLossError
 from ntm_jax.training import checkpointing
 from ntm_jax.training import loop
+from ntm_jax.training import metrics
 from ntm_jax.training import run
 
 TINY = dict(batch_size=4, memory_size=8, word_size=4, controller_features=16,
@@ -49,6 +52,10 @@ def _params(workdir, memory_init='constant'):
     (dict(shift_range=100), 'shift_range=100 needs'),
     (dict(controller='rnn'), 'controller must be one of lstm, feedforward'),
     (dict(dtype='float16'), 'dtype must be one of float32, bfloat16'),
+    (dict(entropy_penalty=-0.1), 'entropy_penalty must be a finite number >= 0'),
+    (dict(memory_stddev=float('nan')), 'memory_stddev must be a finite number >= 0'),
+    (dict(entropy_penalty=0.1, model='lstm'), 'entropy_penalty=0.1 needs model=ntm'),
+    (dict(entropy_penalty=0.1, remat_chunk=4), 'and remat_chunk=0'),
 ])
 def test_bad_config_values_are_named_in_the_error(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -227,9 +234,62 @@ def test_a_tiny_ntm_learns_to_copy_short_sequences(controller, dtype):
   step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
   costs, bit_errors = [], []
   for _ in range(400):
-    state, metrics = step(state)
-    costs.append(float(metrics['cost']))
-    bit_errors.append(float(metrics['bit_errors']))
+    state, step_metrics = step(state)
+    costs.append(float(step_metrics['cost']))
+    bit_errors.append(float(step_metrics['bit_errors']))
   assert np.isfinite(costs).all()
   assert np.mean(costs[-20:]) < 0.1 * np.mean(costs[:20]), (costs[:20], costs[-20:])
   assert np.mean(bit_errors[-20:]) < 0.1, bit_errors[-20:]
+
+
+def test_weighting_entropy_counts_bits_per_head_and_step_up_to_the_last_scored_step():
+  # Worked by hand: a uniform weighting over 4 slots has 2 bits, one split 1/2, 1/4, 1/4
+  # has 1.5, a one-hot 0 (no NaN where a weight is exactly 0). Steps after the last
+  # scored one (padding) do not count; unscored steps before it (the input) do.
+  uniform, split, one_hot = [0.25] * 4, [0.5, 0.25, 0.25, 0.0], [1.0, 0.0, 0.0, 0.0]
+  weights = jnp.array([[[uniform, one_hot], [split, split], [uniform, uniform]],
+                       [[one_hot, one_hot], [uniform, split], [split, one_hot]]])
+  mask = jnp.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # (b=2, T=3); weights (2, 3, 2, 4)
+  batch = Batch(inputs=None, targets=None, mask=mask)
+  entropy = metrics.weighting_entropy_per_sequence(weights, batch)
+  np.testing.assert_allclose(entropy, [2.0 + 3.0, 0.0 + 3.5 + 1.5], rtol=1e-6)
+  grad = jax.grad(lambda w: jnp.sum(
+      metrics.weighting_entropy_per_sequence(w, batch)))(weights)
+  assert np.isfinite(grad).all()
+
+
+def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone():
+  # Given the same state, when one SGD step (learning rate 1) is taken with and without an
+  # entropy penalty c, then the difference of the updates is c times the gradient of the
+  # mean weighting entropy computed independently (from trace_ntm), and both steps log
+  # the paper's cost for the same parameters.
+  c = 0.5
+  config = ExperimentConfig(workdir='/unused', optimizer='sgd', learning_rate=1.0,
+                            clip_mode='none', **{k: v for k, v in TINY.items()
+                                                 if k not in ('plots',)})
+  task = tiny_task()
+  model = loop.build_model(config, task)
+  optimizer = loop.make_optimizer(config)
+  keys = loop.Keys(0)
+  state = loop.create_train_state(model, optimizer, task, keys)
+
+  def one_step(penalty):
+    step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data,
+                                entropy_penalty=penalty)
+    return step(jax.tree.map(jnp.copy, state))  # the step donates its input
+
+  (plain, plain_metrics), (penalised, penalised_metrics) = one_step(0.0), one_step(c)
+  np.testing.assert_allclose(penalised_metrics['cost'], plain_metrics['cost'], rtol=1e-6)
+  batch = task.sample_train(jax.random.fold_in(keys.data, 0), config.batch_size)
+
+  def mean_entropy(params):
+    _, states = models.trace_ntm(model, params, batch.inputs)
+    return jnp.mean(sum(metrics.weighting_entropy_per_sequence(w, batch)
+                        for w in (states.read_weights, states.write_weights)))
+
+  expected = jax.tree.map(lambda g: -c * g, jax.grad(mean_entropy)(state['params']))
+  # The entropy's gradients reach the hundreds near init, so float32 rounding in the two
+  # steps is measured against each parameter's largest entry.
+  jax.tree.map(lambda a, b, e: np.testing.assert_allclose(
+      a - b, e, atol=1e-3 * float(jnp.max(jnp.abs(e))) + 1e-6),
+      penalised['params'], plain['params'], expected)

@@ -35,8 +35,11 @@ class ExperimentConfig:
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
       fewer bit errors per sequence than this (0 disables early stopping).
+    entropy_penalty: NTM only: add this many bits of cost per bit of entropy of the
+      heads' weightings (summed over heads and steps) to the training cost, which favours
+      sharp addressing; 0 trains on the paper's cost alone. Logged costs are the paper's.
     memory_size, word_size, num_heads, controller, controller_features,
-      controller_layers, shift_range, memory_init: the `NTMCell` fields
+      controller_layers, shift_range, memory_init, memory_stddev: the `NTMCell` fields
       (num_heads read heads and as many write heads).
     lstm_features, lstm_layers: the LSTM baseline's sizes.
     dtype: 'float32' or 'bfloat16' for the dense computations.
@@ -65,6 +68,7 @@ class ExperimentConfig:
   log_every: int = 50
   eval_batch_size: int = 128
   target_bit_errors: float = 0.0
+  entropy_penalty: float = 0.0
   memory_size: int = 128
   word_size: int = 20
   num_heads: int = 1
@@ -73,6 +77,7 @@ class ExperimentConfig:
   controller_layers: int = 1
   shift_range: int = 1
   memory_init: str = 'constant'
+  memory_stddev: float = 0.01
   lstm_features: int = 256
   lstm_layers: int = 3
   dtype: str = 'float32'
@@ -111,6 +116,16 @@ class ExperimentConfig:
       raise ValueError(f'clip must be > 0, got {self.clip!r}.')
     if self.target_bit_errors < 0:
       raise ValueError(f'target_bit_errors must be >= 0, got {self.target_bit_errors!r}.')
+    if not 0 <= self.memory_stddev < float('inf'):
+      raise ValueError(
+          f'memory_stddev must be a finite number >= 0, got {self.memory_stddev!r}.')
+    if not 0 <= self.entropy_penalty < float('inf'):
+      raise ValueError(
+          f'entropy_penalty must be a finite number >= 0, got {self.entropy_penalty!r}.')
+    if self.entropy_penalty and (self.model != 'ntm' or self.remat_chunk):
+      raise ValueError(f'entropy_penalty={self.entropy_penalty} needs model=ntm and '
+                       f'remat_chunk=0 (got model={self.model!r}, '
+                       f'remat_chunk={self.remat_chunk}); use 0 otherwise.')
     choices = dict(model=MODELS, optimizer=OPTIMIZERS, clip_mode=CLIP_MODES,
                    lr_schedule=LR_SCHEDULES,
                    controller=('lstm', 'feedforward'),

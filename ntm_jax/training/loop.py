@@ -56,7 +56,8 @@ def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
       num_write_heads=config.num_heads, controller=config.controller,
       controller_features=config.controller_features,
       controller_layers=config.controller_layers, shift_range=config.shift_range,
-      memory_init=config.memory_init, dtype=dtype), remat_chunk=config.remat_chunk)
+      memory_init=config.memory_init, memory_stddev=config.memory_stddev,
+      dtype=dtype), remat_chunk=config.remat_chunk)
 
 
 class Keys:
@@ -106,7 +107,7 @@ def replicate(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
                     batch_size: int, data_key: jax.Array,
                     mesh: jax.sharding.Mesh | None = None,
-                    micro_batch_size: int = 0) -> Callable:
+                    micro_batch_size: int = 0, entropy_penalty: float = 0.0) -> Callable:
   """A jitted (state) -> (state, metrics) training step that donates its input state.
 
   With a `mesh`, each device takes its slice of the batch (`shard_map` over the mesh's
@@ -114,6 +115,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   device at the same global batch. With a `micro_batch_size`, each device goes through its
   slice in micro-batches of that size (a `lax.scan` that sums their gradients): the same
   update, computed on smaller arrays, which a CPU runs faster (BUILD_NOTES.md, "Speed").
+  With an `entropy_penalty` (NTM only) the gradients are those of the cost plus that
+  multiple of the weightings' entropy (ExperimentConfig.entropy_penalty); the metrics
+  stay the paper's cost and bit errors.
   """
   num_devices = 1 if mesh is None else mesh.size
   per_device = batch_size // num_devices
@@ -124,11 +128,19 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
 
   def sums(params, batch, memory_key):
     """Summed cost, bit errors and cost gradients over one micro-batch."""
-    def total_cost(params):
-      logits = model.apply(params, batch.inputs, rngs={'memory': memory_key})
-      return jnp.sum(metrics_lib.cost_per_sequence(logits, batch)), logits
+    def objective(params):
+      if not entropy_penalty:
+        logits = model.apply(params, batch.inputs, rngs={'memory': memory_key})
+        cost = jnp.sum(metrics_lib.cost_per_sequence(logits, batch))
+        return cost, (cost, logits)
+      logits, variables = model.apply(params, batch.inputs, rngs={'memory': memory_key},
+                                      mutable=['intermediates'])
+      cost = jnp.sum(metrics_lib.cost_per_sequence(logits, batch))
+      entropy = sum(jnp.sum(metrics_lib.weighting_entropy_per_sequence(weights, batch))
+                    for (weights,) in variables['intermediates']['cell'].values())
+      return cost + entropy_penalty * entropy, (cost, logits)
 
-    (cost, logits), grads = jax.value_and_grad(total_cost, has_aux=True)(params)
+    (_, (cost, logits)), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return cost, jnp.sum(metrics_lib.bit_errors_per_sequence(logits, batch)), grads
 
   def device_sums(params, batch, memory_key):
@@ -346,7 +358,7 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
   start_step = int(state['step'])
   log = _MetricsLog(workdir, start_step)
   train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
-                               config.micro_batch_size)
+                               config.micro_batch_size, config.entropy_penalty)
   progress = _Progress(config.train_steps)
   pending, window_start = [], time.time()
   if start_step >= config.train_steps:

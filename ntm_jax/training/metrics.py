@@ -2,7 +2,8 @@
 
 cost: binary cross-entropy of sigmoid outputs, in bits, summed over a sequence's scored
 steps and channels (the paper's "cost per sequence"). bit_errors: scored outputs whose
-thresholded value (sigmoid > 0.5, i.e. logit > 0) differs from the target.
+thresholded value (sigmoid > 0.5, i.e. logit > 0) differs from the target. The entropy of
+the heads' weightings is the optional training penalty (ExperimentConfig.entropy_penalty).
 
 A run logs them to `metrics.jsonl` in its workdir (`read_log` reads it back).
 """
@@ -28,6 +29,19 @@ def bit_errors_per_sequence(logits: jax.Array, batch: Batch) -> jax.Array:
   """(b,) number of wrong thresholded output bits per sequence."""
   wrong = (logits > 0) != (batch.targets > 0.5)
   return jnp.sum(wrong * batch.mask[..., None], axis=(1, 2))
+
+
+# Keeps log(w) finite where sharpening has underflowed a weight to 0 (w log w -> 0 there).
+ENTROPY_EPSILON = 1e-12
+
+
+def weighting_entropy_per_sequence(weights: jax.Array, batch: Batch) -> jax.Array:
+  """(b,) entropy in bits of head weightings (b, T, H, N), summed over the heads and the
+  steps of each sequence up to its last scored step (the steps after it are padding)."""
+  bits = -jnp.sum(weights * jnp.log2(weights + ENTROPY_EPSILON), axis=(2, 3))
+  # 1 up to the last scored step: a reversed cumulative sum of the mask is > 0 there.
+  steps = jnp.flip(jnp.cumsum(jnp.flip(batch.mask, 1), 1), 1) > 0
+  return jnp.sum(bits * steps, axis=1)
 
 
 def summarize(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
