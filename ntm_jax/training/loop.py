@@ -129,15 +129,14 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   def sums(params, batch, memory_key):
     """Summed cost, bit errors and cost gradients over one micro-batch."""
     def objective(params):
-      if not entropy_penalty:
-        logits = model.apply(params, batch.inputs, rngs={'memory': memory_key})
-        cost = jnp.sum(metrics_lib.cost_per_sequence(logits, batch))
-        return cost, (cost, logits)
-      logits, variables = model.apply(params, batch.inputs, rngs={'memory': memory_key},
-                                      mutable=['intermediates'])
+      # With a penalty the NTM also returns the weightings it recorded at every step.
+      logits, recorded = model.apply(params, batch.inputs, rngs={'memory': memory_key},
+                                     mutable=['intermediates'] if entropy_penalty else [])
       cost = jnp.sum(metrics_lib.cost_per_sequence(logits, batch))
+      if not entropy_penalty:
+        return cost, (cost, logits)
       entropy = sum(jnp.sum(metrics_lib.weighting_entropy_per_sequence(weights, batch))
-                    for (weights,) in variables['intermediates']['cell'].values())
+                    for (weights,) in recorded['intermediates']['cell'].values())
       return cost + entropy_penalty * entropy, (cost, logits)
 
     (_, (cost, logits)), grads = jax.value_and_grad(objective, has_aux=True)(params)
