@@ -265,8 +265,7 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
   # the paper's cost for the same parameters.
   c = 0.5
   config = ExperimentConfig(workdir='/unused', optimizer='sgd', learning_rate=1.0,
-                            clip_mode='none', **{k: v for k, v in TINY.items()
-                                                 if k not in ('plots',)})
+                            clip_mode='none', **TINY)
   task = tiny_task()
   model = loop.build_model(config, task)
   optimizer = loop.make_optimizer(config)
