@@ -116,12 +116,10 @@ class ExperimentConfig:
       raise ValueError(f'clip must be > 0, got {self.clip!r}.')
     if self.target_bit_errors < 0:
       raise ValueError(f'target_bit_errors must be >= 0, got {self.target_bit_errors!r}.')
-    if not 0 <= self.memory_stddev < float('inf'):
-      raise ValueError(
-          f'memory_stddev must be a finite number >= 0, got {self.memory_stddev!r}.')
-    if not 0 <= self.entropy_penalty < float('inf'):
-      raise ValueError(
-          f'entropy_penalty must be a finite number >= 0, got {self.entropy_penalty!r}.')
+    for name in ('memory_stddev', 'entropy_penalty'):
+      if not 0 <= getattr(self, name) < float('inf'):
+        raise ValueError(
+            f'{name} must be a finite number >= 0, got {getattr(self, name)!r}.')
     if self.entropy_penalty and (self.model != 'ntm' or self.remat_chunk):
       raise ValueError(f'entropy_penalty={self.entropy_penalty} needs model=ntm and '
                        f'remat_chunk=0 (got model={self.model!r}, '

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ntm_jax import addressing
 from ntm_jax.tasks.base import Batch
 
 
@@ -31,14 +32,11 @@ def bit_errors_per_sequence(logits: jax.Array, batch: Batch) -> jax.Array:
   return jnp.sum(wrong * batch.mask[..., None], axis=(1, 2))
 
 
-# Keeps log(w) finite where sharpening has underflowed a weight to 0 (w log w -> 0 there).
-ENTROPY_EPSILON = 1e-12
-
-
 def weighting_entropy_per_sequence(weights: jax.Array, batch: Batch) -> jax.Array:
   """(b,) entropy in bits of head weightings (b, T, H, N), summed over the heads and the
   steps of each sequence up to its last scored step (the steps after it are padding)."""
-  bits = -jnp.sum(weights * jnp.log2(weights + ENTROPY_EPSILON), axis=(2, 3))
+  # The sharpening's floor under log(w) keeps it finite where a weight underflowed to 0.
+  bits = -jnp.sum(weights * jnp.log2(weights + addressing.SHARPEN_EPSILON), axis=(2, 3))
   # 1 up to the last scored step: a reversed cumulative sum of the mask is > 0 there.
   steps = jnp.flip(jnp.cumsum(jnp.flip(batch.mask, 1), 1), 1) > 0
   return jnp.sum(bits * steps, axis=1)
