@@ -71,7 +71,16 @@ def sequence_view(task, model, params, key, difficulty, path: str) -> None:
       panels.append((f'read weighting {head}', states.read_weights[0, :, head].T))
   else:
     panels.append(('outputs', jax.nn.sigmoid(model.apply(params, batch.inputs)[0]).T))
-  heights = [max(2.0, min(6.0, p.shape[0] / 12)) for _, p in panels]
+  # The weighting panels share about 12 inches, so that a machine with many heads
+  # (priority sort has 10) still gives a figure of a readable size.
+  weighting_panels = sum('weighting' in title for title, _ in panels)
+
+  def height(title, image):
+    if 'weighting' in title:
+      return max(1.5, min(6.0, image.shape[0] / 12, 12.0 / weighting_panels))
+    return max(2.0, min(6.0, image.shape[0] / 12))
+
+  heights = [height(title, image) for title, image in panels]
   fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights) + 1),
                            gridspec_kw=dict(height_ratios=heights), squeeze=False)
   for ax, (title, image) in zip(axes[:, 0], panels):
