@@ -58,14 +58,16 @@ flags.DEFINE_float('memory_stddev', None, 'NTM: scale of the random memory '
 flags.DEFINE_integer('lstm_features', None, 'LSTM baseline: units per layer.')
 flags.DEFINE_integer('lstm_layers', None, 'LSTM baseline: number of layers.')
 flags.DEFINE_string('dtype', None, 'float32, or bfloat16 for the dense computations.')
-flags.DEFINE_integer('remat_chunk', None, 'Rematerialise the NTM backward pass in '
-                     'chunks of this many steps (0: off); for long sequences.')
+flags.DEFINE_integer('remat_chunk', None, 'What the NTM backward pass keeps: 1, each '
+                     'step\'s carry, recomputing the step (default; faster on a CPU beyond '
+                     'batch 1); 0, every intermediate; K > 1, the carry every K steps (long '
+                     'sequences).')
 flags.DEFINE_bool('data_parallel', False, 'Split each batch over all devices (of all '
                   'processes, with the multi-host flags below); on the CPU, one device '
                   'per core.')
 flags.DEFINE_integer('micro_batch_size', None, 'Go through each device\'s batch in '
-                     'micro-batches of this size (0: all at once); 8 was fastest on a 2-core '
-                     'CPU (BUILD_NOTES.md).')
+                     'micro-batches of this size (0: all at once), summing their gradients: '
+                     'the same update in less memory.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '
                     'for jax.distributed.initialize.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')

@@ -28,37 +28,50 @@ class NTM(nn.Module):
 
   Attributes:
     cell: the NTMCell.
-    remat_chunk: 0 for a plain `nn.RNN`. Otherwise time is cut into chunks of this many
-      steps, scanned by an outer scan whose body (an inner scan over one chunk) is
-      rematerialised: the backward pass keeps only the carry at chunk boundaries, about
-      T / remat_chunk copies of the (b, N, M) memory instead of T, and recomputes each
-      chunk once. `jax.checkpoint` on single steps would still keep all T carries.
+    remat_chunk: what the backward pass keeps of the forward pass.
+      1 (the default): only each step's carry; the backward pass recomputes each step
+        from it (`nn.remat` around the step). On this project's CPU it is as fast at
+        batch 1 and faster at larger batches (BUILD_NOTES.md, "Speed"): storing the
+        hundred-odd small intermediates of every step costs more than computing them
+        again.
+      0: every intermediate of every step (a plain scan, as `nn.RNN` does).
+      K > 1: only the carry at every K-th step. Time is cut into chunks of K steps,
+        scanned by an outer scan whose body (an inner scan over one chunk) is
+        rematerialised: about T / K copies of the (b, N, M) memory instead of T, for long
+        sequences and big memories. The backward pass recomputes each chunk, again
+        keeping only each step's carry.
+      The weightings are recorded (mutable=['intermediates']) only with 0 or 1.
   """
   cell: NTMCell
-  remat_chunk: int = 0
+  remat_chunk: int = 1
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     init_key = self.make_rng('memory') if self.has_rng('memory') else jax.random.key(0)
-    if not self.remat_chunk:
+    carry = self.cell.initialize_carry(init_key, inputs[:, 0].shape)
+    step = lambda cell, carry, x: cell(carry, x)
+    scan = functools.partial(nn.scan, variable_broadcast='params',
+                             split_rngs={'params': False})
+    if self.remat_chunk <= 1:
+      if self.remat_chunk == 1:
+        # prevent_cse=False is safe inside a scan (see jax.checkpoint) and lets XLA fuse.
+        step = nn.remat(step, prevent_cse=False)
       # variable_axes: the cell's recorded weightings are stacked along time (axis 1).
-      return nn.RNN(self.cell, variable_axes={'intermediates': 1})(inputs,
-                                                                   init_key=init_key)
+      _, ys = scan(step, variable_axes={'intermediates': 1}, in_axes=1, out_axes=1)(
+          self.cell, carry, inputs)
+      return ys
     if self.is_mutable_collection('intermediates'):
       raise ValueError('NTM: the weightings are recorded (mutable=["intermediates"]) '
-                       'only with remat_chunk=0.')
+                       'only with remat_chunk=0 or 1.')
     batch, num_steps, _ = inputs.shape
     chunk = self.remat_chunk
     num_chunks = -(-num_steps // chunk)
     # Padding at the end changes nothing before it: the outputs there are dropped.
     padded = jnp.pad(inputs, ((0, 0), (0, num_chunks * chunk - num_steps), (0, 0)))
     xs = padded.reshape(batch, num_chunks, chunk, -1).transpose(1, 2, 0, 3)
-    carry = self.cell.initialize_carry(init_key, inputs[:, 0].shape)
-    scan = functools.partial(nn.scan, variable_broadcast='params',
-                             split_rngs={'params': False})
 
     def run_chunk(cell, carry, chunk_inputs):
-      return scan(lambda cell, carry, x: cell(carry, x))(cell, carry, chunk_inputs)
+      return scan(step)(cell, carry, chunk_inputs)
 
     _, ys = scan(nn.remat(run_chunk, prevent_cse=False))(self.cell, carry, xs)
     ys = ys.transpose(2, 0, 1, 3).reshape(batch, num_chunks * chunk, -1)

@@ -201,13 +201,15 @@ def test_trace_ntm_returns_the_states_of_every_step():
   assert states.memory.shape == (B, T, 16, 6)
 
 
-def test_the_ntm_records_every_steps_weightings_only_when_asked():
-  # Given an NTM with 2 read and 3 write heads, when applied with 'intermediates' mutable,
-  # then it returns the same outputs and the weightings trace_ntm sees at every step; a
-  # plain apply records nothing, and the remat path refuses to record.
+@pytest.mark.parametrize('remat_chunk', [0, 1])
+def test_the_ntm_records_every_steps_weightings_only_when_asked(remat_chunk):
+  # Given an NTM with 2 read and 3 write heads, keeping every intermediate (0) or only the
+  # carries (1), when applied with 'intermediates' mutable, then it returns the same
+  # outputs and the weightings trace_ntm sees at every step; a plain apply records
+  # nothing, and the chunked remat path refuses to record.
   cell = NTMCell(features=4, memory_size=16, word_size=6, num_read_heads=2,
                  num_write_heads=3)
-  model = models.NTM(cell)
+  model = models.NTM(cell, remat_chunk=remat_chunk)
   xs = jax.random.normal(jax.random.key(0), (B, T, I))
   params = model.init(jax.random.key(1), xs)
   assert set(params) == {'params'}
@@ -218,7 +220,7 @@ def test_the_ntm_records_every_steps_weightings_only_when_asked():
   assert recorded['read_weights'][0].shape == (B, T, 2, 16)
   np.testing.assert_allclose(recorded['read_weights'][0], states.read_weights, atol=1e-6)
   np.testing.assert_allclose(recorded['write_weights'][0], states.write_weights, atol=1e-6)
-  with pytest.raises(ValueError, match='only with remat_chunk=0'):
+  with pytest.raises(ValueError, match='only with remat_chunk=0 or 1'):
     models.NTM(cell, remat_chunk=2).apply(params, xs, mutable=['intermediates'])
 
 
@@ -230,13 +232,14 @@ def test_public_api():
   assert NTMCell(features=3).num_feature_axes == 1
 
 
-@pytest.mark.parametrize('chunk', [1, 4, 11, 16])
-def test_chunked_remat_equals_the_plain_scan(chunk):
-  # Given the same parameters, when time is scanned in rematerialised chunks (including a
-  # chunk that does not divide T and one longer than T), then outputs and gradients match.
+@pytest.mark.parametrize('chunk', [1, 2, 4, 11, 16])
+def test_rematerialisation_equals_the_plain_scan(chunk):
+  # Given the same parameters, when the backward pass recomputes each step (1) or time is
+  # scanned in rematerialised chunks (including a chunk that does not divide T and one
+  # longer than T), then outputs and gradients match the scan that keeps everything (0).
   cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
   xs = jax.random.normal(jax.random.key(0), (B, 11, I))
-  plain, chunked = models.NTM(cell), models.NTM(cell, remat_chunk=chunk)
+  plain, chunked = models.NTM(cell, remat_chunk=0), models.NTM(cell, remat_chunk=chunk)
   params = plain.init(jax.random.key(1), xs)
   assert jax.tree_util.tree_structure(chunked.init(jax.random.key(1), xs)) == \
       jax.tree_util.tree_structure(params)
@@ -246,3 +249,18 @@ def test_chunked_remat_equals_the_plain_scan(chunk):
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
       jax.grad(loss(plain))(params), jax.grad(loss(chunked))(params))
+
+
+def test_a_rematerialised_cell_in_nn_rnn_gives_the_same_gradients():
+  # Given the README's recipe for one's own models, nn.RNN(nn.remat(NTMCell)(...)), when
+  # differentiated, then it has the plain cell's parameters and gradients.
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  plain = nn.RNN(NTMCell(features=3, memory_size=16, word_size=4))
+  remat = nn.RNN(nn.remat(NTMCell)(features=3, memory_size=16, word_size=4))
+  params = plain.init(jax.random.key(1), xs)
+  assert jax.tree_util.tree_structure(remat.init(jax.random.key(1), xs)) == \
+      jax.tree_util.tree_structure(params)
+  loss = lambda model: lambda p: jnp.sum(jnp.square(model.apply(p, xs)))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+      jax.grad(loss(plain))(params), jax.grad(loss(remat))(params))

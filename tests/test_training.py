@@ -55,7 +55,8 @@ def _params(workdir, memory_init='constant'):
     (dict(entropy_penalty=-0.1), 'entropy_penalty must be a finite number >= 0'),
     (dict(memory_stddev=float('nan')), 'memory_stddev must be a finite number >= 0'),
     (dict(entropy_penalty=0.1, model='lstm'), 'entropy_penalty=0.1 needs model=ntm'),
-    (dict(entropy_penalty=0.1, remat_chunk=4), 'and remat_chunk=0'),
+    (dict(entropy_penalty=0.1, remat_chunk=4), 'and remat_chunk 0 or 1'),
+    (dict(remat_chunk=-1), 'remat_chunk must be an integer >= 0'),
 ])
 def test_bad_config_values_are_named_in_the_error(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -44,14 +44,15 @@ class ExperimentConfig:
     lstm_features, lstm_layers: the LSTM baseline's sizes.
     dtype: 'float32' or 'bfloat16' for the dense computations.
     plots: write PNG figures into the workdir.
-    remat_chunk: 0, or rematerialise the NTM's backward pass in chunks of this many
-      steps (bounded memory for long sequences and big memories; see models.NTM).
+    remat_chunk: what the NTM's backward pass keeps (models.NTM): 1, each step's carry
+      only, recomputing the step (the default: on a CPU as fast at batch 1, faster
+      beyond); 0, every intermediate; K > 1, the carry every K steps (bounded memory for
+      long sequences and big memories).
     data_parallel: split each batch over all devices (a mesh over the batch axis);
       batch_size must be divisible by the number of devices. On the CPU the runners
       make one device per core.
     micro_batch_size: 0, or go through each device's batch in micro-batches of this
-      size, summing their gradients: the same update, faster on this project's CPU
-      at 8 (BUILD_NOTES.md, "Speed").
+      size, summing their gradients: the same update in less memory.
   """
   workdir: str
   seed: int = 0
@@ -82,7 +83,7 @@ class ExperimentConfig:
   lstm_layers: int = 3
   dtype: str = 'float32'
   plots: bool = True
-  remat_chunk: int = 0
+  remat_chunk: int = 1
   data_parallel: bool = False
   micro_batch_size: int = 0
 
@@ -97,7 +98,8 @@ class ExperimentConfig:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-    if not isinstance(self.remat_chunk, int) or self.remat_chunk < 0:
+    if (isinstance(self.remat_chunk, bool) or not isinstance(self.remat_chunk, int) or
+        self.remat_chunk < 0):
       raise ValueError(f'remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
     if not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 0:
       raise ValueError(
@@ -120,10 +122,10 @@ class ExperimentConfig:
       if not 0 <= getattr(self, name) < float('inf'):
         raise ValueError(
             f'{name} must be a finite number >= 0, got {getattr(self, name)!r}.')
-    if self.entropy_penalty and (self.model != 'ntm' or self.remat_chunk):
+    if self.entropy_penalty and (self.model != 'ntm' or self.remat_chunk > 1):
       raise ValueError(f'entropy_penalty={self.entropy_penalty} needs model=ntm and '
-                       f'remat_chunk=0 (got model={self.model!r}, '
-                       f'remat_chunk={self.remat_chunk}); use 0 otherwise.')
+                       f'remat_chunk 0 or 1 (got model={self.model!r}, '
+                       f'remat_chunk={self.remat_chunk}); use entropy_penalty=0 otherwise.')
     choices = dict(model=MODELS, optimizer=OPTIMIZERS, clip_mode=CLIP_MODES,
                    lr_schedule=LR_SCHEDULES,
                    controller=('lstm', 'feedforward'),
