@@ -3,8 +3,8 @@
 `python -m benchmarks.step_time` prints tables and writes `--output` (JSON). It times the
 real jitted training step of the runner (`ntm_jax.training.loop.make_train_step`) on the
 copy task, after a warm-up, as the median of `--repeats` steps: on one device with the
-whole batch at once, and as the runners' `--data_parallel --micro_batch_size=8` run it on
-a CPU (one JAX device per core, each going through its share in micro-batches).
+whole batch at once, and as the runners' `--data_parallel` runs it on a CPU (one JAX device
+per core, each taking its share of the batch).
 
 Model FLOPs are counted from the shapes (dense layers: 2 FLOPs per multiply-accumulate;
 per head: content addressing 4NM + (10 + 2S)N, a write 4NM, a read 2NM; backward = 2 x
@@ -33,7 +33,8 @@ from ntm_jax.training import loop
 flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
 flags.DEFINE_list('parallel_batch_sizes', ['32', '128'],
                   'Batch sizes timed data-parallel over one CPU device per core.')
-flags.DEFINE_integer('micro_batch_size', 8, 'Micro-batch of the data-parallel rows.')
+flags.DEFINE_integer('micro_batch_size', 0, 'Micro-batch of the data-parallel rows (0: each '
+                     'device takes its whole share at once).')
 flags.DEFINE_integer('cpu_devices', 1, 'JAX CPU devices of this process. With more than '
                      'one it times only the data-parallel rows: the main run starts such '
                      'a process itself, one device per core, because splitting the CPU '
@@ -44,7 +45,7 @@ flags.DEFINE_list('lengths', ['20', '100', '500'],
                   'Copy lengths of the scaling table (batch 32, N = 128); T = 2L + 1.')
 flags.DEFINE_bool('tune_cpu', True, 'Apply ntm_jax.training.backend.tune_cpu_compiler() as the '
                   'runners do (--notune_cpu measures XLA\'s defaults).')
-flags.DEFINE_integer('repeats', 10, 'Timed steps per measurement.')
+flags.DEFINE_integer('repeats', 20, 'Timed steps per measurement.')
 flags.DEFINE_string('output', 'benchmarks/step_time.json', 'Where to write the JSON.')
 FLAGS = flags.FLAGS
 
@@ -111,7 +112,8 @@ def measure(config: ExperimentConfig, task: CopyTask, repeats: int) -> dict:
   if memory is not None:
     peak_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
                   memory.output_size_in_bytes - memory.alias_size_in_bytes)
-  state, _ = compiled(state)  # warm-up
+  for _ in range(5):  # warm-up: the first steps after compiling (or a matmul) run slower
+    state, _ = compiled(state)
   jax.block_until_ready(state)
   times = []
   for _ in range(repeats):
@@ -194,8 +196,8 @@ def main(argv):
                  speed=[], memory_scaling=[], length_scaling=[])
 
   print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps); '
-        'data-parallel rows: one CPU device per core, each with its share of the batch in '
-        'micro-batches')
+        'data-parallel rows: one CPU device per core, each with its share of the batch (in '
+        'micro-batches where the micro column says so)')
   print(f'{"controller":>11} {"batch":>6} {"devices":>8} {"micro":>6} {"step ms":>9} '
         f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9}',
         flush=True)
