@@ -103,8 +103,8 @@ def main(argv):
   results['speed'] = []
   for batch_size in map(int, FLAGS.speed_batch_sizes):
     seconds = speed_comparison(batch_size)
-    results['speed'].append(dict(batch_size=batch_size, plain_step_seconds=seconds[0],
-                                 step_remat_step_seconds=seconds[1]))
+    results['speed'].append(dict(batch_size=batch_size, remat_chunk_0_seconds=seconds[0],
+                                 remat_chunk_1_seconds=seconds[1]))
     print(f'  batch {batch_size:>4}: remat_chunk 0 {1e3 * seconds[0]:7.2f} ms, 1 '
           f'{1e3 * seconds[1]:7.2f} ms ({seconds[0] / seconds[1]:.2f}x)', flush=True)
   with open(FLAGS.output, 'w') as f:

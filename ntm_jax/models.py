@@ -45,6 +45,12 @@ class NTM(nn.Module):
   cell: NTMCell
   remat_chunk: int = 1
 
+  def __post_init__(self):
+    if (isinstance(self.remat_chunk, bool) or not isinstance(self.remat_chunk, int) or
+        self.remat_chunk < 0):
+      raise ValueError(f'NTM.remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     init_key = self.make_rng('memory') if self.has_rng('memory') else jax.random.key(0)

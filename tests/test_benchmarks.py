@@ -46,5 +46,5 @@ def test_remat_benchmark_compares_the_three_settings(tmp_path):
   for name in ('plain', 'step', 'remat'):
     assert results[f'{name}_peak_bytes'] > 0
   assert results['remat_step_seconds'] > 0
-  assert results['speed'][0]['plain_step_seconds'] > 0
-  assert results['speed'][0]['step_remat_step_seconds'] > 0
+  assert results['speed'][0]['remat_chunk_0_seconds'] > 0
+  assert results['speed'][0]['remat_chunk_1_seconds'] > 0

@@ -251,6 +251,12 @@ def test_rematerialisation_equals_the_plain_scan(chunk):
       jax.grad(loss(plain))(params), jax.grad(loss(chunked))(params))
 
 
+@pytest.mark.parametrize('remat_chunk', [-1, 1.5, True])
+def test_a_bad_remat_chunk_is_named_in_the_error(remat_chunk):
+  with pytest.raises(ValueError, match='NTM.remat_chunk must be an integer >= 0'):
+    models.NTM(NTMCell(features=3), remat_chunk=remat_chunk)
+
+
 def test_a_rematerialised_cell_in_nn_rnn_gives_the_same_gradients():
   # Given the README's recipe for one's own models, nn.RNN(nn.remat(NTMCell)(...)), when
   # differentiated, then it has the plain cell's parameters and gradients.
