@@ -1,5 +1,6 @@
 """`python -m experiments.copy` as a user runs it: clear errors for bad flags."""
 
+import json
 import os
 import socket
 import subprocess
@@ -43,9 +44,14 @@ def test_a_tiny_run_trains_evaluates_and_resumes(tmp_path):
   first = _run(*args)
   assert first.returncode == 0, first.stderr
   assert 'train mix' in first.stdout and 'Report:' in first.stdout
-  second = _run(*args[:1], '--train_steps=3', *args[2:])
+  recorded = lambda: json.loads((tmp_path / 'config.json').read_text())['remat_chunk']
+  assert recorded() == 0  # the experiments' default (experiments/common.py)
+  # Recomputing the steps changes how the gradients are computed, not the model: the
+  # checkpoint resumes.
+  second = _run(*args[:1], '--train_steps=3', '--remat_chunk=1', *args[2:])
   assert second.returncode == 0, second.stderr
   assert 'Resumed from the checkpoint at step 2' in second.stdout
+  assert recorded() == 1
 
 
 def test_data_parallel_on_the_cpu_makes_one_device_per_core(tmp_path):
