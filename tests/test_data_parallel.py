@@ -14,9 +14,13 @@ SCRIPT = textwrap.dedent('''
     assert jax.device_count() == 4, jax.devices()
     task = CopyTask(bits=3, max_length=3, eval_lengths=(4,))
     # SGD: Adam's first steps turn float-rounding noise in near-zero gradients into
-    # updates of the full learning rate, which would hide what the splits compute.
+    # updates of the full learning rate, which would hide what the splits compute. A
+    # learned memory for the same reason: over the constant one every row is alike, so the
+    # keys' gradients are rounding noise amplified (3e-5 apart between splits after three
+    # steps with remat_chunk=1, session 9); over distinct rows the splits agree to 2e-7.
     config = ExperimentConfig(workdir='/unused', batch_size=8, memory_size=8, word_size=4,
-                              controller_features=16, optimizer='sgd', learning_rate=0.1)
+                              controller_features=16, optimizer='sgd', learning_rate=0.1,
+                              memory_init='learned')
     model = loop.build_model(config, task)
     optimizer = loop.make_optimizer(config)
     keys = loop.Keys(0)
@@ -36,9 +40,9 @@ SCRIPT = textwrap.dedent('''
     single, p1 = results[0]
     for split, (costs, params) in zip(splits[1:], results[1:]):
       np.testing.assert_allclose(costs, single, rtol=1e-5, err_msg=str(split))
-      # Sums in another order: float32 rounding of about 1e-5 of the largest gradient.
+      # Sums in another order: float32 rounding.
       jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                                     atol=2e-5), p1, params)
+                                                                     atol=2e-6), p1, params)
     try:
       loop.make_train_step(model, optimizer, task, 8, keys.data, loop.make_mesh(8), 4)
       raise AssertionError('no error for micro-batches that do not split a device batch')
