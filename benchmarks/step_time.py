@@ -9,7 +9,10 @@ per core, each taking its share of the batch).
 Model FLOPs are counted from the shapes (dense layers: 2 FLOPs per multiply-accumulate;
 per head: content addressing 4NM + (10 + 2S)N, a write 4NM, a read 2NM; backward = 2 x
 forward) and divided by the step time, as a fraction of this machine's dense float32
-matmul throughput measured in the same run.
+matmul throughput measured in the same run. Each row also times the same step's dense
+layers alone (the controller, the heads' projection and the output layer at the model's
+shapes, in the same scan, forward and backward, with the memory and addressing left out):
+the efficiency a step would reach if everything but its matmuls were free.
 """
 
 import json
@@ -23,6 +26,7 @@ import time
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ntm_jax.tasks import CopyTask
@@ -125,6 +129,78 @@ def measure(config: ExperimentConfig, task: CopyTask, repeats: int) -> dict:
               peak_bytes=peak_bytes)
 
 
+def dense_layer_shapes(config: ExperimentConfig, task: CopyTask) -> list[tuple[int, int]]:
+  """(inputs, outputs) of the NTM's dense layers: controller layers, heads, output.
+
+  An LSTM layer's input and hidden kernels count as one (in + h, 4h) matmul.
+  """
+  h, m = config.controller_features, config.word_size
+  heads, shifts = config.num_heads, 2 * config.shift_range + 1
+  head_parameters = heads * (m + shifts + 3) + heads * (3 * m + shifts + 3)
+  lstm = config.controller == 'lstm'
+  gates = 4 * h if lstm else h
+  first_in = task.input_size + heads * m + (h if lstm else 0)
+  later_in = 2 * h if lstm else h
+  return ([(first_in, gates)] + [(later_in, gates)] * (config.controller_layers - 1) +
+          [(h, head_parameters), (h + heads * m, task.output_size)])
+
+
+def dense_layers_only_seconds(config: ExperimentConfig, task: CopyTask,
+                              repeats: int) -> float:
+  """Median time of a training step that keeps only the model's dense layers.
+
+  The same shapes and the same recurrence as the NTM step (a time scan, the gradient
+  through it), without the memory and the addressing: the read vectors are stood in for
+  by a tanh of the heads' projection, so that the backward pass keeps the model's chain
+  of dependences from step to step. With `config.data_parallel`, the batch is split over
+  all devices.
+  """
+  h, m, heads = config.controller_features, config.word_size, config.num_heads
+  batch, num_steps = config.batch_size, 2 * task.max_length + 1
+  shapes = dense_layer_shapes(config, task)
+  keys = jax.random.split(jax.random.key(0), len(shapes) + 1)
+  weights = [0.05 * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+  inputs = jax.random.normal(keys[-1], (num_steps, batch, task.input_size))
+  if config.data_parallel:  # each device takes its share of the batch, as the runner's step
+    mesh = loop.make_mesh(batch)
+    sharding = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
+    weights = jax.device_put(weights, sharding())
+    inputs = jax.device_put(inputs, sharding(None, 'batch'))
+
+  def loss(weights, inputs):
+    *controller, projection, output = weights
+
+    def step(carry, x):
+      states, reads = carry
+      layer_in, new_states = jnp.concatenate([x, reads], -1), []
+      for w, (c, hidden) in zip(controller, states):
+        if config.controller == 'lstm':
+          i, f, g, o = jnp.split(jnp.concatenate([layer_in, hidden], -1) @ w, 4, -1)
+          c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+          hidden = jax.nn.sigmoid(o) * jnp.tanh(c)
+        else:
+          hidden = jnp.tanh(layer_in @ w)
+        new_states.append((c, hidden))
+        layer_in = hidden
+      reads = jnp.tanh((layer_in @ projection)[:, :heads * m])
+      return (new_states, reads), jnp.concatenate([layer_in, reads], -1) @ output
+
+    zeros = jnp.zeros((batch, h))
+    carry = ([(zeros, zeros)] * config.controller_layers, jnp.zeros((batch, heads * m)))
+    _, ys = jax.lax.scan(step, carry, inputs)
+    return jnp.mean(ys**2)
+
+  gradient = jax.jit(jax.grad(loss))
+  for _ in range(5):
+    jax.block_until_ready(gradient(weights, inputs))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(gradient(weights, inputs))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
 def _copy_config(**changes) -> ExperimentConfig:
   return ExperimentConfig(workdir='/unused', **changes)
 
@@ -144,18 +220,22 @@ def speed_rows(splits, peak: float) -> list[dict]:
       config = _copy_config(batch_size=batch_size, controller=controller,
                             data_parallel=data_parallel, micro_batch_size=micro_batch_size)
       row = measure(config, task, FLAGS.repeats)
-      flops = model_flops(config, task, batch_size, num_steps) / row['step_seconds']
+      row['dense_only_seconds'] = dense_layers_only_seconds(config, task, FLAGS.repeats)
+      step_flops = model_flops(config, task, batch_size, num_steps)
+      flops = step_flops / row['step_seconds']
       devices = jax.device_count() if data_parallel else 1
       row.update(controller=controller, batch_size=batch_size, devices=devices,
                  micro_batch_size=micro_batch_size,
                  sequences_per_second=batch_size / row['step_seconds'],
-                 model_flops_per_second=flops, fraction_of_matmul=flops / peak)
+                 model_flops_per_second=flops, fraction_of_matmul=flops / peak,
+                 dense_only_fraction_of_matmul=step_flops / row['dense_only_seconds'] / peak)
       rows.append(row)
       peak_mib = (row['peak_bytes'] or 0) / 2**20
       print(f'{controller:>11} {batch_size:>6} {devices:>8} {micro_batch_size or "-":>6} '
             f'{1e3 * row["step_seconds"]:9.1f} {row["sequences_per_second"]:9.1f} '
             f'{row["compile_seconds"]:10.2f} {peak_mib:9.1f} {flops / 1e9:8.2f} '
-            f'{100 * flops / peak:8.1f}%', flush=True)
+            f'{100 * flops / peak:8.1f}% {1e3 * row["dense_only_seconds"]:9.2f} '
+            f'{100 * row["dense_only_fraction_of_matmul"]:8.1f}%', flush=True)
   return rows
 
 
@@ -195,12 +275,14 @@ def main(argv):
                  xla_flags=xla_flags,
                  speed=[], memory_scaling=[], length_scaling=[])
 
-  print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps); '
-        'data-parallel rows: one CPU device per core, each with its share of the batch (in '
-        'micro-batches where the micro column says so)')
+  print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps).\n'
+        'Data-parallel rows: one CPU device per core, each with its share of the batch (in '
+        'micro-batches where\nthe micro column says so). The last two columns time the same '
+        'step with only its dense layers\n(everything else free): the most its matmuls allow '
+        'at these shapes.')
   print(f'{"controller":>11} {"batch":>6} {"devices":>8} {"micro":>6} {"step ms":>9} '
-        f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9}',
-        flush=True)
+        f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9} '
+        f'{"dense ms":>9} {"of matmul":>9}', flush=True)
   results['speed'] = speed_rows([(int(b), False, 0) for b in FLAGS.batch_sizes], peak)
   if FLAGS.parallel_batch_sizes and backend.usable_cores() > 1:
     parallel = data_parallel_rows()

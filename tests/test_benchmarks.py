@@ -9,7 +9,13 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
+
+from benchmarks import step_time
+from ntm_jax.tasks import CopyTask
+from ntm_jax.training import ExperimentConfig
+from ntm_jax.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,6 +40,8 @@ def test_step_time_benchmark_prints_its_table_and_writes_json(tmp_path):
   for row in results['speed'] + results['memory_scaling'] + results['length_scaling']:
     assert row['step_seconds'] > 0 and row['peak_bytes'] > 0
   assert 0 < results['speed'][0]['fraction_of_matmul'] < 1
+  for row in results['speed']:
+    assert row['dense_only_seconds'] > 0 and row['dense_only_fraction_of_matmul'] > 0
 
 
 @pytest.mark.slow
@@ -48,3 +56,17 @@ def test_remat_benchmark_compares_the_three_settings(tmp_path):
   assert results['remat_step_seconds'] > 0
   assert results['speed'][0]['remat_chunk_0_seconds'] > 0
   assert results['speed'][0]['remat_chunk_1_seconds'] > 0
+
+
+@pytest.mark.parametrize('controller,layers', [('lstm', 1), ('lstm', 2), ('feedforward', 2)])
+def test_dense_layers_only_has_the_models_dense_kernels(controller, layers):
+  task = CopyTask()
+  config = ExperimentConfig(workdir='/unused', controller=controller,
+                            controller_layers=layers, num_heads=2)
+  params = jax.eval_shape(loop.build_model(config, task).init, jax.random.key(0),
+                          task.sample_train(jax.random.key(0), 1).inputs)['params']['cell']
+  kernel_entries = sum(leaf.size for path, leaf in
+                       jax.tree_util.tree_leaves_with_path(params)
+                       if 'kernel' in jax.tree_util.keystr(path))
+  shapes = step_time.dense_layer_shapes(config, task)
+  assert sum(i * o for i, o in shapes) == kernel_entries
