@@ -43,6 +43,9 @@ flags.DEFINE_integer('cpu_devices', 1, 'JAX CPU devices of this process. With mo
                      'one it times only the data-parallel rows: the main run starts such '
                      'a process itself, one device per core, because splitting the CPU '
                      'into devices slows the single-device rows.')
+flags.DEFINE_float('matmul_flops_per_second', 0.0, 'Set by the main run for the process of '
+                   'the data-parallel rows: its own measured matmul throughput, so that '
+                   'every row is divided by the larger of the two.')
 flags.DEFINE_list('memory_sizes', ['32', '128', '512', '2048', '8192'],
                   'Memory slots N of the scaling table (batch 32, length 20).')
 flags.DEFINE_list('lengths', ['20', '100', '500'],
@@ -161,11 +164,6 @@ def dense_layers_only_seconds(config: ExperimentConfig, task: CopyTask,
   keys = jax.random.split(jax.random.key(0), len(shapes) + 1)
   weights = [0.05 * jax.random.normal(k, s) for k, s in zip(keys, shapes)]
   inputs = jax.random.normal(keys[-1], (num_steps, batch, task.input_size))
-  if config.data_parallel:  # each device takes its share of the batch, as the runner's step
-    mesh = loop.make_mesh(batch)
-    sharding = lambda *spec: jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec))
-    weights = jax.device_put(weights, sharding())
-    inputs = jax.device_put(inputs, sharding(None, 'batch'))
 
   def loss(weights, inputs):
     *controller, projection, output = weights
@@ -185,12 +183,20 @@ def dense_layers_only_seconds(config: ExperimentConfig, task: CopyTask,
       reads = jnp.tanh((layer_in @ projection)[:, :heads * m])
       return (new_states, reads), jnp.concatenate([layer_in, reads], -1) @ output
 
-    zeros = jnp.zeros((batch, h))
-    carry = ([(zeros, zeros)] * config.controller_layers, jnp.zeros((batch, heads * m)))
+    examples = inputs.shape[1]  # this device's share of the batch
+    zeros = jnp.zeros((examples, h))
+    carry = ([(zeros, zeros)] * config.controller_layers, jnp.zeros((examples, heads * m)))
     _, ys = jax.lax.scan(step, carry, inputs)
     return jnp.mean(ys**2)
 
-  gradient = jax.jit(jax.grad(loss))
+  gradient = jax.grad(loss)
+  if config.data_parallel:  # as the runner's step: each device its share, one sum at the end
+    P = jax.sharding.PartitionSpec  # noqa: N806 - the usual short name
+    gradient = jax.shard_map(
+        lambda *args: jax.lax.psum(jax.grad(loss)(*args), 'batch'),
+        mesh=loop.make_mesh(batch), in_specs=(P(), P(None, 'batch')), out_specs=P(),
+        check_vma=False)
+  gradient = jax.jit(gradient)
   for _ in range(5):
     jax.block_until_ready(gradient(weights, inputs))
   times = []
@@ -239,7 +245,7 @@ def speed_rows(splits, peak: float) -> list[dict]:
   return rows
 
 
-def data_parallel_rows() -> dict:
+def data_parallel_rows(peak: float) -> dict:
   """The data-parallel rows, timed in a child process with one CPU device per core."""
   with tempfile.TemporaryDirectory() as directory:
     output = os.path.join(directory, 'rows.json')
@@ -247,7 +253,7 @@ def data_parallel_rows() -> dict:
                f'--cpu_devices={backend.usable_cores()}', f'--output={output}',
                f'--parallel_batch_sizes={",".join(FLAGS.parallel_batch_sizes)}',
                f'--micro_batch_size={FLAGS.micro_batch_size}', f'--repeats={FLAGS.repeats}',
-               f'--tune_cpu={FLAGS.tune_cpu}']
+               f'--tune_cpu={FLAGS.tune_cpu}', f'--matmul_flops_per_second={peak}']
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(command, check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
     with open(output) as f:
@@ -260,7 +266,7 @@ def main(argv):
     backend.tune_cpu_compiler()  # as the experiment runners do on the CPU
   if FLAGS.cpu_devices > 1:  # as `--data_parallel` makes them
     jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
-    peak = matmul_flops_per_second()
+    peak = max(matmul_flops_per_second(), FLAGS.matmul_flops_per_second)
     splits = [(int(b), True, FLAGS.micro_batch_size) for b in FLAGS.parallel_batch_sizes]
     rows = speed_rows(splits, peak)
     with open(FLAGS.output, 'w') as f:
@@ -285,7 +291,7 @@ def main(argv):
         f'{"dense ms":>9} {"of matmul":>9}', flush=True)
   results['speed'] = speed_rows([(int(b), False, 0) for b in FLAGS.batch_sizes], peak)
   if FLAGS.parallel_batch_sizes and backend.usable_cores() > 1:
-    parallel = data_parallel_rows()
+    parallel = data_parallel_rows(peak)
     results['speed'] += parallel['speed']
     results['data_parallel_matmul_flops_per_second'] = parallel['matmul_flops_per_second']
   task = CopyTask()
