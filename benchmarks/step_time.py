@@ -156,7 +156,7 @@ def dense_layers_only_seconds(config: ExperimentConfig, task: CopyTask,
   through it), without the memory and the addressing: the read vectors are stood in for
   by a tanh of the heads' projection, so that the backward pass keeps the model's chain
   of dependences from step to step. With `config.data_parallel`, the batch is split over
-  all devices.
+  all devices (each takes its share at once, whatever `config.micro_batch_size`).
   """
   h, m, heads = config.controller_features, config.word_size, config.num_heads
   batch, num_steps = config.batch_size, 2 * task.max_length + 1
@@ -192,8 +192,9 @@ def dense_layers_only_seconds(config: ExperimentConfig, task: CopyTask,
   gradient = jax.grad(loss)
   if config.data_parallel:  # as the runner's step: each device its share, one sum at the end
     P = jax.sharding.PartitionSpec  # noqa: N806 - the usual short name
+    device_gradient = gradient
     gradient = jax.shard_map(
-        lambda *args: jax.lax.psum(jax.grad(loss)(*args), 'batch'),
+        lambda *args: jax.lax.psum(device_gradient(*args), 'batch'),
         mesh=loop.make_mesh(batch), in_specs=(P(), P(None, 'batch')), out_specs=P(),
         check_vma=False)
   gradient = jax.jit(gradient)
