@@ -150,7 +150,7 @@ def main(build_task: Callable, task_name: str, defaults: dict,
   # ValueError: settings that fail only once the devices are known (a batch that does not
   # split over them, micro-batches that do not split a device's share).
   except (training.NonFiniteLossError, training.WorkdirMismatchError,
-          FileNotFoundError, ValueError) as error:
+          training.WorkdirBusyError, FileNotFoundError, ValueError) as error:
     sys.exit(f'error: {error}')
   except KeyboardInterrupt:
     sys.exit(130)

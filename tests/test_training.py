@@ -14,6 +14,7 @@ from ntm_jax.tasks import CopyTask
 from ntm_jax.tasks.base import Batch
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import NonFiniteLossError
+from ntm_jax.training import WorkdirBusyError
 from ntm_jax.training import checkpointing
 from ntm_jax.training import loop
 from ntm_jax.training import metrics
@@ -133,6 +134,22 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
   changed = dict(TINY, memory_size=16)
   with pytest.raises(ValueError, match='memory_size: 8 -> 16'):
     run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, **changed), tiny_task())
+
+
+def test_a_second_run_on_a_busy_workdir_is_a_clear_error(tmp_path):
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
+  # Another run holds the workdir (here this process, through a second open file).
+  with loop._workdir_lock(workdir):
+    with pytest.raises(WorkdirBusyError,
+                       match=rf'--workdir={workdir} is in use by another run \(process '
+                             rf'{os.getpid()}\)'):
+      run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
+    # Evaluating writes no checkpoint and goes ahead.
+    report = run(ExperimentConfig(workdir=workdir, **TINY), tiny_task(), eval_only=True)
+    assert report['step'] == 3
+  report = run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
+  assert report['step'] == 6
 
 
 def test_a_workdir_without_checkpoints_accepts_other_sizes(tmp_path):

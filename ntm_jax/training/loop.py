@@ -6,12 +6,18 @@ the device from `fold_in(data_key, step)`, and donates the old state. Because th
 step, a resumed run sees exactly the data an uninterrupted one would have.
 """
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 from typing import Any, Callable
+
+try:
+  import fcntl
+except ImportError:  # not on Windows: runs there go without the workdir lock
+  fcntl = None
 
 import flax.linen as nn
 import jax
@@ -42,6 +48,40 @@ class NonFiniteLossError(FloatingPointError):
 
 class WorkdirMismatchError(ValueError):
   """The workdir holds a run of another model: it cannot be resumed with these flags."""
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another training run holds the workdir: the two would overwrite each other's saves."""
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str):
+  """An exclusive lock on the workdir for as long as this process trains in it.
+
+  One lock file per JAX process, so that the processes of one multi-host run share a
+  workdir while a second launch on it stops at once. The operating system releases the
+  lock when the process ends, however it ends, so a killed run never leaves it behind.
+  """
+  if fcntl is None:
+    yield
+    return
+  with open(os.path.join(workdir, f'.run-{jax.process_index()}.lock'), 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'unknown'
+      raise WorkdirBusyError(
+          f'--workdir={workdir} is in use by another run (process {holder}). Wait for it '
+          'to end (after SIGTERM or Ctrl-C it saves a checkpoint first, then exits), or '
+          'choose another --workdir.') from None
+    f.truncate(0)
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
@@ -308,10 +348,17 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
   """Trains (resuming from the workdir's latest checkpoint) and evaluates; returns the report.
 
   Writes into `config.workdir`: checkpoints/, metrics.jsonl, config.json, report.json
-  and, with `config.plots`, the learning curve and memory/weighting figures as PNG.
+  and, with `config.plots`, the learning curve and memory/weighting figures as PNG. A
+  training run holds the workdir for itself: a second one started on it raises
+  `WorkdirBusyError` (an `eval_only` run, which writes no checkpoint, does not take it).
   """
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
+  with contextlib.nullcontext() if eval_only else _workdir_lock(workdir):
+    return _run(config, task, eval_only, workdir)
+
+
+def _run(config: ExperimentConfig, task: Task, eval_only: bool, workdir: str) -> dict:
   keys = Keys(config.seed)
   model = build_model(config, task)
   optimizer = make_optimizer(config)
