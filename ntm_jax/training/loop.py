@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 try:
   import fcntl
-except ImportError:  # not on Windows: runs there go without the workdir lock
+except ImportError:  # fcntl is POSIX only: on Windows, runs go without the workdir lock
   fcntl = None
 
 import flax.linen as nn
