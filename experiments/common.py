@@ -52,7 +52,7 @@ flags.DEFINE_string('controller', None, 'NTM controller: lstm or feedforward.')
 flags.DEFINE_integer('controller_features', None, 'Width of a controller layer.')
 flags.DEFINE_integer('controller_layers', None, 'Number of controller layers.')
 flags.DEFINE_integer('shift_range', None, 'Largest shift offset R of the heads.')
-flags.DEFINE_string('memory_init', None, 'constant, learned, learned_sinusoidal or random.')
+flags.DEFINE_string('memory_init', None, 'constant, learned or random.')
 flags.DEFINE_float('memory_stddev', None, 'NTM: scale of the random memory '
                    '(memory_init=random) and of the learned memory\'s starting value.')
 flags.DEFINE_integer('lstm_features', None, 'LSTM baseline: units per layer.')

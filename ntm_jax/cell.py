@@ -21,7 +21,7 @@ from ntm_jax import addressing
 from ntm_jax import memory as memory_ops
 
 CONTROLLERS = ('lstm', 'feedforward')
-MEMORY_INITS = ('constant', 'learned', 'learned_sinusoidal', 'random')
+MEMORY_INITS = ('constant', 'learned', 'random')
 # Collier & Beel (2018): a small constant memory converges about 2x faster than a learned
 # or random one.
 CONSTANT_MEMORY_VALUE = 1e-6
@@ -74,26 +74,6 @@ def _initial_focus(key, shape, dtype=jnp.float32):
   num_slots = shape[-1]
   margin = jnp.log(num_slots) + INITIAL_FOCUS_MARGIN
   return jnp.zeros(shape, dtype).at[..., 0].set(margin)
-
-
-def sinusoidal_memory(num_slots: int, word_size: int, scale: float) -> jax.Array:
-  """Circular location codes: row i holds cos and sin of 2 pi f i / N for f = 1, 2, ...
-
-  Column pair (2j, 2j + 1) is scale * (cos, sin)(2 pi (j + 1) i / N); an odd last column
-  is 0. Every row has norm scale * sqrt(word_size // 2), so the cosine of Eq. 6 tells the
-  rows apart by position alone. The integer frequencies make the code periodic in N, the
-  topology of the circular shift (Eq. 8): rows d slots apart have the same cosine
-  similarity wherever they are, including across the wrap from slot N - 1 to slot 0, and
-  the similarity falls as d grows (to about 0.95 for d = 1, N = 128, M = 20).
-
-  Returns:
-    (N, M) memory.
-  """
-  slots = jnp.arange(num_slots, dtype=jnp.float32)[:, None]
-  frequencies = jnp.arange(1, word_size // 2 + 1, dtype=jnp.float32)[None, :]
-  angles = 2 * jnp.pi * slots * frequencies / num_slots
-  code = jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1).reshape(num_slots, -1)
-  return scale * jnp.pad(code, ((0, 0), (0, word_size - code.shape[1])))
 
 
 def _split_head_parameters(raw: jax.Array, word_size: int, num_shifts: int,
@@ -161,15 +141,12 @@ class NTMCell(nn.RNNCellBase):
     controller_layers: number of controller layers.
     shift_range: R, the largest shift offset; 2R + 1 <= memory_size.
     memory_init: 'constant' (1e-6 everywhere, Collier & Beel 2018), 'learned' (a
-      parameter, reset to at the start of each sequence, starting as small random rows),
-      'learned_sinusoidal' (the same parameter, starting as `sinusoidal_memory`: rows
-      that content addressing tells apart by slot, in the shift's circular order) or
-      'random' (drawn per sequence
+      parameter, reset to at the start of each sequence) or 'random' (drawn per sequence
       in `initialize_carry` from its rng, normal with stddev `memory_stddev`;
       `models.NTM` takes that rng from its 'memory' rng stream, which the training step
       sets per step).
     memory_stddev: the scale of the random memory, and of the learned memory's starting
-      value (the amplitude of each sinusoid for 'learned_sinusoidal').
+      value.
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
@@ -298,13 +275,12 @@ class NTMCell(nn.RNNCellBase):
     reads = self.param('initial_reads', nn.initializers.zeros,
                        (self.num_read_heads, m), self.param_dtype)
     memory = carry.memory
-    if self.memory_init in ('learned', 'learned_sinusoidal'):
-      if self.memory_init == 'learned':
-        init = lambda k, s, d: (CONSTANT_MEMORY_VALUE +
-                                self.memory_stddev * jax.random.normal(k, s, d))
-      else:
-        init = lambda k, s, d: sinusoidal_memory(*s, self.memory_stddev).astype(d)
-      memory = select(self.param('initial_memory', init, (n, m), self.param_dtype), memory)
+    if self.memory_init == 'learned':
+      learned_memory = self.param(
+          'initial_memory',
+          lambda k, s, d: CONSTANT_MEMORY_VALUE + self.memory_stddev * jax.random.normal(
+              k, s, d), (n, m), self.param_dtype)
+      memory = select(learned_memory, memory)
     controller = tuple(
         (select(self.param(f'initial_controller_c_{layer}', nn.initializers.zeros,
                            (self.controller_features,), self.param_dtype), c),

@@ -21,7 +21,6 @@ CONFIGS = [
          num_write_heads=4),
     dict(controller_layers=2),
     dict(memory_init='learned'),
-    dict(memory_init='learned_sinusoidal'),
     dict(memory_init='random'),
 ]
 
@@ -123,57 +122,6 @@ def test_learned_memory_is_a_parameter_and_random_memory_comes_from_the_rng():
       constant.initialize_carry(jax.random.key(1), (2, I)).memory, np.float32(1e-6))
   assert 'initial_memory' not in nn.RNN(constant).init(jax.random.key(1), xs)['params'][
       'cell']
-
-
-def test_sinusoidal_memory_matches_the_formula_written_as_a_loop():
-  num_slots, word_size, scale = 12, 7, 0.5  # an odd width: the last column stays 0
-  expected = np.zeros((num_slots, word_size))
-  for i in range(num_slots):
-    for j in range(word_size // 2):
-      angle = 2 * np.pi * (j + 1) * i / num_slots
-      expected[i, 2 * j], expected[i, 2 * j + 1] = scale * np.cos(angle), scale * np.sin(angle)
-  np.testing.assert_allclose(ntm_jax.cell.sinusoidal_memory(num_slots, word_size, scale),
-                             expected, atol=1e-6)
-
-
-def test_sinusoidal_memory_rows_are_told_apart_by_circular_distance_alone():
-  # Given the paper's memory of 128 slots of width 20
-  memory = np.asarray(ntm_jax.cell.sinusoidal_memory(128, 20, 0.01), np.float64)
-  # When comparing rows by the cosine similarity of Eq. 6
-  unit = memory / np.linalg.norm(memory, axis=1, keepdims=True)
-  similarity = unit @ unit.T
-  # Then every row has the same norm, and the similarity of rows i and i + d (mod N)
-  # depends on d only, across the wrap from slot 127 to slot 0 too,
-  np.testing.assert_allclose(np.linalg.norm(memory, axis=1), 0.01 * np.sqrt(10), rtol=1e-6)
-  by_distance = np.array([[similarity[i, (i + d) % 128] for d in range(128)]
-                          for i in range(128)])
-  np.testing.assert_allclose(by_distance, by_distance[:1].repeat(128, 0), atol=1e-5)
-  # and it falls with the distance over the first slots, so that a key singles out a slot.
-  assert np.all(np.diff(by_distance[0, :6]) < 0)
-  assert by_distance[0, 1] < 0.96
-
-
-def test_learned_sinusoidal_memory_is_the_learned_parameter_started_at_the_code():
-  xs = jnp.zeros((2, 3, I))
-  make = lambda init: NTMCell(features=4, memory_size=16, word_size=6, memory_init=init,
-                              memory_stddev=0.2)
-  sinusoidal = nn.RNN(make('learned_sinusoidal')).init(jax.random.key(1), xs)['params']
-  learned = nn.RNN(make('learned')).init(jax.random.key(1), xs)['params']
-  # The same parameters (a checkpoint of one restores into the other), other start values.
-  assert jax.tree_util.tree_structure(sinusoidal) == jax.tree_util.tree_structure(learned)
-  np.testing.assert_allclose(sinusoidal['cell']['initial_memory'],
-                             ntm_jax.cell.sinusoidal_memory(16, 6, 0.2))
-  # Everything else is initialised alike, so 'learned' given the code as its starting
-  # memory runs the same first step: the option changes the starting value and no more.
-  with_code = jax.tree_util.tree_map(lambda a: a, learned)
-  with_code['cell']['initial_memory'] = sinusoidal['cell']['initial_memory']
-  step = lambda init, p: make(init).apply(
-      {'params': p['cell']}, make(init).initialize_carry(jax.random.key(0), (2, I)),
-      jnp.ones((2, I)))
-  (state_a, y_a), (state_b, y_b) = step('learned_sinusoidal', sinusoidal), step(
-      'learned', with_code)
-  np.testing.assert_array_equal(y_a, y_b)
-  np.testing.assert_array_equal(state_a.memory, state_b.memory)
 
 
 def test_the_ntm_draws_a_random_memory_from_the_memory_rng_and_a_fixed_one_without():

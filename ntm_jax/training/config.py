@@ -129,7 +129,7 @@ class ExperimentConfig:
     choices = dict(model=MODELS, optimizer=OPTIMIZERS, clip_mode=CLIP_MODES,
                    lr_schedule=LR_SCHEDULES,
                    controller=('lstm', 'feedforward'),
-                   memory_init=('constant', 'learned', 'learned_sinusoidal', 'random'), dtype=DTYPES)
+                   memory_init=('constant', 'learned', 'random'), dtype=DTYPES)
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ValueError(
