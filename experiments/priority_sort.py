@@ -23,11 +23,14 @@ FLAGS = flags.FLAGS
 # fell from 57.4 to 30.7-36.2 bits (seeds 0-2). 700,000 sequences (about 1.5 h on one
 # core) took seed 0 to 26.3 bits, against 30.7 after 200,000 and 28.2 after 400,000. The
 # LSTM baseline sees the same number of sequences in batches of 16 with Adam.
-DEFAULTS = dict(batch_size=1, train_steps=700000, learning_rate=1e-4, optimizer='rmsprop',
-                lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=5000,
+TRAINING_SEQUENCES = 700000
+DEFAULTS = dict(batch_size=1, train_steps=TRAINING_SEQUENCES, learning_rate=1e-4,
+                optimizer='rmsprop', lr_schedule='cosine', clip=10.0, clip_mode='elementwise',
+                eval_every=5000,
                 checkpoint_every=5000, log_every=1000, eval_batch_size=256, num_heads=5,
                 controller_layers=2, memory_init='learned')
-MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(128, 700000, eval_every=250))
+MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(128, TRAINING_SEQUENCES,
+                                                            eval_every=250))
 
 
 def build_task() -> PrioritySortTask:
