@@ -34,6 +34,10 @@ flags.DEFINE_string('lr_schedule', None,
                     f'One of {", ".join(config_lib.LR_SCHEDULES)}.')
 flags.DEFINE_float('clip', None, 'Gradient clipping threshold.')
 flags.DEFINE_string('clip_mode', None, f'One of {", ".join(config_lib.CLIP_MODES)}.')
+flags.DEFINE_float('skip_grad_norm', None, 'Skip each step whose gradient, before '
+                   'clipping, has a global norm above this or not finite (0: never).')
+flags.DEFINE_float('ema_decay', None, 'Also keep this exponential moving average of the '
+                   'parameters, and evaluate and ship it (0: no average).')
 flags.DEFINE_integer('eval_every', None, 'Evaluate every this many steps.')
 flags.DEFINE_integer('checkpoint_every', None, 'Checkpoint every this many steps.')
 flags.DEFINE_integer('log_every', None, 'Log training metrics every this many steps.')

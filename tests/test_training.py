@@ -18,6 +18,7 @@ from ntm_jax.training import WorkdirBusyError
 from ntm_jax.training import checkpointing
 from ntm_jax.training import loop
 from ntm_jax.training import metrics
+from ntm_jax.training import optim
 from ntm_jax.training import run
 
 TINY = dict(batch_size=4, memory_size=8, word_size=4, controller_features=16,
@@ -58,6 +59,8 @@ def _params(workdir, memory_init='constant'):
     (dict(entropy_penalty=0.1, model='lstm'), 'entropy_penalty=0.1 needs model=ntm'),
     (dict(entropy_penalty=0.1, remat_chunk=4), 'and remat_chunk 0 or 1'),
     (dict(remat_chunk=-1), 'remat_chunk must be an integer >= 0'),
+    (dict(skip_grad_norm=-1.0), 'skip_grad_norm must be a finite number >= 0'),
+    (dict(ema_decay=1.0), 'ema_decay must be in \\[0, 1\\)'),
 ])
 def test_bad_config_values_are_named_in_the_error(changes, message):
   with pytest.raises(ValueError, match=message):
@@ -310,3 +313,109 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
   jax.tree.map(lambda a, b, e: np.testing.assert_allclose(
       a - b, e, atol=1e-3 * float(jnp.max(jnp.abs(e))) + 1e-6),
       penalised['params'], plain['params'], expected)
+
+
+def test_the_spike_guard_skips_large_and_non_finite_gradients_and_nothing_else():
+  # Given Graves' RMSProp behind elementwise clipping (priority sort's optimiser), when the
+  # guarded optimiser sees gradients of global norm 2 (threshold 3), 4, and NaN, then the
+  # first gives exactly the unguarded update and state, and the other two a zero update
+  # and the state they were given (its step count included).
+  config = ExperimentConfig(workdir='/unused', optimizer='rmsprop', learning_rate=1e-2,
+                            clip=1.0, clip_mode='elementwise', lr_schedule='cosine')
+  inner = optim.make_optimizer(config)
+  guarded = optim.make_optimizer(config.replace(skip_grad_norm=3.0))
+  params = {'w': jnp.arange(4.0)}
+  state = guarded.init(params)
+  assert jax.tree.structure(state) == jax.tree.structure(inner.init(params))
+  warm = jax.tree.map(lambda g: 0.3 * g, {'w': jnp.array([1.0, -2.0, 0.5, 1.0])})
+  _, state = inner.update(warm, state, params)  # a state with non-zero moments
+  small = {'w': jnp.array([1.0, -1.0, 1.0, 1.0])}  # norm 2
+  expected = inner.update(small, state, params)
+  jax.tree.map(np.testing.assert_array_equal, guarded.update(small, state, params),
+               expected)
+  for rejected in ({'w': 2.0 * small['w']}, {'w': small['w'].at[1].set(jnp.nan)}):
+    updates, kept = guarded.update(rejected, state, params)
+    np.testing.assert_array_equal(updates['w'], np.zeros(4))
+    jax.tree.map(np.testing.assert_array_equal, kept, state)
+
+
+def test_a_run_whose_every_step_is_skipped_keeps_its_parameters_and_logs_the_skips(
+    tmp_path):
+  # Given a run trained without the guard, when it is resumed with a guard no gradient
+  # passes, then the checkpoint (saved without it) restores, the parameters stay as they
+  # were, and every logged window says all its steps were skipped.
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
+  _, before = _params(workdir)
+  run(ExperimentConfig(workdir=workdir, train_steps=6, skip_grad_norm=1e-12, **TINY),
+      tiny_task())
+  _, after = _params(workdir)
+  assert int(after['step']) == 6
+  jax.tree.map(np.testing.assert_array_equal, after['params'], before['params'])
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    records = [json.loads(line) for line in f]
+  resumed = [r for r in records if r['kind'] == 'train' and r['step'] > 3]
+  assert resumed and all(r['skipped'] == 1.0 for r in resumed)
+  assert all('skipped' not in r for r in records if r['kind'] == 'train' and r['step'] <= 3)
+
+
+def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates(
+    tmp_path):
+  # Given the same run with and without ema_decay=0.5, when both train for 3 steps, then
+  # their parameters are the same, the average is the recurrence worked out by hand from
+  # the saved parameters of steps 0-3, and the report evaluates the average (the
+  # parameters themselves under 'unaveraged_results').
+  decay = 0.5
+  plain_dir, averaged_dir = str(tmp_path / 'plain'), str(tmp_path / 'averaged')
+  steps = []
+  for train_steps in (1, 2, 3):
+    run(ExperimentConfig(workdir=plain_dir, train_steps=train_steps,
+                         **dict(TINY, checkpoint_every=1)), tiny_task())
+    steps.append(_params(plain_dir)[1]['params'])
+  report = run(ExperimentConfig(workdir=averaged_dir, train_steps=3, ema_decay=decay,
+                                **TINY), tiny_task())
+  config = ExperimentConfig(workdir=averaged_dir, ema_decay=decay, **TINY)
+  task = tiny_task()
+  model = loop.build_model(config, task)
+  like = loop.create_train_state(model, loop.make_optimizer(config), task, loop.Keys(0))
+  like['ema_params'] = like['params']
+  initial = like['params']
+  checkpointer = checkpointing.Checkpointer(averaged_dir)
+  try:
+    assert checkpointer.saved_keys() == {'step', 'params', 'opt_state', 'ema_params'}
+    saved = checkpointer.restore(like)
+  finally:
+    checkpointer.close()
+  jax.tree.map(np.testing.assert_array_equal, saved['params'], steps[-1])
+  expected = initial
+  for params in steps:
+    expected = jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, expected, params)
+  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
+               saved['ema_params'], expected)
+  plain_report = run(ExperimentConfig(workdir=plain_dir, train_steps=3, **TINY),
+                     tiny_task(), eval_only=True)
+  assert report['unaveraged_results'] == plain_report['results']
+  assert report['results'] != plain_report['results']
+  with open(os.path.join(averaged_dir, 'metrics.jsonl')) as f:
+    evals = [json.loads(line) for line in f if '"eval"' in line]
+  assert evals and all('unaveraged' in record for record in evals)
+
+
+def test_a_run_saved_without_an_average_resumes_with_one_and_the_other_way_round(
+    tmp_path):
+  # The average starts from the restored parameters; resuming without it drops it.
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
+  report = run(ExperimentConfig(workdir=workdir, train_steps=3, ema_decay=0.9, **TINY),
+               tiny_task(), eval_only=True)
+  assert report['results'] == report['unaveraged_results']  # the average is the params
+  run(ExperimentConfig(workdir=workdir, train_steps=6, ema_decay=0.9, **TINY), tiny_task())
+  checkpointer = checkpointing.Checkpointer(workdir)
+  try:
+    assert 'ema_params' in checkpointer.saved_keys()
+  finally:
+    checkpointer.close()
+  report = run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())
+  assert 'unaveraged_results' not in report
+  step, after = _params(workdir)
+  assert step == 9 and 'ema_params' not in after

@@ -20,6 +20,7 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
         self.directory,
+        item_handlers=ocp.StandardCheckpointHandler(),  # lets saved_keys read metadata
         options=ocp.CheckpointManagerOptions(
             create=True,
             preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST)))
@@ -32,6 +33,13 @@ class Checkpointer:
     if step == self.latest_step():
       return
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def saved_keys(self, step: int | None = None) -> set[str]:
+    """The top-level keys of the state saved at `step` (the latest if None)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}.')
+    return set(self._manager.item_metadata(step).keys())
 
   def restore(self, like: Any, step: int | None = None) -> Any:
     """Restores the checkpoint at `step` (the latest if None) into `like`'s structure."""

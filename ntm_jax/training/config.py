@@ -31,6 +31,16 @@ class ExperimentConfig:
       train_steps.
     clip, clip_mode: gradient clipping threshold, by 'global_norm', 'elementwise'
       (the paper's [-clip, clip]) or 'none'.
+    skip_grad_norm: 0, or skip every step whose gradient (before clipping) has a global
+      norm above this or not finite: no update and no change to the optimiser's state,
+      as if the batch had not been drawn. Clipping bounds a spike's update but not its
+      direction; this drops the rare steps whose gradient is orders of magnitude above
+      the rest (BUILD_NOTES.md, "Priority sort: skipping gradient spikes").
+    ema_decay: 0, or also keep an exponential moving average of the parameters,
+      average <- ema_decay * average + (1 - ema_decay) * parameters after every step,
+      and evaluate, report, plot and ship the average (the parameters themselves are
+      evaluated too, as `unaveraged`). It smooths out the noise of small-batch updates
+      (BUILD_NOTES.md, "Priority sort: averaging the parameters").
     eval_every, checkpoint_every, log_every: in training steps.
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
@@ -64,6 +74,8 @@ class ExperimentConfig:
   lr_schedule: str = 'constant'
   clip: float = 10.0
   clip_mode: str = 'global_norm'
+  skip_grad_norm: float = 0.0
+  ema_decay: float = 0.0
   eval_every: int = 250
   checkpoint_every: int = 250
   log_every: int = 50
@@ -116,9 +128,11 @@ class ExperimentConfig:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}.')
     if not self.clip > 0:
       raise ValueError(f'clip must be > 0, got {self.clip!r}.')
+    if not 0 <= self.ema_decay < 1:
+      raise ValueError(f'ema_decay must be in [0, 1), got {self.ema_decay!r}.')
     if self.target_bit_errors < 0:
       raise ValueError(f'target_bit_errors must be >= 0, got {self.target_bit_errors!r}.')
-    for name in ('memory_stddev', 'entropy_penalty'):
+    for name in ('memory_stddev', 'entropy_penalty', 'skip_grad_norm'):
       if not 0 <= getattr(self, name) < float('inf'):
         raise ValueError(
             f'{name} must be a finite number >= 0, got {getattr(self, name)!r}.')

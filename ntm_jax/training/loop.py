@@ -39,7 +39,14 @@ CONVERGED_BIT_ERRORS = 0.1
 # fold_in(step's data key, MEMORY_STREAM): like its batch, a function of seed and step only.
 MEMORY_STREAM = 7
 
-TrainState = dict  # {'step': int32 scalar, 'params': pytree, 'opt_state': pytree}
+# {'step': int32 scalar, 'params': pytree, 'opt_state': pytree} and, with an ema_decay,
+# 'ema_params': the moving average of 'params'.
+TrainState = dict
+
+
+def evaluated_params(state: TrainState):
+  """The parameters a run evaluates, reports and ships: the average where it keeps one."""
+  return state.get('ema_params', state['params'])
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -147,7 +154,8 @@ def replicate(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
                     batch_size: int, data_key: jax.Array,
                     mesh: jax.sharding.Mesh | None = None,
-                    micro_batch_size: int = 0, entropy_penalty: float = 0.0) -> Callable:
+                    micro_batch_size: int = 0, entropy_penalty: float = 0.0,
+                    skip_grad_norm: float = 0.0, ema_decay: float = 0.0) -> Callable:
   """A jitted (state) -> (state, metrics) training step that donates its input state.
 
   With a `mesh`, each device takes its slice of the batch (`shard_map` over the mesh's
@@ -157,7 +165,9 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   update, computed on smaller arrays, which a CPU runs faster (BUILD_NOTES.md, "Speed").
   With an `entropy_penalty` (NTM only) the gradients are those of the cost plus that
   multiple of the weightings' entropy (ExperimentConfig.entropy_penalty); the metrics
-  stay the paper's cost and bit errors.
+  stay the paper's cost and bit errors. With a `skip_grad_norm` (the optimiser's guard,
+  optim.skip_large_gradients), the metrics also say which steps it skipped. With an
+  `ema_decay`, the state's 'ema_params' follow the parameters by that moving average.
   """
   num_devices = 1 if mesh is None else mesh.size
   per_device = batch_size // num_devices
@@ -218,9 +228,16 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
     grads = jax.tree.map(lambda g: g / batch_size, grads)  # of the mean cost
     updates, opt_state = optimizer.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
+    grad_norm = optax.global_norm(grads)
     metrics = dict(cost=cost / batch_size, bit_errors=bit_errors / batch_size,
-                   grad_norm=optax.global_norm(grads))
-    return dict(step=state['step'] + 1, params=params, opt_state=opt_state), metrics
+                   grad_norm=grad_norm)
+    if skip_grad_norm:  # the fraction of steps the optimiser skipped (optim.py)
+      metrics['skipped'] = jnp.logical_not(grad_norm <= skip_grad_norm).astype(jnp.float32)
+    new_state = dict(step=state['step'] + 1, params=params, opt_state=opt_state)
+    if ema_decay:
+      new_state['ema_params'] = optax.incremental_update(params, state['ema_params'],
+                                                         1 - ema_decay)
+    return new_state, metrics
 
   if mesh is None:
     return jax.jit(train_step, donate_argnums=0)
@@ -363,6 +380,8 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, workdir: str) ->
   model = build_model(config, task)
   optimizer = make_optimizer(config)
   state = create_train_state(model, optimizer, task, keys)
+  if config.ema_decay:  # a copy: the training step donates every buffer of its state
+    state['ema_params'] = jax.tree.map(jnp.copy, state['params'])
   mesh = make_mesh(config.batch_size) if config.data_parallel else None
   if mesh is not None:
     state = replicate(state, mesh)
@@ -372,7 +391,7 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, workdir: str) ->
     # save can be restarted with other sizes.
     _check_config(workdir, config, task, resuming=checkpointer.latest_step() is not None)
     if checkpointer.latest_step() is not None:
-      state = checkpointer.restore(state)
+      state = _restore(checkpointer, state, config.ema_decay)
       print(f'Resumed from the checkpoint at step {int(state["step"])} in {workdir}.',
             flush=True)
     elif eval_only:
@@ -391,6 +410,24 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, workdir: str) ->
   return report
 
 
+def _restore(checkpointer: checkpointing.Checkpointer, state: TrainState,
+             ema_decay: float) -> TrainState:
+  """The latest checkpoint, whether or not it was saved with a moving average.
+
+  A run saved without an average that resumes with one starts the average from the
+  restored parameters; a run saved with one that resumes without it drops it.
+  """
+  like = {name: value for name, value in state.items() if name != 'ema_params'}
+  if 'ema_params' in checkpointer.saved_keys():
+    like['ema_params'] = state['params']
+  restored = checkpointer.restore(like)
+  if not ema_decay:
+    restored.pop('ema_params', None)
+  elif 'ema_params' not in restored:
+    restored['ema_params'] = jax.tree.map(jnp.copy, restored['params'])
+  return restored
+
+
 def _converged_at(records: list[dict], up_to_step: int) -> int | None:
   """Sequences seen at the first logged evaluation below CONVERGED_BIT_ERRORS."""
   return next((r['sequences'] for r in records
@@ -404,7 +441,8 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
   start_step = int(state['step'])
   log = _MetricsLog(workdir, start_step)
   train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
-                               config.micro_batch_size, config.entropy_penalty)
+                               config.micro_batch_size, config.entropy_penalty,
+                               config.skip_grad_norm, config.ema_decay)
   progress = _Progress(config.train_steps)
   pending, window_start = [], time.time()
   if start_step >= config.train_steps:
@@ -448,9 +486,12 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
         checkpointer.save(step, state)
       if boundary(config.eval_every):
         eval_start = time.time()
-        train_eval = evaluate(state['params'], None)
-        log.write(dict(kind='eval', step=step, sequences=step * config.batch_size,
-                       train=train_eval))
+        train_eval = evaluate(evaluated_params(state), None)
+        record = dict(kind='eval', step=step, sequences=step * config.batch_size,
+                      train=train_eval)
+        if 'ema_params' in state:
+          record['unaveraged'] = evaluate(state['params'], None)
+        log.write(record)
         if converged_at is None and train_eval['bit_errors'] < CONVERGED_BIT_ERRORS:
           converged_at = step * config.batch_size
         window_start += time.time() - eval_start  # evaluations don't count as training
@@ -484,21 +525,28 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
 def _final_report(config, task, model, state, evaluate, converged_at, wall_seconds,
                   workdir, eval_only):
   step = int(state['step'])
-  results = evaluate_all(evaluate, state['params'], task)
+  results = evaluate_all(evaluate, evaluated_params(state), task)
   report = dict(task=task.name, model=config.model, seed=config.seed, step=step,
                 sequences=step * config.batch_size,
                 converged_at_sequences=converged_at, wall_seconds=wall_seconds,
                 eval_only=eval_only, results=results)
+  if 'ema_params' in state:
+    report['unaveraged_results'] = evaluate_all(evaluate, state['params'], task)
   with open(os.path.join(workdir, 'report.json'), 'w') as f:
     json.dump(report, f, indent=2)
   print(f'\n{task.name}, {config.model}, step {step} ({step * config.batch_size} '
         f'sequences), evaluated on {config.eval_batch_size} sequences per row:')
   print(format_report(task, results))
+  if 'ema_params' in state:
+    print(f'Averaged parameters (ema_decay={config.ema_decay}); the parameters '
+          'themselves:')
+    print(format_report(task, report['unaveraged_results']))
   if converged_at is not None:
     print(f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
           f'{converged_at} sequences.')
   if config.plots:
-    paths = plots.write_all(workdir, task, model, state['params'], keys=Keys(config.seed))
+    paths = plots.write_all(workdir, task, model, evaluated_params(state),
+                            keys=Keys(config.seed))
     print('Figures: ' + ', '.join(paths))
   print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
   return report

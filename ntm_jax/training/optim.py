@@ -1,5 +1,7 @@
 """The optimiser: optax clipping chained with the chosen update rule."""
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from ntm_jax.training.config import ExperimentConfig
@@ -26,4 +28,28 @@ def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
                            momentum=0.9, eps_in_sqrt=True)
   else:
     update = optax.sgd(learning_rate)
-  return optax.chain(clip, update)
+  optimizer = optax.chain(clip, update)
+  if config.skip_grad_norm:
+    optimizer = skip_large_gradients(optimizer, config.skip_grad_norm)
+  return optimizer
+
+
+def skip_large_gradients(inner: optax.GradientTransformation,
+                         max_norm: float) -> optax.GradientTransformation:
+  """`inner`, except that a gradient of global norm above `max_norm` (or not finite)
+  gives a zero update and leaves `inner`'s state as it was.
+
+  Stateless, so the optimiser's state has the same structure with the guard as without:
+  a checkpoint saved without it restores with it. (optax.MultiSteps with
+  `should_skip_update_fn` does the same but wraps the state in its own.)
+  """
+
+  def update(grads, state, params=None):
+    keep = optax.global_norm(grads) <= max_norm  # False for NaN and inf too
+    updates, new_state = inner.update(grads, state, params)
+    # Selecting, not multiplying by 0: a NaN in the rejected branch must not leak.
+    updates = jax.tree.map(lambda u: jnp.where(keep, u, jnp.zeros_like(u)), updates)
+    new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+    return updates, new_state
+
+  return optax.GradientTransformation(inner.init, update)
