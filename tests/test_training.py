@@ -137,6 +137,9 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
   changed = dict(TINY, memory_size=16)
   with pytest.raises(ValueError, match='memory_size: 8 -> 16'):
     run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, **changed), tiny_task())
+  with pytest.raises(ValueError, match="optimiser \\(lr_schedule: 'constant' -> 'cosine'\\)"):
+    run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, lr_schedule='cosine',
+                         **TINY), tiny_task())
 
 
 def test_a_second_run_on_a_busy_workdir_is_a_clear_error(tmp_path):

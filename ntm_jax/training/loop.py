@@ -320,19 +320,26 @@ class _MetricsLog:
 
 def _check_config(workdir: str, config: ExperimentConfig, task: Task,
                   resuming: bool) -> None:
-  """Refuses to resume a checkpoint made with other model shapes; records the config."""
+  """Refuses to resume a checkpoint its state does not fit; records the config.
+
+  The model's shapes fix the parameters, the optimiser and whether its rate is scheduled
+  fix the optimiser state: a change to any of them would fail inside Orbax's restore.
+  """
   path = os.path.join(workdir, 'config.json')
   current = dict(task=task.name, **config.model_fields())
   if resuming and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    saved_model = {name: saved.get(name) for name in current}
-    if saved_model != current:
-      changed = ', '.join(f'{name}: {saved_model[name]!r} -> {current[name]!r}'
-                          for name in current if saved_model[name] != current[name])
+    # (A config.json from before the optimiser fields were recorded cannot tell.)
+    optimiser = {name: getattr(config, name) for name in ('optimizer', 'lr_schedule')
+                 if name in saved}
+    changed = ', '.join(f'{name}: {saved.get(name)!r} -> {value!r}'
+                        for name, value in dict(current, **optimiser).items()
+                        if saved.get(name) != value)
+    if changed:
       raise WorkdirMismatchError(
-          f'--workdir={workdir} holds a run with a different model ({changed}); resume '
-          'it with the same flags or choose a new --workdir.')
+          f'--workdir={workdir} holds a run with a different model or optimiser '
+          f'({changed}); resume it with the same flags or choose a new --workdir.')
   with open(path, 'w') as f:
     json.dump(dict(current, **{k: v for k, v in vars(config).items()
                                if k not in current}), f, indent=2)
