@@ -117,9 +117,12 @@ def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> 
 
   The baseline sees the same number of sequences in batches of 16 with Adam 1e-3 and
   global-norm clipping: at batch 1 its wide layers run as matrix-vector products that
-  re-read the weights at every step, several times slower per sequence on a CPU.
+  re-read the weights at every step, several times slower per sequence on a CPU. The
+  NTM's extras (entropy penalty, spike skipping, parameter averaging) are off: the
+  baseline's recorded results were measured without them.
   """
   return dict(lstm_features=features, lstm_layers=3, batch_size=16, entropy_penalty=0.0,
+              skip_grad_norm=0.0, ema_decay=0.0,
               train_steps=sequences // 16, learning_rate=1e-3, optimizer='adam',
               clip_mode='global_norm', eval_every=eval_every, checkpoint_every=250,
               log_every=50)

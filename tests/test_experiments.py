@@ -30,6 +30,8 @@ def _run(*args, timeout=300):
      'micro_batch_size=3 must divide batch_size=32'),
     (['--micro_batch_size=-1'], 'micro_batch_size must be an integer >= 0'),
     (['--model=lstm', '--entropy_penalty=0.01'], 'entropy_penalty=0.01 needs model=ntm'),
+    (['--ema_decay=1'], 'ema_decay must be in [0, 1), got 1.0'),
+    (['--skip_grad_norm=-1'], 'skip_grad_norm must be a finite number >= 0, got -1.0'),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(tmp_path, args, message):
   result = _run(f'--workdir={tmp_path}', *args)
