@@ -35,12 +35,13 @@ class ExperimentConfig:
       norm above this or not finite: no update and no change to the optimiser's state,
       as if the batch had not been drawn. Clipping bounds a spike's update but not its
       direction; this drops the rare steps whose gradient is orders of magnitude above
-      the rest (BUILD_NOTES.md, "Priority sort: skipping gradient spikes").
+      the rest (BUILD_NOTES.md, "Priority sort: averaging the parameters and skipping
+      gradient spikes").
     ema_decay: 0, or also keep an exponential moving average of the parameters,
       average <- ema_decay * average + (1 - ema_decay) * parameters after every step,
       and evaluate, report, plot and ship the average (the parameters themselves are
       evaluated too, as `unaveraged`). It smooths out the noise of small-batch updates
-      (BUILD_NOTES.md, "Priority sort: averaging the parameters").
+      (BUILD_NOTES.md, the same section).
     eval_every, checkpoint_every, log_every: in training steps.
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
