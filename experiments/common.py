@@ -48,6 +48,10 @@ flags.DEFINE_float('entropy_penalty', None, 'NTM: bits added to the training cos
                    'bit of entropy of the heads\' weightings; 0: the paper\'s cost alone.')
 flags.DEFINE_bool('eval_only', False, 'Evaluate the latest checkpoint in --workdir and '
                   'write the report and figures, without training.')
+flags.DEFINE_enum('checkpoint', 'latest', config_lib.CHECKPOINTS,
+                  'Which checkpoint --eval_only evaluates: latest, or best, the state of '
+                  'the evaluation with the lowest cost during training (kept in '
+                  '<workdir>/best).')
 flags.DEFINE_bool('plots', True, 'Write PNG figures into the workdir.')
 flags.DEFINE_integer('memory_size', None, 'NTM memory slots N.')
 flags.DEFINE_integer('word_size', None, 'NTM slot width M.')
@@ -153,7 +157,7 @@ def main(build_task: Callable, task_name: str, defaults: dict,
         f'({len(devices)} device(s)), workdir={config.workdir}', flush=True)
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # preemption saves too
   try:
-    training.run(config, task, eval_only=FLAGS.eval_only)
+    training.run(config, task, eval_only=FLAGS.eval_only, checkpoint=FLAGS.checkpoint)
   # ValueError: settings that fail only once the devices are known (a batch that does not
   # split over them, micro-batches that do not split a device's share).
   except (training.NonFiniteLossError, training.WorkdirMismatchError,

@@ -3,7 +3,9 @@
 `python -m experiments.ship --workdir=runs/copy_ntm_seed0` copies the run's latest
 checkpoint, config.json, metrics.jsonl and report.json into `trained/<task>_<model>/`,
 then evaluates the copy with `--eval_only` on `--eval_batch_size` sequences per row and
-writes the results to `expected.json`. `tests/test_trained.py` re-evaluates every shipped
+writes the results to `expected.json`. With `--checkpoint=best` it ships the checkpoint
+of the run's best evaluation instead (`<workdir>/best`), and report.json is that
+checkpoint's evaluation on the run's own number of sequences, not the run's last report. `tests/test_trained.py` re-evaluates every shipped
 run and fails when its metrics move: a change that breaks the cell's maths fails CI.
 """
 
@@ -20,14 +22,20 @@ from absl import logging
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'The finished run to ship.', required=True)
 flags.DEFINE_string('destination', 'trained', 'Where shipped runs live.')
+flags.DEFINE_enum('checkpoint', 'latest', ('latest', 'best'),
+                  'Ship the latest checkpoint, or the best: the state of the evaluation '
+                  'with the lowest cost during training.')
 flags.DEFINE_integer('eval_batch_size', 64,
                      'Sequences per evaluated row in expected.json (kept small for CI).')
 
 RUN_FILES = ('config.json', 'metrics.jsonl', 'report.json')
 
 
-def evaluate(directory: str, eval_batch_size: int) -> dict:
-  """Evaluates a run directory's latest checkpoint, in a scratch copy (eval writes files)."""
+def evaluate(directory: str, eval_batch_size: int | None) -> dict:
+  """Evaluates a run directory's latest checkpoint, in a scratch copy (eval writes files).
+
+  Returns the report; eval_batch_size None keeps the run's own.
+  """
   from ntm_jax.tasks import TASKS
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import run
@@ -35,19 +43,24 @@ def evaluate(directory: str, eval_batch_size: int) -> dict:
   with tempfile.TemporaryDirectory() as scratch:
     workdir = os.path.join(scratch, 'run')
     shutil.copytree(directory, workdir)
-    config, task_name = ExperimentConfig.load(workdir, eval_batch_size=eval_batch_size,
-                                              plots=False)
-    report = run(config, TASKS[task_name](), eval_only=True)
-  return report['results']
+    overrides = dict(plots=False)
+    if eval_batch_size is not None:
+      overrides['eval_batch_size'] = eval_batch_size
+    config, task_name = ExperimentConfig.load(workdir, **overrides)
+    return run(config, TASKS[task_name](), eval_only=True)
 
 
-def ship(workdir: str, destination: str, eval_batch_size: int) -> str:
-  """Copies the run's latest checkpoint and records; returns the shipped directory."""
+def ship(workdir: str, destination: str, eval_batch_size: int,
+         checkpoint: str = 'latest') -> str:
+  """Copies the run's latest (or best) checkpoint and records; returns the shipped dir."""
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import checkpointing
 
   config, task_name = ExperimentConfig.load(workdir)
-  checkpointer = checkpointing.Checkpointer(workdir)
+  if checkpoint == 'best' and not os.path.isdir(os.path.join(workdir, 'best')):
+    raise FileNotFoundError(f'{os.path.join(workdir, "best")} does not exist.')
+  checkpointer = (checkpointing.BestCheckpointer if checkpoint == 'best' else
+                  checkpointing.Checkpointer)(workdir)
   try:
     step = checkpointer.latest_step()
   finally:
@@ -61,7 +74,10 @@ def ship(workdir: str, destination: str, eval_batch_size: int) -> str:
   for name in RUN_FILES:  # report.json is missing if the run was stopped before the end
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copy(os.path.join(workdir, name), target)
-  results = evaluate(target, eval_batch_size)
+  if checkpoint == 'best':  # the run's report is of its last step: evaluate this one
+    with open(os.path.join(target, 'report.json'), 'w') as f:
+      json.dump(evaluate(target, None), f, indent=2)
+  results = evaluate(target, eval_batch_size)['results']
   with open(os.path.join(target, 'expected.json'), 'w') as f:
     json.dump(dict(eval_batch_size=eval_batch_size, results=results), f, indent=2)
   return target
@@ -74,7 +90,8 @@ def main(argv):
   from ntm_jax.training import backend
   backend.tune_cpu_compiler()  # the compiler flags the tests and runners use
   try:
-    target = ship(FLAGS.workdir, FLAGS.destination, FLAGS.eval_batch_size)
+    target = ship(FLAGS.workdir, FLAGS.destination, FLAGS.eval_batch_size,
+                  FLAGS.checkpoint)
   except FileNotFoundError as error:
     sys.exit(f'error: --workdir={FLAGS.workdir} is not a finished run: {error}')
   print(f'Shipped {target}')

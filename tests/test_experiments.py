@@ -32,6 +32,9 @@ def _run(*args, timeout=300):
     (['--model=lstm', '--entropy_penalty=0.01'], 'entropy_penalty=0.01 needs model=ntm'),
     (['--ema_decay=1'], 'ema_decay must be in [0, 1), got 1.0'),
     (['--skip_grad_norm=-1'], 'skip_grad_norm must be a finite number >= 0, got -1.0'),
+    (['--checkpoint=best'], 'checkpoint=best (--checkpoint=best) needs eval_only'),
+    (['--eval_only', '--checkpoint=best'], '--checkpoint=best needs'),
+    (['--checkpoint=first'], 'value should be one of <latest|best>'),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(tmp_path, args, message):
   result = _run(f'--workdir={tmp_path}', *args)
@@ -54,6 +57,30 @@ def test_a_tiny_run_trains_evaluates_and_resumes(tmp_path):
   assert second.returncode == 0, second.stderr
   assert 'Resumed from the checkpoint at step 2' in second.stdout
   assert recorded() == 1
+
+
+def test_the_best_checkpoint_is_evaluated_and_shipped(tmp_path):
+  workdir, shipped = tmp_path / 'run', tmp_path / 'trained'
+  args = [f'--workdir={workdir}', '--train_steps=4', '--batch_size=2', '--memory_size=8',
+          '--word_size=4', '--controller_features=8', '--eval_batch_size=2',
+          '--max_length=2', '--eval_lengths=3', '--plots=false', '--eval_every=2',
+          '--checkpoint_every=2']
+  assert _run(*args).returncode == 0
+  best_step = json.loads((workdir / 'report.json').read_text())['best']['step']
+  evaluated = _run(*args, '--eval_only', '--checkpoint=best')
+  assert evaluated.returncode == 0, evaluated.stderr
+  assert f"the best evaluation's checkpoint {best_step} " in evaluated.stdout
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run(
+      [sys.executable, '-m', 'experiments.ship', f'--workdir={workdir}',
+       f'--destination={shipped}', '--checkpoint=best', '--eval_batch_size=2'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  target = shipped / 'copy_ntm'
+  assert os.listdir(target / 'checkpoints') == [str(best_step)]
+  report = json.loads((target / 'report.json').read_text())
+  expected = json.loads((target / 'expected.json').read_text())
+  assert report['step'] == best_step and report['results'] == expected['results']
 
 
 def test_data_parallel_on_the_cpu_makes_one_device_per_core(tmp_path):

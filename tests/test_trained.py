@@ -28,7 +28,8 @@ def test_every_task_has_a_shipped_run():
 def test_shipped_run_keeps_its_metrics(name):
   with open(os.path.join(TRAINED, name, 'expected.json')) as f:
     expected = json.load(f)
-  results = ship.evaluate(os.path.join(TRAINED, name), expected['eval_batch_size'])
+  results = ship.evaluate(os.path.join(TRAINED, name),
+                          expected['eval_batch_size'])['results']
   assert results.keys() == expected['results'].keys()
   # Same sequences, same parameters: only float reassociation between XLA builds may move
   # the numbers, and at most flip an output bit that sat on the 0.5 threshold.

@@ -422,3 +422,51 @@ def test_a_run_saved_without_an_average_resumes_with_one_and_the_other_way_round
   assert 'unaveraged_results' not in report
   step, after = _params(workdir)
   assert step == 9 and 'ema_params' not in after
+
+
+def test_the_best_checkpoint_keeps_the_lowest_cost_across_reopening(tmp_path):
+  state = lambda step: dict(step=jnp.array(step, jnp.int32), params={'w': jnp.full(3, step)})
+  best = checkpointing.BestCheckpointer(str(tmp_path))
+  assert best.latest_step() is None and best.best_cost() == float('inf')
+  saved = [best.save(step, state(step), cost)
+           for step, cost in [(1, 5.0), (2, 3.0), (3, 4.0), (4, float('nan')), (5, 3.0)]]
+  best.close()
+  assert saved == [True, True, False, False, False]
+  reopened = checkpointing.BestCheckpointer(str(tmp_path))
+  try:
+    assert reopened.latest_step() == 2 and reopened.best_cost() == 3.0
+    restored = reopened.restore(state(0))
+  finally:
+    reopened.close()
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state(2))
+  assert os.listdir(reopened.directory) == ['2']
+
+
+def test_a_run_that_gets_worse_keeps_its_best_evaluation_for_eval_only(tmp_path):
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
+  # Resumed at a rate that wrecks the parameters: its evaluations are all worse, and its
+  # latest checkpoints (9, 12, 15) replace every one the good part saved.
+  wrecked = run(ExperimentConfig(workdir=workdir, train_steps=15, learning_rate=3.0,
+                                 **TINY), tiny_task())
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    evals = [json.loads(line) for line in f if '"eval"' in line]
+  lowest = min(evals, key=lambda record: record['train']['cost'])
+  assert lowest['step'] <= 6 < 9 <= min(int(s) for s in os.listdir(
+      os.path.join(workdir, 'checkpoints')))
+  assert wrecked['best'] == dict(step=lowest['step'], cost=lowest['train']['cost'])
+  report = run(ExperimentConfig(workdir=workdir, train_steps=15, **TINY), tiny_task(),
+               eval_only=True, checkpoint='best')
+  assert report['step'] == lowest['step'] and report['checkpoint'] == 'best'
+  assert report['results']['train'] == lowest['train']
+  assert report['results']['train']['cost'] < wrecked['results']['train']['cost']
+
+
+def test_the_best_checkpoint_is_for_eval_only_and_must_exist(tmp_path):
+  config = ExperimentConfig(workdir=str(tmp_path), train_steps=3, **TINY)
+  with pytest.raises(ValueError, match='checkpoint=best .* needs eval_only'):
+    run(config, tiny_task(), checkpoint='best')
+  with pytest.raises(ValueError, match="checkpoint must be one of latest, best; got 'x'"):
+    run(config, tiny_task(), eval_only=True, checkpoint='x')
+  with pytest.raises(FileNotFoundError, match='--checkpoint=best needs .*best'):
+    run(config, tiny_task(), eval_only=True, checkpoint='best')

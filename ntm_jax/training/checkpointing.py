@@ -4,6 +4,7 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 run killed during a save still restores from the last complete checkpoint.
 """
 
+import math
 import os
 from typing import Any
 
@@ -14,16 +15,23 @@ KEEP_LATEST = 3
 
 
 class Checkpointer:
-  """Saves and restores a training-state pytree under `<workdir>/checkpoints`."""
+  """Saves and restores a training-state pytree under `<workdir>/checkpoints`.
+
+  It keeps the KEEP_LATEST latest checkpoints, which is what resuming needs.
+  """
+
+  subdirectory = 'checkpoints'
 
   def __init__(self, workdir: str):
-    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    self.directory = os.path.join(os.path.abspath(workdir), self.subdirectory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers=ocp.StandardCheckpointHandler(),  # lets saved_keys read metadata
-        options=ocp.CheckpointManagerOptions(
-            create=True,
-            preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST)))
+        options=self._options())
+
+  def _options(self) -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(
+        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -53,3 +61,43 @@ class Checkpointer:
     """Waits for saves in flight to complete."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+class BestCheckpointer(Checkpointer):
+  """The one checkpoint with the lowest evaluation cost so far, under `<workdir>/best`.
+
+  A run that diverges late (a gradient spike that wrecks the learned addressing) goes on
+  saving its latest checkpoints over the good ones; this one keeps the best state seen by
+  an evaluation. Its "latest" step, which `restore` and `saved_keys` default to, is the
+  best one. The cost is stored beside the checkpoint (Orbax's metrics), so a resumed run
+  compares against it.
+  """
+
+  subdirectory = 'best'
+
+  def __init__(self, workdir: str):
+    super().__init__(workdir)
+    step = self.latest_step()
+    # Kept here too: a save in flight has not written its metrics yet.
+    self._cost = math.inf if step is None else float(self._manager.metrics(step)['cost'])
+
+  def _options(self) -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(
+        create=True, max_to_keep=1, best_fn=lambda metrics: metrics['cost'],
+        best_mode='min', keep_checkpoints_without_metrics=False)
+
+  def latest_step(self) -> int | None:
+    return self._manager.best_step()
+
+  def best_cost(self) -> float:
+    """The saved checkpoint's evaluation cost; infinity when there is none."""
+    return self._cost
+
+  def save(self, step: int, state: Any, cost: float) -> bool:
+    """Saves `state` if `cost` is below the best so far; returns whether it did."""
+    if not cost < self.best_cost():  # also refuses NaN
+      return False
+    self._manager.save(step, args=ocp.args.StandardSave(state), metrics={'cost': cost},
+                       force=True)
+    self._cost = cost
+    return True

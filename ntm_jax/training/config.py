@@ -14,6 +14,8 @@ CLIP_MODES = ('global_norm', 'elementwise', 'none')
 LR_SCHEDULES = ('constant', 'cosine')
 ACCELERATORS = ('cpu', 'gpu', 'tpu')
 DTYPES = ('float32', 'bfloat16')
+# Which checkpoint an evaluation-only run restores (training.run's `checkpoint`).
+CHECKPOINTS = ('latest', 'best')
 
 
 @dataclasses.dataclass(frozen=True)

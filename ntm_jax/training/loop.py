@@ -30,6 +30,7 @@ from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
 from ntm_jax.training import metrics as metrics_lib
 from ntm_jax.training import plots
+from ntm_jax.training.config import CHECKPOINTS
 from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.optim import make_optimizer
 
@@ -368,21 +369,32 @@ def format_report(task: Task, results: dict) -> str:
   return '\n'.join(lines)
 
 
-def run(config: ExperimentConfig, task: Task, eval_only: bool = False) -> dict:
+def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
+        checkpoint: str = 'latest') -> dict:
   """Trains (resuming from the workdir's latest checkpoint) and evaluates; returns the report.
 
-  Writes into `config.workdir`: checkpoints/, metrics.jsonl, config.json, report.json
-  and, with `config.plots`, the learning curve and memory/weighting figures as PNG. A
-  training run holds the workdir for itself: a second one started on it raises
+  Writes into `config.workdir`: checkpoints/ (the latest few, for resuming), best/ (the
+  state of the evaluation with the lowest cost so far), metrics.jsonl, config.json,
+  report.json and, with `config.plots`, the learning curve and memory/weighting figures
+  as PNG. A training run holds the workdir for itself: a second one started on it raises
   `WorkdirBusyError` (an `eval_only` run, which writes no checkpoint, does not take it).
+  `checkpoint='best'` evaluates best/ instead of the latest checkpoint; only with
+  `eval_only`, since training resumes from the latest.
   """
+  if checkpoint not in CHECKPOINTS:
+    raise ValueError(f'checkpoint must be one of {", ".join(CHECKPOINTS)}; got '
+                     f'{checkpoint!r}.')
+  if checkpoint == 'best' and not eval_only:
+    raise ValueError('checkpoint=best (--checkpoint=best) needs eval_only (--eval_only): '
+                     'training always resumes from the latest checkpoint.')
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
   with contextlib.nullcontext() if eval_only else _workdir_lock(workdir):
-    return _run(config, task, eval_only, workdir)
+    return _run(config, task, eval_only, checkpoint, workdir)
 
 
-def _run(config: ExperimentConfig, task: Task, eval_only: bool, workdir: str) -> dict:
+def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
+         workdir: str) -> dict:
   keys = Keys(config.seed)
   model = build_model(config, task)
   optimizer = make_optimizer(config)
@@ -392,28 +404,38 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, workdir: str) ->
   mesh = make_mesh(config.batch_size) if config.data_parallel else None
   if mesh is not None:
     state = replicate(state, mesh)
+  if checkpoint == 'best' and not os.path.isdir(os.path.join(workdir, 'best')):
+    raise FileNotFoundError(
+        f'--checkpoint=best needs {os.path.join(workdir, "best")}, which training writes '
+        'at every evaluation that improves on the best so far; this run has none.')
   checkpointer = checkpointing.Checkpointer(workdir)
+  # An eval_only run of the latest checkpoint leaves best/ alone (and does not create it).
+  best = None if checkpoint == 'latest' and eval_only else \
+      checkpointing.BestCheckpointer(workdir)
   try:
     # Only a checkpoint binds the workdir to a model: a run that died before its first
     # save can be restarted with other sizes.
     _check_config(workdir, config, task, resuming=checkpointer.latest_step() is not None)
-    if checkpointer.latest_step() is not None:
-      state = _restore(checkpointer, state, config.ema_decay)
-      print(f'Resumed from the checkpoint at step {int(state["step"])} in {workdir}.',
-            flush=True)
+    source = best if checkpoint == 'best' else checkpointer
+    if source.latest_step() is not None:
+      state = _restore(source, state, config.ema_decay)
+      print(f'Resumed from the checkpoint at step {int(state["step"])} in '
+            f'{source.directory}.', flush=True)
     elif eval_only:
       raise FileNotFoundError(
-          f'--eval_only needs a checkpoint, and {checkpointer.directory} has none.')
+          f'--eval_only needs a checkpoint, and {source.directory} has none.')
     evaluate = make_evaluator(model, task, keys, config.eval_batch_size)
     wall_start = time.time()
     converged_at = _converged_at(_MetricsLog.read(workdir), int(state['step']))
     if not eval_only:
       state, converged_at = _train(config, task, model, optimizer, keys, state,
-                                   checkpointer, evaluate, mesh, converged_at)
+                                   checkpointer, best, evaluate, mesh, converged_at)
     report = _final_report(config, task, model, state, evaluate, converged_at,
-                           time.time() - wall_start, workdir, eval_only)
+                           time.time() - wall_start, workdir, eval_only, checkpoint, best)
   finally:
     checkpointer.close()
+    if best is not None:
+      best.close()
   return report
 
 
@@ -442,8 +464,8 @@ def _converged_at(records: list[dict], up_to_step: int) -> int | None:
                and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
 
 
-def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, mesh,
-           converged_at):
+def _train(config, task, model, optimizer, keys, state, checkpointer, best, evaluate,
+           mesh, converged_at):
   workdir = os.path.abspath(config.workdir)
   start_step = int(state['step'])
   log = _MetricsLog(workdir, start_step)
@@ -499,6 +521,7 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
         if 'ema_params' in state:
           record['unaveraged'] = evaluate(state['params'], None)
         log.write(record)
+        best.save(step, state, train_eval['cost'])
         if converged_at is None and train_eval['bit_errors'] < CONVERGED_BIT_ERRORS:
           converged_at = step * config.batch_size
         window_start += time.time() - eval_start  # evaluations don't count as training
@@ -530,18 +553,21 @@ def _train(config, task, model, optimizer, keys, state, checkpointer, evaluate, 
 
 
 def _final_report(config, task, model, state, evaluate, converged_at, wall_seconds,
-                  workdir, eval_only):
+                  workdir, eval_only, checkpoint, best):
   step = int(state['step'])
   results = evaluate_all(evaluate, evaluated_params(state), task)
   report = dict(task=task.name, model=config.model, seed=config.seed, step=step,
                 sequences=step * config.batch_size,
                 converged_at_sequences=converged_at, wall_seconds=wall_seconds,
-                eval_only=eval_only, results=results)
+                eval_only=eval_only, checkpoint=checkpoint, results=results)
   if 'ema_params' in state:
     report['unaveraged_results'] = evaluate_all(evaluate, state['params'], task)
+  if best is not None and best.latest_step() is not None:
+    report['best'] = dict(step=best.latest_step(), cost=best.best_cost())
   with open(os.path.join(workdir, 'report.json'), 'w') as f:
     json.dump(report, f, indent=2)
-  print(f'\n{task.name}, {config.model}, step {step} ({step * config.batch_size} '
+  which = 'the best evaluation\'s checkpoint' if checkpoint == 'best' else 'step'
+  print(f'\n{task.name}, {config.model}, {which} {step} ({step * config.batch_size} '
         f'sequences), evaluated on {config.eval_batch_size} sequences per row:')
   print(format_report(task, results))
   if 'ema_params' in state:
@@ -551,6 +577,10 @@ def _final_report(config, task, model, state, evaluate, converged_at, wall_secon
   if converged_at is not None:
     print(f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
           f'{converged_at} sequences.')
+  if 'best' in report and report['best']['step'] != step:
+    print(f'The best evaluation was at step {report["best"]["step"]} (cost '
+          f'{report["best"]["cost"]:.3f} on the training difficulties); --eval_only '
+          '--checkpoint=best evaluates its checkpoint.')
   if config.plots:
     paths = plots.write_all(workdir, task, model, evaluated_params(state),
                             keys=Keys(config.seed))
