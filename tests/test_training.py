@@ -429,9 +429,10 @@ def test_the_best_checkpoint_keeps_the_lowest_cost_across_reopening(tmp_path):
   best = checkpointing.BestCheckpointer(str(tmp_path))
   assert best.latest_step() is None and best.best_cost() == float('inf')
   saved = [best.save(step, state(step), cost)
-           for step, cost in [(1, 5.0), (2, 3.0), (3, 4.0), (4, float('nan')), (5, 3.0)]]
+           for step, cost in [(1, 5.0), (2, 3.0), (3, 4.0), (4, float('nan')), (5, 3.0),
+                              (2, 2.0)]]
   best.close()
-  assert saved == [True, True, False, False, False]
+  assert saved == [True, True, False, False, False, False]
   reopened = checkpointing.BestCheckpointer(str(tmp_path))
   try:
     assert reopened.latest_step() == 2 and reopened.best_cost() == 3.0

@@ -94,8 +94,12 @@ class BestCheckpointer(Checkpointer):
     return self._cost
 
   def save(self, step: int, state: Any, cost: float) -> bool:
-    """Saves `state` if `cost` is below the best so far; returns whether it did."""
-    if not cost < self.best_cost():  # also refuses NaN
+    """Saves `state` if `cost` is below the best so far; returns whether it did.
+
+    A step that is already the best is kept as it is: a resumed run can evaluate it again,
+    and on other hardware its cost may differ in the last bits.
+    """
+    if step == self.latest_step() or not cost < self.best_cost():  # also refuses NaN
       return False
     self._manager.save(step, args=ocp.args.StandardSave(state), metrics={'cost': cost},
                        force=True)
