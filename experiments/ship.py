@@ -5,8 +5,9 @@ checkpoint, config.json, metrics.jsonl and report.json into `trained/<task>_<mod
 then evaluates the copy with `--eval_only` on `--eval_batch_size` sequences per row and
 writes the results to `expected.json`. With `--checkpoint=best` it ships the checkpoint
 of the run's best evaluation instead (`<workdir>/best`), and report.json is that
-checkpoint's evaluation on the run's own number of sequences, not the run's last report. `tests/test_trained.py` re-evaluates every shipped
-run and fails when its metrics move: a change that breaks the cell's maths fails CI.
+checkpoint's evaluation on the run's own number of sequences, not the run's last report.
+`tests/test_trained.py` re-evaluates every shipped run and fails when its metrics move: a
+change that breaks the cell's maths fails CI.
 """
 
 import json

@@ -97,6 +97,24 @@ def _split_head_parameters(raw: jax.Array, word_size: int, num_shifts: int,
   return HeadParameters(**params)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _clip_gradient(bound: float, tree: Any) -> Any:
+  """The identity, whose gradient has each entry clipped into [-bound, bound]."""
+  return tree
+
+
+def _clip_gradient_forward(bound, tree):
+  del bound
+  return tree, None
+
+
+def _clip_gradient_backward(bound, _, cotangent):
+  return (jax.tree_util.tree_map(lambda g: jnp.clip(g, -bound, bound), cotangent),)
+
+
+_clip_gradient.defvjp(_clip_gradient_forward, _clip_gradient_backward)
+
+
 # The pure single-example functions, vmapped over heads (sharing the memory) and then over
 # the batch.
 _address_heads = jax.vmap(addressing.address, in_axes=(None, 0, 0, 0, 0, 0, 0))
@@ -147,6 +165,10 @@ class NTMCell(nn.RNNCellBase):
       sets per step).
     memory_stddev: the scale of the random memory, and of the learned memory's starting
       value.
+    carry_grad_clip: if > 0, backpropagation clips each entry of the gradient that
+      reaches a step through its carry (memory, weightings, reads, controller state) into
+      [-carry_grad_clip, carry_grad_clip]; the forward pass is unchanged. It bounds
+      gradients that grow through time, much as Graves (2013) clipped an LSTM's derivatives.
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
@@ -162,6 +184,7 @@ class NTMCell(nn.RNNCellBase):
   shift_range: int = 1
   memory_init: str = 'constant'
   memory_stddev: float = 0.01
+  carry_grad_clip: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -185,6 +208,9 @@ class NTMCell(nn.RNNCellBase):
     if not 0 <= self.memory_stddev < float('inf'):
       raise ValueError(f'NTMCell.memory_stddev must be a finite number >= 0, got '
                        f'{self.memory_stddev!r}.')
+    if not 0 <= self.carry_grad_clip < float('inf'):
+      raise ValueError(f'NTMCell.carry_grad_clip must be a finite number >= 0 (0: off), '
+                       f'got {self.carry_grad_clip!r}.')
     if self.memory_init not in MEMORY_INITS:
       raise ValueError(
           f'NTMCell.memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}.')
@@ -259,6 +285,10 @@ class NTMCell(nn.RNNCellBase):
                          write_weights=write_weights, reads=reads,
                          controller=controller_state,
                          is_initial=jnp.zeros_like(carry.is_initial))
+    if self.carry_grad_clip:
+      # is_initial is a bool: it has no gradient, so it bypasses the clip.
+      clipped = _clip_gradient(self.carry_grad_clip, new_carry._replace(is_initial=None))
+      new_carry = clipped._replace(is_initial=new_carry.is_initial)
     return jax.tree_util.tree_map(unflat, new_carry), unflat(y)
 
   def _reset_to_learned_initial_state(self, carry: NTMState) -> NTMState:

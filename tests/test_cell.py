@@ -171,6 +171,8 @@ def test_reads_see_the_write_of_the_same_step():
     ('controller', 'gru', "controller must be one of \\('lstm', 'feedforward'\\)"),
     ('memory_init', 'zeros', 'memory_init must be one of'),
     ('memory_stddev', -0.1, 'memory_stddev must be a finite number >= 0'),
+    ('carry_grad_clip', -1.0, 'carry_grad_clip must be a finite number >= 0'),
+    ('carry_grad_clip', float('inf'), 'carry_grad_clip must be a finite number >= 0'),
     ('shift_range', 8, 'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16'),
 ])
 def test_bad_fields_raise_clear_errors(field, value, message):
@@ -270,3 +272,60 @@ def test_a_rematerialised_cell_in_nn_rnn_gives_the_same_gradients():
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
       jax.grad(loss(plain))(params), jax.grad(loss(remat))(params))
+
+
+def _loop_gradients(cell, params, xs, carry_gradient):
+  """Gradients of a Python loop of cell steps, with `carry_gradient` applied to the
+  gradient flowing back into each step through the carry (an independent unroll)."""
+  @jax.custom_vjp
+  def through(carry):
+    return carry
+
+  through.defvjp(lambda carry: (carry, None),
+                 lambda _, g: (jax.tree_util.tree_map(carry_gradient, g),))
+
+  def loss(cell_params):
+    carry = cell.initialize_carry(jax.random.key(0), xs[:, 0].shape)
+    total = 0.0
+    for t in range(xs.shape[1]):
+      carry, y = cell.apply({'params': cell_params}, carry, xs[:, t])
+      flags = carry.is_initial
+      carry = through(carry._replace(is_initial=None))._replace(is_initial=flags)
+      total += jnp.sum(jnp.square(y))
+    return total
+
+  return jax.grad(loss)(params['params']['cell'])
+
+
+@pytest.mark.parametrize('bound', [1e-3, 0.05])
+def test_carry_grad_clip_clips_the_gradient_through_the_carry_and_nothing_else(bound):
+  # Given the same parameters with and without the clip, then the outputs are the same,
+  # and the gradients are those of an unroll whose carry gradient is clipped by hand,
+  # which differ from the unclipped ones (the bounds are small enough to bite).
+  kwargs = dict(features=4, memory_size=16, word_size=6, controller_features=12,
+                memory_init='learned')
+  plain, clipped = NTMCell(**kwargs), NTMCell(carry_grad_clip=bound, **kwargs)
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  params = nn.RNN(plain).init(jax.random.key(1), xs)
+  np.testing.assert_array_equal(nn.RNN(plain).apply(params, xs),
+                                nn.RNN(clipped).apply(params, xs))
+  loss = lambda cell: lambda p: jnp.sum(jnp.square(nn.RNN(cell).apply(p, xs)))
+  got = jax.grad(loss(clipped))(params)['params']['cell']
+  expected = _loop_gradients(plain, params, xs, lambda g: jnp.clip(g, -bound, bound))
+  unclipped = jax.grad(loss(plain))(params)['params']['cell']
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), got, expected)
+  differs = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(jnp.abs(a - b) > 1e-4)),
+                                   got, unclipped)
+  assert differs['initial_memory'] and differs['heads']['kernel']
+
+
+def test_a_carry_grad_clip_above_every_gradient_changes_nothing():
+  kwargs = dict(features=4, memory_size=16, word_size=6, controller_features=12)
+  xs = jax.random.normal(jax.random.key(0), (B, T, I))
+  params = nn.RNN(NTMCell(**kwargs)).init(jax.random.key(1), xs)
+  loss = lambda cell: lambda p: jnp.sum(jnp.square(nn.RNN(cell).apply(p, xs)))
+  jax.tree_util.tree_map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
+      jax.grad(loss(NTMCell(**kwargs)))(params),
+      jax.grad(loss(NTMCell(carry_grad_clip=1e6, **kwargs)))(params))

@@ -60,6 +60,8 @@ def _params(workdir, memory_init='constant'):
     (dict(entropy_penalty=0.1, remat_chunk=4), 'and remat_chunk 0 or 1'),
     (dict(remat_chunk=-1), 'remat_chunk must be an integer >= 0'),
     (dict(skip_grad_norm=-1.0), 'skip_grad_norm must be a finite number >= 0'),
+    (dict(carry_grad_clip=-1.0), 'carry_grad_clip must be a finite number >= 0'),
+    (dict(carry_grad_clip=100.0, model='lstm'), 'carry_grad_clip=100.0 needs model=ntm'),
     (dict(ema_decay=1.0), 'ema_decay must be in \\[0, 1\\)'),
 ])
 def test_bad_config_values_are_named_in_the_error(changes, message):
@@ -316,6 +318,29 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
   jax.tree.map(lambda a, b, e: np.testing.assert_allclose(
       a - b, e, atol=1e-3 * float(jnp.max(jnp.abs(e))) + 1e-6),
       penalised['params'], plain['params'], expected)
+
+
+def test_the_runner_builds_its_ntm_with_the_configured_carry_gradient_clip():
+  # Given one SGD step from the same state, when the config clips the carry's gradient at
+  # 1e-4, then the cell has that bound, the logged cost is the same, and the update is
+  # not (the cell's own test checks what the clip computes).
+  task = tiny_task()
+
+  def one_step(bound):
+    config = ExperimentConfig(workdir='/unused', optimizer='sgd', learning_rate=1.0,
+                              clip_mode='none', carry_grad_clip=bound, **TINY)
+    model = loop.build_model(config, task)
+    assert model.cell.carry_grad_clip == bound
+    optimizer = loop.make_optimizer(config)
+    keys = loop.Keys(0)
+    state = loop.create_train_state(model, optimizer, task, keys)
+    step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+    return step(state)
+
+  (plain, plain_metrics), (clipped, clipped_metrics) = one_step(0.0), one_step(1e-4)
+  np.testing.assert_allclose(clipped_metrics['cost'], plain_metrics['cost'], rtol=1e-6)
+  assert not np.allclose(clipped['params']['params']['cell']['initial_read_weight_logits'],
+                         plain['params']['params']['cell']['initial_read_weight_logits'])
 
 
 def test_the_spike_guard_skips_large_and_non_finite_gradients_and_nothing_else():

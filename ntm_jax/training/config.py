@@ -44,6 +44,11 @@ class ExperimentConfig:
       and evaluate, report, plot and ship the average (the parameters themselves are
       evaluated too, as `unaveraged`). It smooths out the noise of small-batch updates
       (BUILD_NOTES.md, the same section).
+    carry_grad_clip: NTM only: 0, or clip each entry of the gradient that flows back
+      into a step through the cell's carry into [-carry_grad_clip, carry_grad_clip]
+      (NTMCell.carry_grad_clip). The forward pass is unchanged. The gradient spikes of
+      late priority-sort training grow through the carry, the memory most (BUILD_NOTES.md,
+      "Priority sort: where the gradient spikes come from").
     eval_every, checkpoint_every, log_every: in training steps.
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
@@ -79,6 +84,7 @@ class ExperimentConfig:
   clip_mode: str = 'global_norm'
   skip_grad_norm: float = 0.0
   ema_decay: float = 0.0
+  carry_grad_clip: float = 0.0
   eval_every: int = 250
   checkpoint_every: int = 250
   log_every: int = 50
@@ -135,7 +141,7 @@ class ExperimentConfig:
       raise ValueError(f'ema_decay must be in [0, 1), got {self.ema_decay!r}.')
     if self.target_bit_errors < 0:
       raise ValueError(f'target_bit_errors must be >= 0, got {self.target_bit_errors!r}.')
-    for name in ('memory_stddev', 'entropy_penalty', 'skip_grad_norm'):
+    for name in ('memory_stddev', 'entropy_penalty', 'skip_grad_norm', 'carry_grad_clip'):
       if not 0 <= getattr(self, name) < float('inf'):
         raise ValueError(
             f'{name} must be a finite number >= 0, got {getattr(self, name)!r}.')
@@ -143,6 +149,9 @@ class ExperimentConfig:
       raise ValueError(f'entropy_penalty={self.entropy_penalty} needs model=ntm and '
                        f'remat_chunk 0 or 1 (got model={self.model!r}, '
                        f'remat_chunk={self.remat_chunk}); use entropy_penalty=0 otherwise.')
+    if self.carry_grad_clip and self.model != 'ntm':
+      raise ValueError(f'carry_grad_clip={self.carry_grad_clip} needs model=ntm (got '
+                       f'model={self.model!r}); use carry_grad_clip=0 otherwise.')
     choices = dict(model=MODELS, optimizer=OPTIMIZERS, clip_mode=CLIP_MODES,
                    lr_schedule=LR_SCHEDULES,
                    controller=('lstm', 'feedforward'),
