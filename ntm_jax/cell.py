@@ -168,7 +168,8 @@ class NTMCell(nn.RNNCellBase):
     carry_grad_clip: if > 0, backpropagation clips each entry of the gradient that
       reaches a step through its carry (memory, weightings, reads, controller state) into
       [-carry_grad_clip, carry_grad_clip]; the forward pass is unchanged. It bounds
-      gradients that grow through time, much as Graves (2013) clipped an LSTM's derivatives.
+      gradients that grow through time, much as Graves (2013) clipped an LSTM's
+      derivatives.
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
