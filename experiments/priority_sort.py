@@ -27,8 +27,8 @@ FLAGS = flags.FLAGS
 # save the default from collapsing on seeds 0 and 1 (at 358,000 and 459,000; seed 1 was
 # skipping 10% of its steps by then). Clipping each entry of the gradient through the
 # carry at 100 removes the spikes where they grow: from scratch on the same seeds no step
-# was skipped and neither run collapsed (BUILD_NOTES.md, "Priority sort: where the
-# gradient spikes come from"). The noise of one-sequence updates costs about 2 bits at
+# was skipped and neither run collapsed to 620,000, though both ended above the paper's
+# 18-20 bits (BUILD_NOTES.md, "Priority sort: where the gradient spikes come from"). The noise of one-sequence updates costs about 2 bits at
 # the end: the run evaluates and ships a moving average of its parameters over about the
 # last 10,000 steps (BUILD_NOTES.md, "Priority sort: averaging the parameters and
 # skipping gradient spikes"). The LSTM baseline sees the same number of sequences in
