@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -108,3 +109,42 @@ def test_a_one_process_multi_host_run_initialises_and_trains(tmp_path):
                 '--eval_batch_size=2', '--max_length=2', '--eval_lengths=3', '--plots=false')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'Report:' in result.stdout
+
+
+def _analyse(workdir, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, '-m', 'experiments.priority_sort_heads',
+                         f'--workdir={workdir}', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_the_shipped_priority_sort_run_sorts_by_search(tmp_path):
+  # docs/RESULTS.md: its write head 1 puts each input, with weight about 1, on a slot of
+  # its own in no order of priority, and the errors are where priorities nearly tie.
+  workdir = tmp_path / 'run'
+  shutil.copytree(os.path.join(ROOT, 'trained', 'priority_sort_ntm'), workdir)
+  result = _analyse(workdir, '--sequences=64')
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = [line.split('|') for line in result.stdout.splitlines()
+          if line.strip()[:1].isdigit()]
+  assert len(rows) == 5  # one per write head
+  peak, slots, order = float(rows[1][1]), float(rows[1][2].split()[0]), float(rows[1][3])
+  assert peak > 0.9 and slots > 19 and order < 0.3
+  assert 'Reading: search' in result.stdout
+  errors = dict(part.split(': ') for part in result.stdout.splitlines()[-1].split(
+      'priority: ')[1].split(', '))
+  assert float(errors['0-0.01']) > 5 * float(errors['0.1-inf'])
+
+
+def test_the_sort_analysis_refuses_other_runs(tmp_path):
+  shutil.copytree(os.path.join(ROOT, 'trained', 'copy_ntm'), tmp_path / 'copy')
+  result = _analyse(tmp_path / 'copy')
+  assert result.returncode != 0
+  assert 'this is a copy ntm run; the analysis needs a priority_sort ntm run' in result.stderr
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  shutil.copy(os.path.join(ROOT, 'trained', 'priority_sort_ntm', 'config.json'), empty)
+  result = _analyse(empty, '--checkpoint=best')
+  assert result.returncode != 0
+  assert f'--workdir={empty}: {empty}/best does not exist' in result.stderr
+  assert not (empty / 'best').exists()  # and it was not created

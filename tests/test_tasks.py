@@ -154,3 +154,54 @@ def test_ngrams_optimal_cost_matches_the_paper():
   task = DynamicNGramsTask()
   cost = float(np.mean(task.reference_cost(task.sample_eval(jax.random.key(0), 500, 200))))
   assert 128 < cost < 138
+
+
+def _one_hot_writes(slots_by_head, num_slots=128):
+  """(1, n, H, N) write weightings putting input i of head h on slots_by_head[h][i]."""
+  slots = np.asarray(slots_by_head).T  # (n, H)
+  return np.eye(num_slots)[slots][None]
+
+
+def test_write_placement_tells_a_layout_from_search():
+  from ntm_jax.tasks import priority_sort
+  priorities = np.array([[0.9, -0.2, 0.4, -0.8, 0.1, 0.6]])
+  descending = np.argsort(np.argsort(-priorities[0]))  # rank 0 = highest
+  # Head 0: the paper's layout, slot falling as the priority rises, wrapping past slot
+  # 127 to 0 (ranks 0-5 -> slots 125, 126, 127, 0, 1, 2). Head 1: one slot each, in an
+  # order unrelated to the priority. Head 2: all inputs on one slot.
+  layout = (125 + descending) % 128
+  search = np.array([40, 7, 99, 63, 12, 80])
+  spread = np.full(6, 5)
+  weights = _one_hot_writes([layout, search, spread])
+  placement = priority_sort.write_placement(weights, priorities)
+  np.testing.assert_allclose(placement['peak'], [1, 1, 1])
+  np.testing.assert_allclose(placement['slots'], [6, 6, 1])
+  # Spearman without ties, worked by hand: 1 - 6 sum d^2 / (n (n^2 - 1)).
+  # Head 1 by priority rank (ascending priority -0.8, -0.2, 0.1, 0.4, 0.6, 0.9):
+  # slots 63, 7, 12, 99, 80, 40 with ranks 4, 1, 2, 6, 5, 3 (after the cut at the widest
+  # unused run, 99 -> 7, the order of the slots is unchanged); d = -3, 1, 1, -2, 0, 3.
+  expected_search = abs(1 - 6 * (9 + 1 + 1 + 4 + 0 + 9) / (6 * 35))
+  np.testing.assert_allclose(placement['order'], [1.0, expected_search, 0.0], atol=1e-12)
+  # Mean peak over a head's inputs: a weighting spread over two slots peaks at 0.5.
+  halves = (weights + np.roll(weights, 1, axis=-1)) / 2
+  np.testing.assert_allclose(priority_sort.write_placement(halves, priorities)['peak'], 0.5)
+
+
+def test_bit_errors_by_priority_gap():
+  from ntm_jax.tasks import priority_sort
+  task = PrioritySortTask(num_inputs=4, num_outputs=2)
+  batch = jax.device_get(task.sample_train(jax.random.key(0), 1))
+  priorities = np.array([0.5, 0.505, -0.3, 0.9])  # gaps 0.005, 0.005, 0.8, 0.395
+  inputs = np.array(batch.inputs)
+  inputs[0, :4, 8] = priorities
+  order = np.argsort(-priorities)[:2]  # outputs: input 3 (gap 0.395), input 1 (0.005)
+  targets = np.zeros_like(batch.targets)
+  targets[0, 5:] = inputs[0, order, :8]
+  batch = batch._replace(inputs=inputs, targets=targets)
+  logits = np.where(targets > 0.5, 5.0, -5.0)
+  logits[0, 6, :3] *= -1  # three wrong bits in the second output (gap 0.005)
+  logits[0, 2, :] *= -1  # an unscored step: not counted
+  gaps = priority_sort.bit_errors_by_priority_gap(logits, batch, num_inputs=4,
+                                                   edges=(0, 0.01, 0.5, np.inf))
+  assert gaps == {'0-0.01': 3.0, '0.01-0.5': 0.0, '0.5-inf': pytest.approx(np.nan,
+                                                                         nan_ok=True)}

@@ -14,6 +14,7 @@ k = n * num_outputs // num_inputs.
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntm_jax.tasks.base import Batch
 from ntm_jax.tasks.base import Task
@@ -82,3 +83,102 @@ class PrioritySortTask(Task):
 
   def sample_eval(self, key, batch_size, difficulty) -> Batch:
     return self._sample(key, batch_size, difficulty)
+
+
+# How a trained NTM sorts: analysis of its traced weightings, on the host (numpy).
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+  """Ranks along the last axis, ties sharing the mean of their ranks (1-based)."""
+  below = (values[..., :, None] > values[..., None, :]).sum(-1)
+  equal = (values[..., :, None] == values[..., None, :]).sum(-1)
+  return below + (equal + 1) / 2
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Spearman's correlation along the last axis; 0 where either side is constant."""
+  a = _average_ranks(a) - (a.shape[-1] + 1) / 2
+  b = _average_ranks(b) - (b.shape[-1] + 1) / 2
+  norm = np.sqrt((a * a).sum(-1) * (b * b).sum(-1))
+  return np.where(norm > 0, (a * b).sum(-1) / np.where(norm > 0, norm, 1), 0.0)
+
+
+def write_placement(write_weights: np.ndarray,
+                    priorities: np.ndarray) -> dict[str, np.ndarray]:
+  """How each write head places the inputs, as means over a batch.
+
+  Two algorithms sort the task (docs/RESULTS.md): the paper's layout (Fig. 17), where a
+  write head puts each input at a slot set by its priority and the read heads walk those
+  slots in order, and search, where a write head gives each input a slot of its own in
+  no particular order and the read keys find the highest priority not yet output.
+
+  Args:
+    write_weights: (b, n, H, N) the H write weightings at the n input steps.
+    priorities: (b, n) the inputs' priorities.
+
+  Returns:
+    (H,) arrays:
+    peak: the largest entry of an input's weighting (1: one slot; 1/N: spread evenly).
+    slots: how many distinct slots the n inputs' largest entries fall on.
+    order: |Spearman's rank correlation| between the priority and that slot, with the
+      slots counted from the end of the widest run of slots no input uses, since a
+      layout may wrap around the memory: 1 when the slot follows the priority, near 0
+      when it does not.
+  """
+  write_weights, priorities = np.asarray(write_weights), np.asarray(priorities)
+  num_slots = write_weights.shape[-1]
+  peak = write_weights.max(-1).mean((0, 1))
+  slots = write_weights.argmax(-1)  # (b, n, H)
+  distinct = np.mean([[len(np.unique(slots[b, :, h])) for h in range(slots.shape[2])]
+                      for b in range(slots.shape[0])], axis=0)
+  unwrapped = np.stack([[_unwrap(slots[b, :, h], num_slots) for h in range(slots.shape[2])]
+                        for b in range(slots.shape[0])])  # (b, H, n)
+  order = np.abs(_rank_correlation(unwrapped, priorities[:, None])).mean(0)
+  return dict(peak=peak, slots=distinct, order=order)
+
+
+def _unwrap(slots: np.ndarray, num_slots: int) -> np.ndarray:
+  """Slot indices counted from the first used slot after the widest unused run.
+
+  One cut per sequence, where a layout that wraps around the memory has its ends (the
+  largest of several rotations would find order in random slots too).
+  """
+  used = np.unique(slots)
+  following = np.diff(np.append(used, used[0] + num_slots))  # circular distance to the next
+  start = used[(np.argmax(following) + 1) % len(used)]
+  return (slots - start) % num_slots
+
+
+def bit_errors_by_priority_gap(logits: np.ndarray, batch: Batch, num_inputs: int,
+                               edges=(0.0, 0.01, 0.03, 0.06, 0.1, np.inf)
+                               ) -> dict[str, float]:
+  """Bit errors per output vector, grouped by how close its priority is to another.
+
+  The gap of an output is the distance from its input's priority to the nearest other
+  input's priority: close priorities are where a sorting NTM goes wrong.
+
+  Args:
+    logits: (b, T, bits) the model's outputs on `batch`, a priority-sort batch of
+      `num_inputs` inputs.
+    edges: the gaps' bin edges; a bin holds gaps in [low, high).
+
+  Returns:
+    {'low-high': mean bit errors per output vector in that bin}, NaN for an empty bin.
+  """
+  inputs, targets, mask = (np.asarray(array) for array in batch)
+  priorities = inputs[:, :num_inputs, -2]  # the channel before the delimiter
+  distance = np.abs(priorities[:, :, None] - priorities[:, None, :])
+  distance[:, np.arange(num_inputs), np.arange(num_inputs)] = np.inf
+  gap = distance.min(-1)
+  scored = mask > 0
+  num_outputs = int(scored[0].sum())
+  ranked = np.argsort(-priorities, axis=1)[:, :num_outputs]  # output k is input ranked[k]
+  output_gaps = np.take_along_axis(gap, ranked, axis=1)
+  errors = ((np.asarray(logits) > 0) != (targets > 0.5)).sum(-1)
+  output_errors = errors[scored].reshape(len(errors), num_outputs)
+  result = {}
+  for low, high in zip(edges[:-1], edges[1:]):
+    selected = (output_gaps >= low) & (output_gaps < high)
+    result[f'{low:g}-{high:g}'] = (float(output_errors[selected].mean()) if selected.any()
+                                   else float('nan'))
+  return result

@@ -439,6 +439,31 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
   return report
 
 
+def restore_evaluated_params(config: ExperimentConfig, task: Task,
+                             checkpoint: str = 'latest') -> tuple[nn.Module, Any, int]:
+  """The model, the parameters a run evaluates (the average where it keeps one) and the
+  step, from the latest checkpoint in `config.workdir` or, with checkpoint='best', from
+  best/: for analyses of a trained model outside the runner."""
+  if checkpoint not in CHECKPOINTS:
+    raise ValueError(f'checkpoint must be one of {", ".join(CHECKPOINTS)}; got '
+                     f'{checkpoint!r}.')
+  model = build_model(config, task)
+  state = create_train_state(model, make_optimizer(config), task, Keys(config.seed))
+  source_class = (checkpointing.BestCheckpointer if checkpoint == 'best' else
+                  checkpointing.Checkpointer)
+  directory = os.path.join(os.path.abspath(config.workdir), source_class.subdirectory)
+  if not os.path.isdir(directory):  # checked first: the checkpointer would create it
+    raise FileNotFoundError(f'{directory} does not exist.')
+  source = source_class(config.workdir)
+  try:
+    if source.latest_step() is None:
+      raise FileNotFoundError(f'{source.directory} holds no checkpoint.')
+    state = _restore(source, state, config.ema_decay)
+  finally:
+    source.close()
+  return model, evaluated_params(state), int(state['step'])
+
+
 def _restore(checkpointer: checkpointing.Checkpointer, state: TrainState,
              ema_decay: float) -> TrainState:
   """The latest checkpoint, whether or not it was saved with a moving average.

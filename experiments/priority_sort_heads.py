@@ -1,0 +1,83 @@
+"""How a trained priority-sort NTM sorts: `python -m experiments.priority_sort_heads
+--workdir=<run> [--checkpoint=best]`.
+
+Traces the run's evaluated parameters on fresh training sequences and prints, per write
+head, how it places the 20 inputs (`ntm_jax.tasks.priority_sort.write_placement`), then
+the bit errors per output vector by the gap to the nearest other priority. A head that
+puts inputs on one slot each in the order of their priorities is the paper's layout
+(Fig. 17); one that puts them on slots of their own in no order is search, where the read
+keys find the highest priority not yet output (docs/RESULTS.md, "Priority sort").
+Which of the two a run learns is settled within its first 50,000 sequences and bounds
+where it ends (BUILD_NOTES.md, "Priority sort: layout or search").
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'A priority-sort run (its config.json and '
+                    'checkpoints).', required=True)
+flags.DEFINE_enum('checkpoint', 'latest', ('latest', 'best'),
+                  'Analyse the latest checkpoint, or the best evaluation\'s (best/).')
+flags.DEFINE_integer('sequences', 256, 'Training sequences to trace.', lower_bound=1)
+flags.DEFINE_integer('data_seed', 11, 'PRNG seed of those sequences.')
+
+# A head reads as placing when its inputs' weightings peak above this, and as laying the
+# inputs out by priority when its order is above LAYOUT_ORDER; below SEARCH_ORDER with
+# about one slot per input it places them for search.
+PLACING_PEAK, LAYOUT_ORDER, SEARCH_ORDER = 0.5, 0.9, 0.5
+
+
+def reading(placement: dict, num_inputs: int) -> str:
+  """One line on which algorithm the write heads' placement shows."""
+  placing = [head for head, peak in enumerate(placement['peak']) if peak > PLACING_PEAK]
+  if any(placement['order'][head] > LAYOUT_ORDER for head in placing):
+    return 'layout: a write head places the inputs in the order of their priorities'
+  if any(placement['order'][head] < SEARCH_ORDER and
+         placement['slots'][head] >= 0.9 * num_inputs for head in placing):
+    return 'search: a write head gives each input a slot of its own, in no order'
+  return 'neither: no write head places the inputs sharply by priority or one per slot'
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}; flags look like --name=value.')
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  import jax
+  from ntm_jax import models
+  from ntm_jax.tasks import priority_sort
+  from ntm_jax.training import ExperimentConfig
+  from ntm_jax.training import backend
+  from ntm_jax.training import loop
+  backend.tune_cpu_compiler()
+
+  try:
+    config, task_name = ExperimentConfig.load(FLAGS.workdir)
+    if task_name != 'priority_sort' or config.model != 'ntm':
+      raise ValueError(f'this is a {task_name} {config.model} run; the analysis needs a '
+                       'priority_sort ntm run.')
+    task = priority_sort.PrioritySortTask()
+    model, params, step = loop.restore_evaluated_params(config, task, FLAGS.checkpoint)
+  except (FileNotFoundError, ValueError) as error:
+    sys.exit(f'error: --workdir={FLAGS.workdir}: {error}')
+  batch = task.sample_train(jax.random.key(FLAGS.data_seed), FLAGS.sequences)
+  logits, states = jax.jit(lambda p, x: models.trace_ntm(model, p, x))(params, batch.inputs)
+  n = task.num_inputs
+  priorities = batch.inputs[:, :n, -2]  # the channel before the delimiter
+  placement = priority_sort.write_placement(states.write_weights[:, :n], priorities)
+  print(f'{FLAGS.workdir}, step {step}, {FLAGS.sequences} sequences:')
+  print('write head | peak weight | slots for the inputs | order by priority')
+  for head in range(len(placement['peak'])):
+    print(f'{head:10d} | {placement["peak"][head]:11.2f} | {placement["slots"][head]:6.1f} '
+          f'of {n:<10d} | {placement["order"][head]:.2f}')
+  print('Reading: ' + reading(placement, n))
+  gaps = priority_sort.bit_errors_by_priority_gap(logits, batch, n)
+  print('Bit errors per output vector by the gap to the nearest other priority: ' +
+        ', '.join(f'{gap}: {errors:.2f}' for gap, errors in gaps.items()))
+
+
+if __name__ == '__main__':
+  app.run(main)
