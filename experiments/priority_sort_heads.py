@@ -7,8 +7,7 @@ the bit errors per output vector by the gap to the nearest other priority. A hea
 puts inputs on one slot each in the order of their priorities is the paper's layout
 (Fig. 17); one that puts them on slots of their own in no order is search, where the read
 keys find the highest priority not yet output (docs/RESULTS.md, "Priority sort").
-Which of the two a run learns is settled within its first 50,000 sequences and bounds
-where it ends (BUILD_NOTES.md, "Priority sort: layout or search").
+The runs measured with it: BUILD_NOTES.md, "Priority sort: layout or search".
 """
 
 import sys
@@ -24,23 +23,6 @@ flags.DEFINE_enum('checkpoint', 'latest', ('latest', 'best'),
                   'Analyse the latest checkpoint, or the best evaluation\'s (best/).')
 flags.DEFINE_integer('sequences', 256, 'Training sequences to trace.', lower_bound=1)
 flags.DEFINE_integer('data_seed', 11, 'PRNG seed of those sequences.')
-
-# A head reads as placing when its inputs' weightings peak above this, and as laying the
-# inputs out by priority when its order is above LAYOUT_ORDER; below SEARCH_ORDER with
-# about one slot per input it places them for search.
-PLACING_PEAK, LAYOUT_ORDER, SEARCH_ORDER = 0.5, 0.9, 0.5
-
-
-def reading(placement: dict, num_inputs: int) -> str:
-  """One line on which algorithm the write heads' placement shows."""
-  placing = [head for head, peak in enumerate(placement['peak']) if peak > PLACING_PEAK]
-  if any(placement['order'][head] > LAYOUT_ORDER for head in placing):
-    return 'layout: a write head places the inputs in the order of their priorities'
-  if any(placement['order'][head] < SEARCH_ORDER and
-         placement['slots'][head] >= 0.9 * num_inputs for head in placing):
-    return 'search: a write head gives each input a slot of its own, in no order'
-  return 'neither: no write head places the inputs sharply by priority or one per slot'
-
 
 def main(argv):
   if len(argv) > 1:
@@ -73,7 +55,14 @@ def main(argv):
   for head in range(len(placement['peak'])):
     print(f'{head:10d} | {placement["peak"][head]:11.2f} | {placement["slots"][head]:6.1f} '
           f'of {n:<10d} | {placement["order"][head]:.2f}')
-  print('Reading: ' + reading(placement, n))
+  algorithm, head = priority_sort.sorting_algorithm(placement, n)
+  print('Reading: ' + {
+      'layout': f'layout: write head {head} places the inputs in the order of their '
+                'priorities',
+      'search': f'search: write head {head} gives each input a slot of its own, in no '
+                'order',
+      None: 'neither: no write head places the inputs sharply by priority or one per '
+            'slot'}[algorithm])
   gaps = priority_sort.bit_errors_by_priority_gap(logits, batch, n)
   print('Bit errors per output vector by the gap to the nearest other priority: ' +
         ', '.join(f'{gap}: {errors:.2f}' for gap, errors in gaps.items()))

@@ -130,7 +130,7 @@ def test_the_shipped_priority_sort_run_sorts_by_search(tmp_path):
   assert len(rows) == 5  # one per write head
   peak, slots, order = float(rows[1][1]), float(rows[1][2].split()[0]), float(rows[1][3])
   assert peak > 0.9 and slots > 19 and order < 0.3
-  assert 'Reading: search' in result.stdout
+  assert 'Reading: search: write head 1 ' in result.stdout
   errors = dict(part.split(': ') for part in result.stdout.splitlines()[-1].split(
       'priority: ')[1].split(', '))
   assert float(errors['0-0.01']) > 5 * float(errors['0.1-inf'])

@@ -168,7 +168,7 @@ def test_write_placement_tells_a_layout_from_search():
   descending = np.argsort(np.argsort(-priorities[0]))  # rank 0 = highest
   # Head 0: the paper's layout, slot falling as the priority rises, wrapping past slot
   # 127 to 0 (ranks 0-5 -> slots 125, 126, 127, 0, 1, 2). Head 1: one slot each, in an
-  # order unrelated to the priority. Head 2: all inputs on one slot.
+  # arbitrary order. Head 2: all inputs on one slot.
   layout = (125 + descending) % 128
   search = np.array([40, 7, 99, 63, 12, 80])
   spread = np.full(6, 5)
@@ -176,12 +176,22 @@ def test_write_placement_tells_a_layout_from_search():
   placement = priority_sort.write_placement(weights, priorities)
   np.testing.assert_allclose(placement['peak'], [1, 1, 1])
   np.testing.assert_allclose(placement['slots'], [6, 6, 1])
-  # Spearman without ties, worked by hand: 1 - 6 sum d^2 / (n (n^2 - 1)).
-  # Head 1 by priority rank (ascending priority -0.8, -0.2, 0.1, 0.4, 0.6, 0.9):
-  # slots 63, 7, 12, 99, 80, 40 with ranks 4, 1, 2, 6, 5, 3 (after the cut at the widest
-  # unused run, 99 -> 7, the order of the slots is unchanged); d = -3, 1, 1, -2, 0, 3.
-  expected_search = abs(1 - 6 * (9 + 1 + 1 + 4 + 0 + 9) / (6 * 35))
-  np.testing.assert_allclose(placement['order'], [1.0, expected_search, 0.0], atol=1e-12)
+  # By rising priority head 1's slots are 63, 7, 12, 99, 80, 40: circular steps (the
+  # shorter way round 128 slots) -56, +5, -41 (87 the other way), -19, -40, so
+  # |4 down - 1 up| / 5 moves. Head 0 steps -1 five times, across slot 0 too; head 2
+  # never moves.
+  np.testing.assert_allclose(placement['order'], [1.0, 0.6, 0.0])
+  assert priority_sort.sorting_algorithm(placement, 6) == ('layout', 0)
+  # All inputs on one slot is neither. A zigzag by rising priority, slots 10, 50, 20,
+  # 60, 30, 70 (steps +40, -30, +40, -30, +40: order 1/5), one slot each, is search.
+  only_spread = {name: values[2:] for name, values in placement.items()}
+  assert priority_sort.sorting_algorithm(only_spread, 6) == (None, None)
+  ascending = np.argsort(priorities[0])
+  zigzag = np.empty(6, int)
+  zigzag[ascending] = [10, 50, 20, 60, 30, 70]
+  searching = priority_sort.write_placement(_one_hot_writes([spread, zigzag]), priorities)
+  np.testing.assert_allclose(searching['order'], [0.0, 0.2])
+  assert priority_sort.sorting_algorithm(searching, 6) == ('search', 1)
   # Mean peak over a head's inputs: a weighting spread over two slots peaks at 0.5.
   halves = (weights + np.roll(weights, 1, axis=-1)) / 2
   np.testing.assert_allclose(priority_sort.write_placement(halves, priorities)['peak'], 0.5)
