@@ -1,7 +1,8 @@
 """How a trained priority-sort NTM sorts: `python -m experiments.priority_sort_heads
 --workdir=<run> [--checkpoint=best]`.
 
-Traces the run's evaluated parameters on fresh training sequences and prints, per write
+Traces the run's evaluated parameters on fresh sequences of the default task (20 inputs,
+16 outputs: a run's config does not record the task's flags) and prints, per write
 head, how it places the 20 inputs (`ntm_jax.tasks.priority_sort.write_placement`), then
 the bit errors per output vector by the gap to the nearest other priority. A head that
 puts inputs on one slot each in the order of their priorities is the paper's layout
@@ -23,6 +24,7 @@ flags.DEFINE_enum('checkpoint', 'latest', ('latest', 'best'),
                   'Analyse the latest checkpoint, or the best evaluation\'s (best/).')
 flags.DEFINE_integer('sequences', 256, 'Training sequences to trace.', lower_bound=1)
 flags.DEFINE_integer('data_seed', 11, 'PRNG seed of those sequences.')
+
 
 def main(argv):
   if len(argv) > 1:
