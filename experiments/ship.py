@@ -58,16 +58,11 @@ def ship(workdir: str, destination: str, eval_batch_size: int,
   from ntm_jax.training import checkpointing
 
   config, task_name = ExperimentConfig.load(workdir)
-  if checkpoint == 'best' and not os.path.isdir(os.path.join(workdir, 'best')):
-    raise FileNotFoundError(f'{os.path.join(workdir, "best")} does not exist.')
-  checkpointer = (checkpointing.BestCheckpointer if checkpoint == 'best' else
-                  checkpointing.Checkpointer)(workdir)
+  checkpointer = checkpointing.open_saved(workdir, checkpoint)
   try:
     step = checkpointer.latest_step()
   finally:
     checkpointer.close()
-  if step is None:
-    raise FileNotFoundError(f'{checkpointer.directory} holds no finished checkpoint.')
   target = os.path.join(destination, f'{task_name}_{config.model}')
   shutil.rmtree(target, ignore_errors=True)
   shutil.copytree(os.path.join(checkpointer.directory, str(step)),

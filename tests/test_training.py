@@ -84,6 +84,26 @@ def test_checkpoint_round_trip(tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, restored, state)
 
 
+def test_saved_checkpoints_open_to_read_without_creating_anything(tmp_path):
+  workdir = str(tmp_path)
+  for which, directory in (('latest', 'checkpoints'), ('best', 'best')):
+    with pytest.raises(FileNotFoundError, match=f'{tmp_path}/{directory} does not exist'):
+      checkpointing.open_saved(workdir, which)
+    assert not (tmp_path / directory).exists()
+  (tmp_path / 'best').mkdir()  # as a run stopped before its first evaluation leaves it
+  with pytest.raises(FileNotFoundError, match='best holds no finished checkpoint'):
+    checkpointing.open_saved(workdir, 'best')
+  state = dict(step=jnp.array(5, jnp.int32), params={'w': jnp.ones(2)})
+  saving = checkpointing.BestCheckpointer(workdir)
+  saving.save(5, state, cost=1.5)
+  saving.close()
+  source = checkpointing.open_saved(workdir, 'best')
+  try:
+    assert source.latest_step() == 5 and source.best_cost() == 1.5
+  finally:
+    source.close()
+
+
 # memory_init='random' draws each step's starting memories from the seed and the step.
 @pytest.mark.parametrize('memory_init', ['constant', 'random'])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, memory_init):

@@ -105,3 +105,21 @@ class BestCheckpointer(Checkpointer):
                        force=True)
     self._cost = cost
     return True
+
+
+def open_saved(workdir: str, checkpoint: str = 'latest') -> Checkpointer:
+  """A run's saved checkpoints, to read: its latest ones (checkpoint='latest') or best/.
+
+  Raises FileNotFoundError, naming the directory, where it is missing (checked before
+  Orbax opens it, which would create it) or holds no finished checkpoint. The caller
+  closes what it gets.
+  """
+  source_class = {'latest': Checkpointer, 'best': BestCheckpointer}[checkpoint]
+  directory = os.path.join(os.path.abspath(workdir), source_class.subdirectory)
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{directory} does not exist.')
+  source = source_class(workdir)
+  if source.latest_step() is None:
+    source.close()
+    raise FileNotFoundError(f'{directory} holds no finished checkpoint.')
+  return source

@@ -449,15 +449,8 @@ def restore_evaluated_params(config: ExperimentConfig, task: Task,
                      f'{checkpoint!r}.')
   model = build_model(config, task)
   state = create_train_state(model, make_optimizer(config), task, Keys(config.seed))
-  source_class = (checkpointing.BestCheckpointer if checkpoint == 'best' else
-                  checkpointing.Checkpointer)
-  directory = os.path.join(os.path.abspath(config.workdir), source_class.subdirectory)
-  if not os.path.isdir(directory):  # checked first: the checkpointer would create it
-    raise FileNotFoundError(f'{directory} does not exist.')
-  source = source_class(config.workdir)
+  source = checkpointing.open_saved(config.workdir, checkpoint)
   try:
-    if source.latest_step() is None:
-      raise FileNotFoundError(f'{source.directory} holds no checkpoint.')
     state = _restore(source, state, config.ema_decay)
   finally:
     source.close()
