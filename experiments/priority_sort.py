@@ -11,6 +11,9 @@ from ntm_jax.tasks import PrioritySortTask
 
 flags.DEFINE_integer('num_inputs', 20, 'Vectors per training sequence.')
 flags.DEFINE_integer('num_outputs', 16, 'Highest-priority vectors to output.')
+flags.DEFINE_float('min_priority_span', 2.0, 'Training only: each sequence draws its '
+                   'priorities from its own interval in [-1, 1], at least this wide '
+                   '(log-uniform up to 2); 2, the default, is the paper\'s [-1, 1].')
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +52,8 @@ MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(128, TRAINING_SEQUENC
 
 def build_task() -> PrioritySortTask:
   return PrioritySortTask(num_inputs=FLAGS.num_inputs, num_outputs=FLAGS.num_outputs,
-                          eval_inputs=(FLAGS.num_inputs,))
+                          eval_inputs=(FLAGS.num_inputs,),
+                          min_priority_span=FLAGS.min_priority_span)
 
 
 def main():

@@ -125,6 +125,36 @@ def test_priority_sort_targets_are_sorted_by_priority():
     assert np.all(np.diff(priorities[order]) < 0)
 
 
+def test_priority_sort_spans_narrow_only_the_training_priorities():
+  key = jax.random.key(3)
+  paper, narrow = PrioritySortTask(), PrioritySortTask(min_priority_span=0.5)
+  wide = jax.device_get(paper.sample_train(key, 512))
+  batch = jax.device_get(narrow.sample_train(key, 512))
+  np.testing.assert_array_equal(batch.inputs[:, :20, :8], wide.inputs[:, :20, :8])
+  # Each sequence's priorities are the paper's mapped into an interval [c - h, c + h]
+  # inside [-1, 1] with h in [0.25, 1]: an exact affine map of each sequence's own.
+  half_widths = []
+  for mapped, original, inputs, targets in zip(batch.inputs[:, :20, 8],
+                                               wide.inputs[:, :20, 8], batch.inputs,
+                                               batch.targets):
+    half_width, centre = np.polyfit(original, mapped, 1)
+    np.testing.assert_allclose(centre + half_width * original, mapped, atol=1e-6)
+    assert 0.25 - 1e-6 <= half_width <= 1 + 1e-6
+    assert abs(centre) <= 1 - half_width + 1e-6
+    order = np.argsort(-mapped)[:16]  # still the 16 highest, highest first
+    np.testing.assert_array_equal(targets[21:], inputs[order, :8])
+    half_widths.append(half_width)
+  # Log-uniform: about half the sequences below the geometric middle, h = 0.5.
+  assert 0.4 < np.mean(np.array(half_widths) < 0.5) < 0.6
+  for difficulty in (20, 12):  # evaluation keeps the paper's [-1, 1]
+    for a, b in zip(jax.device_get(narrow.sample_eval(key, 8, difficulty)),
+                    jax.device_get(paper.sample_eval(key, 8, difficulty))):
+      np.testing.assert_array_equal(a, b)
+  for bad in (0.0, -1.0, 2.5):
+    with pytest.raises(ValueError, match=r'min_priority_span must be in \(0, 2\]'):
+      PrioritySortTask(min_priority_span=bad)
+
+
 def test_ngrams_batch_layout():
   task = DynamicNGramsTask()
   batch = jax.device_get(task.sample_train(jax.random.key(0), 8))
