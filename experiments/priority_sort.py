@@ -35,11 +35,14 @@ FLAGS = flags.FLAGS
 # bound of 1,000 trailed it on both seeds. Those two laid the inputs out by priority (the
 # paper's layout), which has stalled above 20 bits wherever it was measured; the one run
 # below the paper's cost searches instead (BUILD_NOTES.md, "Priority sort: layout or
-# search"). The noise of one-sequence updates costs about 2 bits at the end: the run
-# evaluates and ships a moving average of its parameters over about the last 10,000
-# steps (BUILD_NOTES.md, "Priority sort: averaging the parameters and skipping gradient
-# spikes"). The LSTM baseline sees the same number of sequences in
-# batches of 16 with Adam.
+# search"), and every run read at 50,000 sequences had laid out; training on priorities
+# of varied spread (--min_priority_span=0.5) kept one seed of two from it but learned more
+# slowly, and stays off until a run of it is measured to the end (BUILD_NOTES.md,
+# "Priority sort: which algorithm a run starts with"). The noise of one-sequence updates
+# costs about 2 bits at the end: the run evaluates and ships a moving average of its
+# parameters over about the last 10,000 steps (BUILD_NOTES.md, "Priority sort: averaging
+# the parameters and skipping gradient spikes"). The LSTM baseline sees the same number
+# of sequences in batches of 16 with Adam.
 TRAINING_SEQUENCES = 700000
 DEFAULTS = dict(batch_size=1, train_steps=TRAINING_SEQUENCES, learning_rate=1e-4,
                 optimizer='rmsprop', lr_schedule='cosine', clip=10.0, clip_mode='elementwise',
