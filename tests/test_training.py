@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -87,7 +88,8 @@ def test_checkpoint_round_trip(tmp_path):
 def test_saved_checkpoints_open_to_read_without_creating_anything(tmp_path):
   workdir = str(tmp_path)
   for which, directory in (('latest', 'checkpoints'), ('best', 'best')):
-    with pytest.raises(FileNotFoundError, match=f'{tmp_path}/{directory} does not exist'):
+    with pytest.raises(FileNotFoundError,
+                       match=re.escape(f'{tmp_path}/{directory} does not exist')):
       checkpointing.open_saved(workdir, which)
     assert not (tmp_path / directory).exists()
   (tmp_path / 'best').mkdir()  # as a run stopped before its first evaluation leaves it

@@ -14,9 +14,10 @@ k = n * num_outputs // num_inputs.
 With `min_priority_span` below 2 (an option of this project, not the paper's) each
 training sequence draws its priorities from its own interval inside [-1, 1], of a width
 between that and 2 (log-uniform) at a uniform place; evaluation keeps [-1, 1]. A write
-head that lays the inputs out at slots set by the priority (the paper's Fig. 17) sorts
-the intervals it was not fitted to badly, where comparing priorities does not care:
-BUILD_NOTES.md, "Priority sort: which algorithm a run starts with".
+head that lays the inputs out at slots set by the priority (the paper's Fig. 17) crowds a
+narrow interval onto a few slots, where an NTM that compares priorities is not hurt: the
+aim is to make the second kind of solution more likely (BUILD_NOTES.md, "Priority sort:
+which algorithm a run starts with").
 """
 
 import math
