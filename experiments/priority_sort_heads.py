@@ -1,9 +1,9 @@
 """How a trained priority-sort NTM sorts: `python -m experiments.priority_sort_heads
 --workdir=<run> [--checkpoint=best]`.
 
-Traces the run's evaluated parameters on fresh sequences of the default task (20 inputs,
-16 outputs: a run's config does not record the task's flags) and prints, per write
-head, how it places the 20 inputs (`ntm_jax.tasks.priority_sort.write_placement`), then
+Traces the run's evaluated parameters on fresh sequences of the task it trained on (its
+config.json; the paper's priorities in [-1, 1], as evaluation draws them) and prints, per
+write head, how it places the inputs (`ntm_jax.tasks.priority_sort.write_placement`), then
 the bit errors per output vector by the gap to the nearest other priority. A head that
 puts inputs on one slot each in the order of their priorities is the paper's layout
 (Fig. 17); one that puts them on slots of their own in no order is search, where the read
@@ -22,7 +22,7 @@ flags.DEFINE_string('workdir', None, 'A priority-sort run (its config.json and '
                     'checkpoints).', required=True)
 flags.DEFINE_enum('checkpoint', 'latest', ('latest', 'best'),
                   'Analyse the latest checkpoint, or the best evaluation\'s (best/).')
-flags.DEFINE_integer('sequences', 256, 'Training sequences to trace.', lower_bound=1)
+flags.DEFINE_integer('sequences', 256, 'Sequences to trace.', lower_bound=1)
 flags.DEFINE_integer('data_seed', 11, 'PRNG seed of those sequences.')
 
 
@@ -39,15 +39,15 @@ def main(argv):
   backend.tune_cpu_compiler()
 
   try:
-    config, task_name = ExperimentConfig.load(FLAGS.workdir)
-    if task_name != 'priority_sort' or config.model != 'ntm':
-      raise ValueError(f'this is a {task_name} {config.model} run; the analysis needs a '
+    config, task = ExperimentConfig.load(FLAGS.workdir)
+    if task.name != 'priority_sort' or config.model != 'ntm':
+      raise ValueError(f'this is a {task.name} {config.model} run; the analysis needs a '
                        'priority_sort ntm run.')
-    task = priority_sort.PrioritySortTask()
     model, params, step = loop.restore_evaluated_params(config, task, FLAGS.checkpoint)
   except (FileNotFoundError, ValueError) as error:
     sys.exit(f'error: --workdir={FLAGS.workdir}: {error}')
-  batch = task.sample_train(jax.random.key(FLAGS.data_seed), FLAGS.sequences)
+  batch = task.sample_eval(jax.random.key(FLAGS.data_seed), FLAGS.sequences,
+                           task.num_inputs)
   logits, states = jax.jit(lambda p, x: models.trace_ntm(model, p, x))(params, batch.inputs)
   n = task.num_inputs
   priorities = batch.inputs[:, :n, -2]  # the channel before the delimiter

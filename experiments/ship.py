@@ -37,7 +37,6 @@ def evaluate(directory: str, eval_batch_size: int | None) -> dict:
 
   Returns the report; eval_batch_size None keeps the run's own.
   """
-  from ntm_jax.tasks import TASKS
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import run
 
@@ -47,8 +46,8 @@ def evaluate(directory: str, eval_batch_size: int | None) -> dict:
     overrides = dict(plots=False)
     if eval_batch_size is not None:
       overrides['eval_batch_size'] = eval_batch_size
-    config, task_name = ExperimentConfig.load(workdir, **overrides)
-    return run(config, TASKS[task_name](), eval_only=True)
+    config, task = ExperimentConfig.load(workdir, **overrides)
+    return run(config, task, eval_only=True)
 
 
 def ship(workdir: str, destination: str, eval_batch_size: int,
@@ -57,13 +56,13 @@ def ship(workdir: str, destination: str, eval_batch_size: int,
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import checkpointing
 
-  config, task_name = ExperimentConfig.load(workdir)
+  config, task = ExperimentConfig.load(workdir)
   checkpointer = checkpointing.open_saved(workdir, checkpoint)
   try:
     step = checkpointer.latest_step()
   finally:
     checkpointer.close()
-  target = os.path.join(destination, f'{task_name}_{config.model}')
+  target = os.path.join(destination, f'{task.name}_{config.model}')
   shutil.rmtree(target, ignore_errors=True)
   shutil.copytree(os.path.join(checkpointer.directory, str(step)),
                   os.path.join(target, 'checkpoints', str(step)))

@@ -1,5 +1,7 @@
 """Task generators: shapes, channels, masks and lengths."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from ntm_jax.tasks import CopyTask
 from ntm_jax.tasks import DynamicNGramsTask
 from ntm_jax.tasks import PrioritySortTask
 from ntm_jax.tasks import RepeatCopyTask
+from ntm_jax.tasks import TASKS
+from ntm_jax.tasks import make_task
 
 
 def test_copy_training_batch_layout():
@@ -245,3 +249,33 @@ def test_bit_errors_by_priority_gap():
                                                    edges=(0, 0.01, 0.5, np.inf))
   assert gaps == {'0-0.01': 3.0, '0.01-0.5': 0.0, '0.5-inf': pytest.approx(np.nan,
                                                                          nan_ok=True)}
+
+
+@pytest.mark.parametrize('task', [
+    CopyTask(bits=3, min_length=2, max_length=4, eval_lengths=(3, 7)),
+    RepeatCopyTask(bits=4, max_length=3, min_repeats=2, max_repeats=4,
+                   eval_difficulties=((3, 4), (5, 6))),
+    AssociativeRecallTask(bits=3, item_length=2, max_items=4, eval_items=(4, 9)),
+    DynamicNGramsTask(context=3, length=30, eval_lengths=(30, 60)),
+    PrioritySortTask(bits=4, num_inputs=6, num_outputs=3, eval_inputs=(6, 9),
+                     min_priority_span=0.5),
+], ids=lambda task: task.name)
+def test_a_task_is_rebuilt_from_its_recorded_settings(task):
+  # Through JSON, as a run's config.json keeps them.
+  recorded = json.loads(json.dumps(task.settings()))
+  rebuilt = make_task(task.name, recorded)
+  assert type(rebuilt) is type(task)
+  assert rebuilt.settings() == task.settings()
+  assert rebuilt.eval_difficulties == task.eval_difficulties
+  key = jax.random.key(3)
+  for mine, theirs in zip(task.sample_train(key, 2), rebuilt.sample_train(key, 2)):
+    np.testing.assert_array_equal(mine, theirs)
+
+
+def test_every_task_records_all_its_settings():
+  for name, task_class in TASKS.items():
+    assert make_task(name).settings() == task_class().settings()
+  assert set(PrioritySortTask().settings()) == {
+      'bits', 'num_inputs', 'num_outputs', 'eval_inputs', 'min_priority_span'}
+  with pytest.raises(ValueError, match="task must be one of copy, .*; got 'sort'"):
+    make_task('sort')

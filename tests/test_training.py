@@ -87,6 +87,8 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_saved_checkpoints_open_to_read_without_creating_anything(tmp_path):
   workdir = str(tmp_path)
+  with pytest.raises(ValueError, match="checkpoint must be one of latest, best; got 'x'"):
+    checkpointing.open_saved(workdir, 'x')
   for which, directory in (('latest', 'checkpoints'), ('best', 'best')):
     with pytest.raises(FileNotFoundError,
                        match=re.escape(f'{tmp_path}/{directory} does not exist')):
@@ -164,6 +166,26 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="optimiser \\(lr_schedule: 'constant' -> 'cosine'\\)"):
     run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, lr_schedule='cosine',
                          **TINY), tiny_task())
+
+
+def test_a_run_records_its_task_and_resumes_on_it(tmp_path, capsys):
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
+  config, task = ExperimentConfig.load(workdir)
+  assert config.train_steps == 3
+  assert task.settings() == tiny_task().settings()  # not CopyTask's defaults
+  # Wider inputs do not fit the checkpoint: refused, naming what changed.
+  with pytest.raises(ValueError, match='input_size: 4 -> 5, output_size: 3 -> 4'):
+    run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY),
+        CopyTask(bits=4, min_length=1, max_length=3, eval_lengths=(2, 5)))
+  # Longer training sequences fit: the run goes on with them, and says so.
+  longer = CopyTask(bits=3, min_length=1, max_length=4, eval_lengths=(2, 5))
+  capsys.readouterr()
+  assert run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), longer)['step'] == 6
+  out = capsys.readouterr().out
+  assert 'resuming with other task settings than' in out
+  assert '(max_length: 3 -> 4)' in out
+  assert ExperimentConfig.load(workdir)[1].settings() == longer.settings()
 
 
 def test_a_second_run_on_a_busy_workdir_is_a_clear_error(tmp_path):

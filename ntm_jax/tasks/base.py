@@ -8,7 +8,8 @@ Notation: b = batch, T = padded time steps, I = input channels, O = output chann
 """
 
 import abc
-from typing import NamedTuple
+import inspect
+from typing import Any, NamedTuple
 
 import jax
 
@@ -71,6 +72,17 @@ class Task(abc.ABC):
   def example_difficulties(self) -> tuple[Difficulty, ...]:
     """Difficulties drawn in the memory/weighting figures: one trained, one harder."""
     return (self.eval_difficulties[0], self.eval_difficulties[-1])
+
+  def settings(self) -> dict[str, Any]:
+    """The constructor's arguments, which rebuild this task: `type(task)(**settings)`.
+
+    A run records them in its config.json, so that resuming, evaluating or shipping it
+    meets the task it trained on. Every subclass keeps each argument as an attribute of
+    the same name, with or without a leading underscore.
+    """
+    names = list(inspect.signature(type(self).__init__).parameters)[1:]  # after self
+    return {name: getattr(self, f'_{name}') if hasattr(self, f'_{name}')
+            else getattr(self, name) for name in names}
 
   def reference_cost(self, batch: Batch) -> jax.Array | None:
     """(b,) the cost in bits per sequence of a reference predictor, if the task has one."""

@@ -81,6 +81,8 @@ class PrioritySortTask(Task):
     priority = jax.random.uniform(priority_key, (batch_size, num_inputs), minval=-1.0,
                                   maxval=1.0)
     if min_span < 2:  # each sequence's priorities in an interval of its own
+      # A stream of its own (`fold_in`), so that the bits and the paper's priorities
+      # stay those of the same key and the interval is an affine map of them.
       width_key, centre_key = jax.random.split(jax.random.fold_in(key, 7))
       half_width = jnp.exp(jax.random.uniform(
           width_key, (batch_size, 1), minval=math.log(min_span / 2), maxval=0.0))

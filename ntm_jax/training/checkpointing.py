@@ -110,11 +110,15 @@ class BestCheckpointer(Checkpointer):
 def open_saved(workdir: str, checkpoint: str = 'latest') -> Checkpointer:
   """A run's saved checkpoints, to read: its latest ones (checkpoint='latest') or best/.
 
-  Raises FileNotFoundError, naming the directory, where it is missing (checked before
-  Orbax opens it, which would create it) or holds no finished checkpoint. The caller
-  closes what it gets.
+  Raises ValueError for another `checkpoint`, and FileNotFoundError, naming the
+  directory, where it is missing (checked before Orbax opens it, which would create it)
+  or holds no finished checkpoint. The caller closes what it gets.
   """
-  source_class = {'latest': Checkpointer, 'best': BestCheckpointer}[checkpoint]
+  sources = {'latest': Checkpointer, 'best': BestCheckpointer}
+  if checkpoint not in sources:
+    raise ValueError(f'checkpoint must be one of {", ".join(sources)}; got '
+                     f'{checkpoint!r}.')
+  source_class = sources[checkpoint]
   directory = os.path.join(os.path.abspath(workdir), source_class.subdirectory)
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{directory} does not exist.')

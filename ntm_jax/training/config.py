@@ -8,6 +8,9 @@ import dataclasses
 import json
 import os
 
+from ntm_jax.tasks import make_task
+from ntm_jax.tasks import Task
+
 MODELS = ('ntm', 'lstm')
 OPTIMIZERS = ('adam', 'rmsprop', 'sgd')
 CLIP_MODES = ('global_norm', 'elementwise', 'none')
@@ -165,19 +168,20 @@ class ExperimentConfig:
     return dataclasses.replace(self, **changes)
 
   @classmethod
-  def load(cls, workdir: str, **changes) -> tuple['ExperimentConfig', str]:
-    """The config a run recorded in `<workdir>/config.json`, and its task's name.
+  def load(cls, workdir: str, **changes) -> tuple['ExperimentConfig', Task]:
+    """The config a run recorded in `<workdir>/config.json`, and the task it trained on.
 
     The workdir is set to `workdir` (a run's directory may have been moved); `changes`
-    override other fields, e.g. a smaller eval_batch_size.
+    override other fields, e.g. a smaller eval_batch_size. A config.json from before the
+    task's settings were recorded gives the task's defaults.
     """
     with open(os.path.join(workdir, 'config.json')) as f:
       saved = json.load(f)
-    task_name = saved.pop('task')
+    task = make_task(saved['task'], saved.get('task_settings'))
     fields = {field.name for field in dataclasses.fields(cls)}
     values = {name: value for name, value in saved.items() if name in fields}
     values.update(changes, workdir=workdir)
-    return cls(**values), task_name
+    return cls(**values), task
 
   def model_fields(self) -> dict:
     """The fields that fix the parameters' shapes: a checkpoint needs them unchanged."""

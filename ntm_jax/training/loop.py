@@ -323,27 +323,42 @@ def _check_config(workdir: str, config: ExperimentConfig, task: Task,
                   resuming: bool) -> None:
   """Refuses to resume a checkpoint its state does not fit; records the config.
 
-  The model's shapes fix the parameters, the optimiser and whether its rate is scheduled
-  fix the optimiser state: a change to any of them would fail inside Orbax's restore.
+  The model's shapes and the task's input and output widths fix the parameters, the
+  optimiser and whether its rate is scheduled fix the optimiser state: a change to any of
+  them would fail inside Orbax's restore. Other task settings may change on resuming (a
+  curriculum does), but not unnoticed: the run says which.
   """
   path = os.path.join(workdir, 'config.json')
-  current = dict(task=task.name, **config.model_fields())
+  current = dict(task=task.name, **config.model_fields(), input_size=task.input_size,
+                 output_size=task.output_size)
+  settings = task.settings()
   if resuming and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    # (A config.json from before the optimiser fields were recorded cannot tell.)
-    optimiser = {name: getattr(config, name) for name in ('optimizer', 'lr_schedule')
-                 if name in saved}
+    # A config.json from before the optimiser fields, the task's widths or its settings
+    # were recorded cannot tell about them.
+    later = ('optimizer', 'lr_schedule', 'input_size', 'output_size')
+    compared = {name: value for name, value in dict(
+        current, optimizer=config.optimizer, lr_schedule=config.lr_schedule).items()
+                if name not in later or name in saved}
     changed = ', '.join(f'{name}: {saved.get(name)!r} -> {value!r}'
-                        for name, value in dict(current, **optimiser).items()
-                        if saved.get(name) != value)
+                        for name, value in compared.items() if saved.get(name) != value)
     if changed:
       raise WorkdirMismatchError(
-          f'--workdir={workdir} holds a run with a different model or optimiser '
-          f'({changed}); resume it with the same flags or choose a new --workdir.')
+          f'--workdir={workdir} holds a run with a different model, task width or '
+          f'optimiser ({changed}); resume it with the same flags or choose a new '
+          '--workdir.')
+    recorded = saved.get('task_settings')
+    if recorded is not None:
+      now = json.loads(json.dumps(settings))  # as JSON holds them: tuples as lists
+      changed = ', '.join(f'{name}: {recorded.get(name)!r} -> {now[name]!r}'
+                          for name in now if recorded.get(name) != now[name])
+      if changed:
+        print(f'Note: resuming with other task settings than {path} records '
+              f'({changed}); training goes on with the new ones.', flush=True)
   with open(path, 'w') as f:
     json.dump(dict(current, **{k: v for k, v in vars(config).items()
-                               if k not in current}), f, indent=2)
+                               if k not in current}, task_settings=settings), f, indent=2)
 
 
 def evaluate_all(evaluate: Callable, params, task: Task) -> dict:
@@ -444,9 +459,6 @@ def restore_evaluated_params(config: ExperimentConfig, task: Task,
   """The model, the parameters a run evaluates (the average where it keeps one) and the
   step, from the latest checkpoint in `config.workdir` or, with checkpoint='best', from
   best/: for analyses of a trained model outside the runner."""
-  if checkpoint not in CHECKPOINTS:
-    raise ValueError(f'checkpoint must be one of {", ".join(CHECKPOINTS)}; got '
-                     f'{checkpoint!r}.')
   model = build_model(config, task)
   state = create_train_state(model, make_optimizer(config), task, Keys(config.seed))
   source = checkpointing.open_saved(config.workdir, checkpoint)
