@@ -13,7 +13,6 @@ TASKS = {task.name: task for task in (CopyTask, RepeatCopyTask, AssociativeRecal
                                       DynamicNGramsTask, PrioritySortTask)}
 
 
-
 def make_task(name: str, settings: dict | None = None) -> Task:
   """A task from its name and settings (`Task.settings`) as a run's config.json holds them.
 

@@ -335,14 +335,12 @@ def _check_config(workdir: str, config: ExperimentConfig, task: Task,
   if resuming and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
-    # A config.json from before the optimiser fields, the task's widths or its settings
-    # were recorded cannot tell about them.
-    later = ('optimizer', 'lr_schedule', 'input_size', 'output_size')
-    compared = {name: value for name, value in dict(
-        current, optimizer=config.optimizer, lr_schedule=config.lr_schedule).items()
-                if name not in later or name in saved}
-    changed = ', '.join(f'{name}: {saved.get(name)!r} -> {value!r}'
-                        for name, value in compared.items() if saved.get(name) != value)
+    # Only what the file records is compared: one from before the optimiser fields, the
+    # task's widths or its settings were recorded cannot tell about them.
+    fixed = dict(current, optimizer=config.optimizer, lr_schedule=config.lr_schedule)
+    changed = ', '.join(f'{name}: {saved[name]!r} -> {value!r}'
+                        for name, value in fixed.items()
+                        if name in saved and saved[name] != value)
     if changed:
       raise WorkdirMismatchError(
           f'--workdir={workdir} holds a run with a different model, task width or '
