@@ -33,12 +33,13 @@ FLAGS = flags.FLAGS
 # was skipped and neither run collapsed to 620,000, though both ended above the paper's
 # 18-20 bits (BUILD_NOTES.md, "Priority sort: where the gradient spikes come from"); a
 # bound of 1,000 trailed it on both seeds. Those two laid the inputs out by priority (the
-# paper's layout), which has stalled above 20 bits wherever it was measured; the one run
-# below the paper's cost searches instead (BUILD_NOTES.md, "Priority sort: layout or
+# paper's layout), which has stalled above 20 bits wherever it was measured; the two runs
+# below the paper's cost search instead (BUILD_NOTES.md, "Priority sort: layout or
 # search"), and every run read at 50,000 sequences had laid out; training on priorities
-# of varied spread (--min_priority_span=0.5) kept one seed of two from it but learned more
-# slowly, and stays off until a run of it is measured to the end (BUILD_NOTES.md,
-# "Priority sort: which algorithm a run starts with"). The noise of one-sequence updates
+# of varied spread (--min_priority_span=0.5) kept one seed of five from it but learned more
+# slowly. Its one searching seed, finished on the paper's priorities, became the shipped
+# run (10.1 bits), but its other seeds laid out too, so it stays off (BUILD_NOTES.md,
+# "Priority sort: a tail on the paper's priorities"). The noise of one-sequence updates
 # costs about 2 bits at the end: the run evaluates and ships a moving average of its
 # parameters over about the last 10,000 steps (BUILD_NOTES.md, "Priority sort: averaging
 # the parameters and skipping gradient spikes"). The LSTM baseline sees the same number
