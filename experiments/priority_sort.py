@@ -41,10 +41,10 @@ FLAGS = flags.FLAGS
 # run (10.1 bits), but its other seeds laid out too, so it stays off (BUILD_NOTES.md,
 # "Priority sort: a tail on the paper's priorities"); a span of 0.25 ended two seeds at
 # 22.9 and 29.2 (BUILD_NOTES.md, "Priority sort: narrower spread"). The noise of
-# one-sequence updates costs about 2 bits at the end: the run evaluates and ships a moving average of its
-# parameters over about the last 10,000 steps (BUILD_NOTES.md, "Priority sort: averaging
-# the parameters and skipping gradient spikes"). The LSTM baseline sees the same number
-# of sequences in batches of 16 with Adam.
+# one-sequence updates costs about 2 bits at the end: the run evaluates and ships a
+# moving average of its parameters over about the last 10,000 steps (BUILD_NOTES.md,
+# "Priority sort: averaging the parameters and skipping gradient spikes"). The LSTM
+# baseline sees the same number of sequences in batches of 16 with Adam.
 TRAINING_SEQUENCES = 700000
 DEFAULTS = dict(batch_size=1, train_steps=TRAINING_SEQUENCES, learning_rate=1e-4,
                 optimizer='rmsprop', lr_schedule='cosine', clip=10.0, clip_mode='elementwise',
