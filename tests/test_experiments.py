@@ -83,6 +83,21 @@ def test_the_best_checkpoint_is_evaluated_and_shipped(tmp_path):
   report = json.loads((target / 'report.json').read_text())
   expected = json.loads((target / 'expected.json').read_text())
   assert report['step'] == best_step and report['results'] == expected['results']
+  for row, values in expected['results'].items():  # the per-sequence record matches it
+    per_sequence = expected['per_sequence'][row]
+    assert len(per_sequence['bit_errors']) == 2
+    assert sum(per_sequence['bit_errors']) / 2 == values['bit_errors']
+  # Re-recording in place gives the same file (one machine, same parameters).
+  rerecorded = subprocess.run(
+      [sys.executable, '-m', 'experiments.ship', f'--workdir={target}', '--record_only',
+       '--eval_batch_size=2'], cwd=ROOT, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert rerecorded.returncode == 0, rerecorded.stderr
+  assert json.loads((target / 'expected.json').read_text()) == expected
+  refused = subprocess.run(
+      [sys.executable, '-m', 'experiments.ship', f'--workdir={target}', '--record_only',
+       '--checkpoint=best'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert refused.returncode != 0 and '--checkpoint does not apply' in refused.stderr
 
 
 def test_data_parallel_on_the_cpu_makes_one_device_per_core(tmp_path):

@@ -1,8 +1,9 @@
 """The shipped trained runs (`trained/`) still score what they scored when shipped.
 
-Each run is re-evaluated from its checkpoint with `--eval_only` semantics on the same
-fixed evaluation sequences; a change to the cell's maths, the tasks or the metrics moves
-these numbers and fails here.
+Each run's latest checkpoint is re-evaluated on the same fixed evaluation sequences and
+compared with its `expected.json` sequence by sequence, within the float noise that
+`experiments.ship.differences` allows between machines; a change to the cell's maths, the
+tasks or the metrics moves most sequences and fails here.
 """
 
 import json
@@ -28,14 +29,19 @@ def test_every_task_has_a_shipped_run():
 def test_shipped_run_keeps_its_metrics(name):
   with open(os.path.join(TRAINED, name, 'expected.json')) as f:
     expected = json.load(f)
-  results = ship.evaluate(os.path.join(TRAINED, name),
-                          expected['eval_batch_size'])['results']
-  assert results.keys() == expected['results'].keys()
-  # Same sequences, same parameters: only float reassociation between XLA builds may move
-  # the numbers, and at most flip an output bit that sat on the 0.5 threshold.
-  one_bit = 1.0 / expected['eval_batch_size']
-  for row, values in expected['results'].items():
-    for metric, value in values.items():
-      tolerance = dict(abs=2 * one_bit) if metric == 'bit_errors' else dict(rel=1e-3,
-                                                                             abs=2e-3)
-      assert results[row][metric] == pytest.approx(value, **tolerance), (row, metric)
+  measured = ship.evaluate_per_sequence(os.path.join(TRAINED, name),
+                                        expected['eval_batch_size'])
+  assert measured.keys() == expected['per_sequence'].keys()
+  assert ship.differences(expected['per_sequence'], measured) == []
+
+
+def test_the_comparison_tells_float_noise_from_a_broken_cell():
+  """Rounding like another machine's passes; a wrong equation fails (copy, one draw)."""
+  from experiments import shipped_tolerance
+  broken = ('Eq. 9 left out (gamma = 1)', 'Eq. 7 with the gate swapped (1 - g)')
+  verdicts = dict(shipped_tolerance.check_run(os.path.join(TRAINED, 'copy_ntm'),
+                                              noise=1e-6, draws=1, broken=broken))
+  assert verdicts.keys() == {'as shipped', 'noise 1e-06', *broken}
+  assert verdicts['as shipped'] == 'passes'
+  assert verdicts['noise 1e-06'] == '1 of 1 draws pass'
+  assert all(verdicts[label].startswith('fails') for label in broken)

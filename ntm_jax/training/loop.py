@@ -26,6 +26,7 @@ import optax
 
 from ntm_jax import models
 from ntm_jax.cell import NTMCell
+from ntm_jax.tasks.base import Batch
 from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
 from ntm_jax.training import metrics as metrics_lib
@@ -246,6 +247,14 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
 
 
+def eval_set(task: Task, keys: Keys, difficulty, batch_size: int) -> Batch:
+  """The run's fixed evaluation sequences for a difficulty (None: the training mix)."""
+  key = keys.eval_batch(difficulty)
+  if difficulty is None:
+    return task.sample_train(key, batch_size)
+  return task.sample_eval(key, batch_size, difficulty)
+
+
 def make_evaluator(model: nn.Module, task: Task, keys: Keys,
                    batch_size: int) -> Callable[[Any, Any], dict[str, float]]:
   """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set.
@@ -263,11 +272,7 @@ def make_evaluator(model: nn.Module, task: Task, keys: Keys,
     return results
 
   def evaluate(params, difficulty):
-    key = keys.eval_batch(difficulty)
-    if difficulty is None:
-      batch = task.sample_train(key, batch_size)
-    else:
-      batch = task.sample_eval(key, batch_size, difficulty)
+    batch = eval_set(task, keys, difficulty, batch_size)
     return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
 
   return evaluate

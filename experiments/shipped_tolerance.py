@@ -1,0 +1,117 @@
+"""How the check of the shipped runs treats float noise and broken equations.
+
+`python -m experiments.shipped_tolerance [--noise=1e-6] [--draws=8] [--runs=copy_ntm]`
+re-evaluates each shipped run (`trained/<name>/`) per sequence with every parameter
+multiplied by 1 + noise * N(0, 1), once per draw, and with one equation of the cell broken
+at a time, and compares each with the run's `expected.json` as `tests/test_trained.py`
+does (`experiments.ship.differences`). A good tolerance passes the noisy draws (another
+machine's rounding moves less than 1e-6 noise does) and fails the broken equations.
+"""
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_float('noise', 1e-6, 'Relative standard deviation of the parameter noise.',
+                   lower_bound=0.0)
+flags.DEFINE_integer('draws', 8, 'Noisy draws per run.', lower_bound=0)
+flags.DEFINE_list('runs', None, 'Shipped runs to check (names under --trained); all of '
+                  'them by default.')
+flags.DEFINE_string('trained', 'trained', 'Where shipped runs live.')
+
+
+def broken_equations() -> dict:
+  """{label: (module, name, replacement)}: one wrong equation each."""
+  from ntm_jax import addressing
+  from ntm_jax import memory
+
+  sharpen, content_weights = addressing.sharpen, addressing.content_weights
+  interpolate, shift = addressing.interpolate, addressing.shift
+  write_heads = memory.write_heads
+  return {
+      'Eq. 9 left out (gamma = 1)': (addressing, 'sharpen', lambda w, gamma: sharpen(w, 1.0)),
+      'Eq. 5 with half the key strength': (
+          addressing, 'content_weights',
+          lambda memory_, key, beta: content_weights(memory_, key, beta / 2)),
+      'Eq. 7 with the gate swapped (1 - g)': (
+          addressing, 'interpolate', lambda w_c, w_prev, g: interpolate(w_c, w_prev, 1 - g)),
+      'Eq. 8 shifting the other way': (
+          addressing, 'shift', lambda w, weights: shift(w, weights[::-1])),
+      'Eq. 3 without the erase': (
+          memory, 'write_heads',
+          lambda memory_, w, erase, add: write_heads(memory_, w, 0 * erase, add)),
+  }
+
+
+def check_run(directory: str, noise: float, draws: int,
+              broken: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+  """(case, verdict) rows for one shipped run; `broken` picks equations by label (all)."""
+  import jax
+
+  from experiments import ship
+  from ntm_jax.training import ExperimentConfig
+  from ntm_jax.training import loop
+
+  with open(os.path.join(directory, 'expected.json')) as f:
+    recorded = json.load(f)
+  expected, batch_size = recorded['per_sequence'], recorded['eval_batch_size']
+  config, task = ExperimentConfig.load(directory)
+  model, params, _ = loop.restore_evaluated_params(config, task)
+  keys = loop.Keys(config.seed)
+
+  def verdict(params) -> str:
+    found = ship.differences(expected,
+                             ship.metrics_per_sequence(model, params, task, keys,
+                                                       batch_size))
+    return 'fails: ' + found[0][:80] if found else 'passes'
+
+  rows = [('as shipped', verdict(params))]
+  leaves, tree = jax.tree.flatten(params)
+  passed = 0
+  for draw in range(draws):
+    draw_keys = jax.random.split(jax.random.key(100 + draw), len(leaves))
+    noisy = jax.tree.unflatten(tree, [
+        leaf * (1 + noise * jax.random.normal(key, leaf.shape, leaf.dtype))
+        for leaf, key in zip(leaves, draw_keys)])
+    passed += verdict(noisy) == 'passes'
+  if draws:
+    rows.append((f'noise {noise:g}', f'{passed} of {draws} draws pass'))
+  for label, (module, name, replacement) in broken_equations().items():
+    if broken is not None and label not in broken:
+      continue
+    original = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+      rows.append((label, verdict(params)))
+    finally:
+      setattr(module, name, original)
+  return rows
+
+
+def main(argv):
+  if len(argv) > 1:
+    sys.exit(f'error: unexpected arguments {argv[1:]}.')
+  logging.set_verbosity(logging.WARNING)
+  from ntm_jax.training import backend
+  backend.tune_cpu_compiler()  # the compiler flags the tests use
+  shipped = sorted(name for name in os.listdir(FLAGS.trained)
+                   if os.path.exists(os.path.join(FLAGS.trained, name, 'expected.json')))
+  unknown = sorted(set(FLAGS.runs or ()) - set(shipped))
+  if unknown:
+    sys.exit(f'error: --runs={",".join(unknown)} not shipped in --trained={FLAGS.trained}; '
+             f'shipped: {", ".join(shipped)}.')
+  print(f'{"run":>24} | {"case":<36} | verdict')
+  print('-' * 90)
+  for name in FLAGS.runs or shipped:
+    for case, verdict in check_run(os.path.join(FLAGS.trained, name), FLAGS.noise,
+                                   FLAGS.draws):
+      print(f'{name:>24} | {case:<36} | {verdict}', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
