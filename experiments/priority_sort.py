@@ -20,7 +20,9 @@ FLAGS = flags.FLAGS
 # The paper: NTM 5 heads, LSTM controller of 2 x 100; LSTM baseline 3 x 128. Trained as
 # the paper did (one sequence per update, Graves' RMSProp, elementwise clipping), at 1e-4
 # rather than its 3e-5: over 200,000 sequences this left the plateau where Adam at batch
-# 16 or 1 stayed (BUILD_NOTES.md, "Priority sort"). The starting memory is learned: its
+# 16 or 1 stayed (BUILD_NOTES.md, "Priority sort"), and RMSProp at 3e-5 was still at
+# 115-116 bits after 75,000 sequences and 54-87 after 155,000 (seeds 0-1, stopped there;
+# 1e-4: about 70 by 50,000, 36-37 by 100,000). The starting memory is learned: its
 # distinct rows let a write head address a slot by content, from the priority (the
 # paper's Fig. 17), which a constant memory cannot offer: at 200,000 sequences the cost
 # fell from 57.4 to 30.7-36.2 bits (seeds 0-2). 700,000 sequences (about 1.5 h on one
