@@ -40,6 +40,9 @@ flags.DEFINE_float('ema_decay', None, 'Also keep this exponential moving average
                    'parameters, and evaluate and ship it (0: no average).')
 flags.DEFINE_float('carry_grad_clip', None, 'NTM: clip each entry of the gradient that '
                    'flows back through the cell\'s carry into [-this, this] (0: off).')
+flags.DEFINE_float('write_advance_bias', None, 'NTM: start every write head writing one '
+                   'slot after another: its gate\'s bias starts at -this, its +1 shift\'s '
+                   'at +this (0: all head biases start at 0).')
 flags.DEFINE_integer('eval_every', None, 'Evaluate every this many steps.')
 flags.DEFINE_integer('checkpoint_every', None, 'Checkpoint every this many steps.')
 flags.DEFINE_integer('log_every', None, 'Log training metrics every this many steps.')
@@ -129,6 +132,7 @@ def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> 
   """
   return dict(lstm_features=features, lstm_layers=3, batch_size=16, entropy_penalty=0.0,
               skip_grad_norm=0.0, ema_decay=0.0, carry_grad_clip=0.0,
+              write_advance_bias=0.0,
               train_steps=sequences // 16, learning_rate=1e-3, optimizer='adam',
               clip_mode='global_norm', eval_every=eval_every, checkpoint_every=250,
               log_every=50)

@@ -76,6 +76,30 @@ def _initial_focus(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[..., 0].set(margin)
 
 
+def _head_bias_init(num_read: int, num_write: int, word_size: int, num_shifts: int,
+                    write_advance_bias: float):
+  """The starting bias of the fused head layer: zero, except that with a
+  `write_advance_bias` b > 0 each write head's gate starts at -b and its +1 shift at +b.
+
+  The layout of one head's raw parameters is that of `_split_head_parameters`: key (M),
+  beta, gate, shift logits (S, offsets -R..R), gamma, then erase (M) and add (M) for
+  write heads; the read heads' come first.
+  """
+  read_size, write_size = word_size + num_shifts + 3, 3 * word_size + num_shifts + 3
+  gate = word_size + 1
+  shift_forward = word_size + 2 + num_shifts // 2 + 1  # the logit of offset +1
+
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    bias = jnp.zeros(shape, dtype)
+    if not write_advance_bias:
+      return bias
+    write_heads = num_read * read_size + write_size * jnp.arange(num_write)
+    return (bias.at[write_heads + gate].set(-write_advance_bias)
+            .at[write_heads + shift_forward].set(write_advance_bias))
+  return init
+
+
 def _split_head_parameters(raw: jax.Array, word_size: int, num_shifts: int,
                            is_write: bool) -> HeadParameters:
   """Applies the activations that keep each head parameter in its range.
@@ -165,6 +189,14 @@ class NTMCell(nn.RNNCellBase):
       sets per step).
     memory_stddev: the scale of the random memory, and of the learned memory's starting
       value.
+    write_advance_bias: if > 0, every write head starts out writing one slot after
+      another, as a list is written: the biases of its interpolation gate and of its +1
+      shift start at -write_advance_bias and +write_advance_bias instead of 0, so at
+      first it keeps its previous focus (Eq. 7, g = sigmoid(-b): 0.02 for b = 4) and
+      moves it on by one slot (Eq. 8, s(+1) = e^b / (e^b + S - 1): 0.96 for b = 4 and
+      R = 1); training is free to change both. Needs shift_range >= 1. In priority sort this turns the paper's
+      layout into search (BUILD_NOTES.md, "Priority sort: write heads that start by
+      advancing").
     carry_grad_clip: if > 0, backpropagation clips each entry of the gradient that
       reaches a step through its carry (memory, weightings, reads, controller state) into
       [-carry_grad_clip, carry_grad_clip]; the forward pass is unchanged. It bounds
@@ -186,6 +218,7 @@ class NTMCell(nn.RNNCellBase):
   memory_init: str = 'constant'
   memory_stddev: float = 0.01
   carry_grad_clip: float = 0.0
+  write_advance_bias: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
 
@@ -212,6 +245,12 @@ class NTMCell(nn.RNNCellBase):
     if not 0 <= self.carry_grad_clip < float('inf'):
       raise ValueError(f'NTMCell.carry_grad_clip must be a finite number >= 0 (0: off), '
                        f'got {self.carry_grad_clip!r}.')
+    if not 0 <= self.write_advance_bias < float('inf'):
+      raise ValueError(f'NTMCell.write_advance_bias must be a finite number >= 0 (0: off), '
+                       f'got {self.write_advance_bias!r}.')
+    if self.write_advance_bias and self.shift_range < 1:
+      raise ValueError(f'NTMCell.write_advance_bias={self.write_advance_bias} needs '
+                       f'shift_range >= 1 (a +1 shift), got {self.shift_range}.')
     if self.memory_init not in MEMORY_INITS:
       raise ValueError(
           f'NTMCell.memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}.')
@@ -348,8 +387,10 @@ class NTMCell(nn.RNNCellBase):
     m, s = self.word_size, self._num_shifts
     read_size, write_size = m + s + 3, 3 * m + s + 3
     num_read, num_write = self.num_read_heads, self.num_write_heads
+    bias_init = _head_bias_init(num_read, num_write, m, s, self.write_advance_bias)
     raw = nn.Dense(num_read * read_size + num_write * write_size, dtype=self.dtype,
-                   param_dtype=self.param_dtype, name='heads')(h).astype(jnp.float32)
+                   param_dtype=self.param_dtype, bias_init=bias_init,
+                   name='heads')(h).astype(jnp.float32)
     batch = raw.shape[0]
     raw_read = raw[:, :num_read * read_size].reshape(batch, num_read, read_size)
     raw_write = raw[:, num_read * read_size:].reshape(batch, num_write, write_size)

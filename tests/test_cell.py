@@ -8,6 +8,7 @@ import pytest
 
 import ntm_jax
 from ntm_jax import NTMCell
+from ntm_jax import cell as cell_lib
 from ntm_jax import models
 
 B, T, I = 3, 5, 7
@@ -174,10 +175,60 @@ def test_reads_see_the_write_of_the_same_step():
     ('carry_grad_clip', -1.0, 'carry_grad_clip must be a finite number >= 0'),
     ('carry_grad_clip', float('inf'), 'carry_grad_clip must be a finite number >= 0'),
     ('shift_range', 8, 'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16'),
+    ('write_advance_bias', -1.0, 'write_advance_bias must be a finite number >= 0'),
+    ('write_advance_bias', float('nan'), 'write_advance_bias must be a finite number >= 0'),
 ])
 def test_bad_fields_raise_clear_errors(field, value, message):
   with pytest.raises(ValueError, match=message):
     NTMCell(features=4, **{'memory_size': 16, field: value})
+
+
+def test_a_write_advance_bias_needs_a_forward_shift():
+  with pytest.raises(ValueError, match='write_advance_bias=4.0 needs shift_range >= 1'):
+    NTMCell(features=4, memory_size=16, shift_range=0, write_advance_bias=4.0)
+
+
+@pytest.mark.parametrize('shift_range', [1, 2])
+def test_a_write_advance_bias_starts_the_write_heads_writing_one_slot_after_another(
+    shift_range):
+  # The gate and the +1 shift of each write head start at -b and +b (worked out by hand:
+  # sigmoid(-4) = 0.018, e^4 / (e^4 + 2R) = 0.965 for R = 1 and 0.932 for R = 2), every
+  # other head parameter as without the option; so, from the learned start on slot 0, the
+  # write heads' focus moves on by one slot per step whatever the input, and the read
+  # heads' parameters are untouched.
+  b, n = 4.0, 32
+  kwargs = dict(features=3, memory_size=n, word_size=6, num_read_heads=2,
+                num_write_heads=3, controller_features=12, shift_range=shift_range,
+                memory_init='learned')
+  xs = jax.random.normal(jax.random.key(2), (1, 12, I))
+  carry = NTMCell(**kwargs).initialize_carry(jax.random.key(0), (1, I))
+  params = {bias: NTMCell(**kwargs, write_advance_bias=bias).init(
+      jax.random.key(1), carry, xs[:, 0]) for bias in (0.0, b)}
+  advancing = NTMCell(**kwargs, write_advance_bias=b)
+
+  def heads(p):  # the head parameters for a zero controller output: the biases alone
+    bias, m, s = p['params']['heads']['bias'], 6, 2 * shift_range + 1
+    read_size = m + s + 3
+    split = lambda raw, heads, is_write: cell_lib._split_head_parameters(
+        raw.reshape(heads, -1), m, s, is_write)
+    return split(bias[:2 * read_size], 2, False), split(bias[2 * read_size:], 3, True)
+
+  (read0, write0), (read, write) = heads(params[0.0]), heads(params[b])
+  np.testing.assert_allclose(write.gate, 1 / (1 + np.exp(b)), rtol=1e-6)
+  forward = np.exp(b) / (np.exp(b) + 2 * shift_range)
+  np.testing.assert_allclose(write.shift_weights[:, shift_range + 1], forward, rtol=1e-6)
+  for name in ('key', 'beta', 'gamma', 'erase', 'add'):
+    np.testing.assert_array_equal(getattr(write, name), getattr(write0, name))
+  for name in ('key', 'beta', 'gate', 'shift_weights', 'gamma'):
+    np.testing.assert_array_equal(getattr(read, name), getattr(read0, name))
+  np.testing.assert_array_equal(write0.gate, 0.5)  # without the option: all biases 0
+
+  focus = []
+  for t in range(xs.shape[1]):
+    carry, _ = advancing.apply(params[b], carry, xs[:, t])
+    focus.append(np.asarray(carry.write_weights[0]).argmax(-1))  # (W,) per step
+  np.testing.assert_array_equal(np.stack(focus), np.arange(1, 13)[:, None] * [1, 1, 1])
+  assert float(carry.write_weights.max(-1).min()) > 0.9  # still sharp after 12 steps
 
 
 def test_bfloat16_computation_keeps_a_float32_carry_and_gradients():

@@ -32,6 +32,7 @@ def _run(*args, timeout=300):
     (['--micro_batch_size=-1'], 'micro_batch_size must be an integer >= 0'),
     (['--model=lstm', '--entropy_penalty=0.01'], 'entropy_penalty=0.01 needs model=ntm'),
     (['--model=lstm', '--carry_grad_clip=100'], 'carry_grad_clip=100.0 needs model=ntm'),
+    (['--write_advance_bias=-4'], 'write_advance_bias must be a finite number >= 0'),
     (['--ema_decay=1'], 'ema_decay must be in [0, 1), got 1.0'),
     (['--skip_grad_norm=-1'], 'skip_grad_norm must be a finite number >= 0, got -1.0'),
     (['--checkpoint=best'], 'checkpoint=best (--checkpoint=best) needs eval_only'),

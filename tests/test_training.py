@@ -63,6 +63,9 @@ def _params(workdir, memory_init='constant'):
     (dict(skip_grad_norm=-1.0), 'skip_grad_norm must be a finite number >= 0'),
     (dict(carry_grad_clip=-1.0), 'carry_grad_clip must be a finite number >= 0'),
     (dict(carry_grad_clip=100.0, model='lstm'), 'carry_grad_clip=100.0 needs model=ntm'),
+    (dict(write_advance_bias=-1.0), 'write_advance_bias must be a finite number >= 0'),
+    (dict(write_advance_bias=4.0, model='lstm'), 'write_advance_bias=4.0 needs model=ntm'),
+    (dict(write_advance_bias=4.0, shift_range=0), 'write_advance_bias=4.0 needs shift_range'),
     (dict(ema_decay=1.0), 'ema_decay must be in \\[0, 1\\)'),
 ])
 def test_bad_config_values_are_named_in_the_error(changes, message):
@@ -385,6 +388,18 @@ def test_the_runner_builds_its_ntm_with_the_configured_carry_gradient_clip():
   np.testing.assert_allclose(clipped_metrics['cost'], plain_metrics['cost'], rtol=1e-6)
   assert not np.allclose(clipped['params']['params']['cell']['initial_read_weight_logits'],
                          plain['params']['params']['cell']['initial_read_weight_logits'])
+
+
+def test_the_runner_builds_its_ntm_with_the_configured_write_advance_bias():
+  # The cell's own test checks what the bias does; here only that the config reaches it,
+  # and that the runner's initial parameters carry it.
+  task = tiny_task()
+  config = ExperimentConfig(workdir='/unused', write_advance_bias=3.0, **TINY)
+  model = loop.build_model(config, task)
+  assert model.cell.write_advance_bias == 3.0
+  state = loop.create_train_state(model, loop.make_optimizer(config), task, loop.Keys(0))
+  bias = np.asarray(state['params']['params']['cell']['heads']['bias'])
+  assert sorted(set(bias.tolist())) == [-3.0, 0.0, 3.0]
 
 
 def test_the_spike_guard_skips_large_and_non_finite_gradients_and_nothing_else():

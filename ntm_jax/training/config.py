@@ -52,6 +52,9 @@ class ExperimentConfig:
       (NTMCell.carry_grad_clip). The forward pass is unchanged. The gradient spikes of
       late priority-sort training grow through the carry, the memory most (BUILD_NOTES.md,
       "Priority sort: where the gradient spikes come from").
+    write_advance_bias: NTM only: 0, or start every write head writing one slot after
+      another (NTMCell.write_advance_bias): its gate's bias starts at -this and its +1
+      shift's at +this. Training can change both.
     eval_every, checkpoint_every, log_every: in training steps.
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
@@ -88,6 +91,7 @@ class ExperimentConfig:
   skip_grad_norm: float = 0.0
   ema_decay: float = 0.0
   carry_grad_clip: float = 0.0
+  write_advance_bias: float = 0.0
   eval_every: int = 250
   checkpoint_every: int = 250
   log_every: int = 50
@@ -144,7 +148,8 @@ class ExperimentConfig:
       raise ValueError(f'ema_decay must be in [0, 1), got {self.ema_decay!r}.')
     if self.target_bit_errors < 0:
       raise ValueError(f'target_bit_errors must be >= 0, got {self.target_bit_errors!r}.')
-    for name in ('memory_stddev', 'entropy_penalty', 'skip_grad_norm', 'carry_grad_clip'):
+    for name in ('memory_stddev', 'entropy_penalty', 'skip_grad_norm', 'carry_grad_clip',
+                 'write_advance_bias'):
       if not 0 <= getattr(self, name) < float('inf'):
         raise ValueError(
             f'{name} must be a finite number >= 0, got {getattr(self, name)!r}.')
@@ -152,9 +157,13 @@ class ExperimentConfig:
       raise ValueError(f'entropy_penalty={self.entropy_penalty} needs model=ntm and '
                        f'remat_chunk 0 or 1 (got model={self.model!r}, '
                        f'remat_chunk={self.remat_chunk}); use entropy_penalty=0 otherwise.')
-    if self.carry_grad_clip and self.model != 'ntm':
-      raise ValueError(f'carry_grad_clip={self.carry_grad_clip} needs model=ntm (got '
-                       f'model={self.model!r}); use carry_grad_clip=0 otherwise.')
+    for name in ('carry_grad_clip', 'write_advance_bias'):
+      if getattr(self, name) and self.model != 'ntm':
+        raise ValueError(f'{name}={getattr(self, name)} needs model=ntm (got '
+                         f'model={self.model!r}); use {name}=0 otherwise.')
+    if self.write_advance_bias and self.shift_range < 1:
+      raise ValueError(f'write_advance_bias={self.write_advance_bias} needs shift_range '
+                       f'>= 1 (a +1 shift), got {self.shift_range}.')
     choices = dict(model=MODELS, optimizer=OPTIMIZERS, clip_mode=CLIP_MODES,
                    lr_schedule=LR_SCHEDULES,
                    controller=('lstm', 'feedforward'),

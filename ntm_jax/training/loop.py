@@ -106,7 +106,8 @@ def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
       controller_features=config.controller_features,
       controller_layers=config.controller_layers, shift_range=config.shift_range,
       memory_init=config.memory_init, memory_stddev=config.memory_stddev,
-      carry_grad_clip=config.carry_grad_clip, dtype=dtype), remat_chunk=config.remat_chunk)
+      carry_grad_clip=config.carry_grad_clip,
+      write_advance_bias=config.write_advance_bias, dtype=dtype), remat_chunk=config.remat_chunk)
 
 
 class Keys:
