@@ -11,7 +11,7 @@ R = read heads, W = write heads, S = 2 * shift_range + 1 shift offsets.
 
 import functools
 import itertools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -139,12 +139,6 @@ def _clip_gradient_backward(bound, _, cotangent):
 _clip_gradient.defvjp(_clip_gradient_forward, _clip_gradient_backward)
 
 
-# The pure single-example functions, vmapped over heads (sharing the memory) and then over
-# the batch.
-_address_heads = jax.vmap(addressing.address, in_axes=(None, 0, 0, 0, 0, 0, 0))
-_address_batch = jax.vmap(_address_heads)
-_read_batch = jax.vmap(jax.vmap(memory_ops.read, in_axes=(None, 0)))
-_write_batch = jax.vmap(memory_ops.write_heads)
 
 
 class NTMCell(nn.RNNCellBase):
@@ -205,6 +199,11 @@ class NTMCell(nn.RNNCellBase):
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
+    address_fn, read_fn, write_fn: the equations, as pure single-example functions with
+      the signatures of `addressing.address` (Eq. 5-9), `memory.read` (Eq. 2) and
+      `memory.write_heads` (Eq. 3-4), which the cell vmaps over heads and the batch.
+      Pass a variant to study it (an ablation, or a deliberately broken equation in a
+      test) without patching the library.
   """
   features: int
   memory_size: int = 128
@@ -221,6 +220,9 @@ class NTMCell(nn.RNNCellBase):
   write_advance_bias: float = 0.0
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  address_fn: Callable[..., jax.Array] = addressing.address
+  read_fn: Callable[..., jax.Array] = memory_ops.read
+  write_fn: Callable[..., jax.Array] = memory_ops.write_heads
 
   def __post_init__(self):
     positive = ('features', 'memory_size', 'word_size', 'num_read_heads',
@@ -306,11 +308,13 @@ class NTMCell(nn.RNNCellBase):
     controller_state, h = self._controller(carry.controller, controller_input)
 
     read_params, write_params = self._head_parameters(h)
-    write_weights = _address_batch(carry.memory, carry.write_weights, *write_params[:5])
-    memory = _write_batch(carry.memory, write_weights, write_params.erase,
-                          write_params.add)
-    read_weights = _address_batch(memory, carry.read_weights, *read_params[:5])
-    reads = _read_batch(memory, read_weights)
+    # The single-example equations, over heads (which share the memory), then the batch.
+    address = jax.vmap(jax.vmap(self.address_fn, in_axes=(None, 0, 0, 0, 0, 0, 0)))
+    write_weights = address(carry.memory, carry.write_weights, *write_params[:5])
+    memory = jax.vmap(self.write_fn)(carry.memory, write_weights, write_params.erase,
+                                     write_params.add)
+    read_weights = address(memory, carry.read_weights, *read_params[:5])
+    reads = jax.vmap(jax.vmap(self.read_fn, in_axes=(None, 0)))(memory, read_weights)
 
     y = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='output')(jnp.concatenate(

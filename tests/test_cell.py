@@ -138,21 +138,37 @@ def test_the_ntm_draws_a_random_memory_from_the_memory_rng_and_a_fixed_one_witho
       model.apply(params, xs), nn.RNN(cell).apply(params, xs, init_key=jax.random.key(0)))
 
 
-def test_a_step_writes_memory_only_where_the_write_weighting_is_nonzero():
-  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+def _rows_written(cell: NTMCell) -> tuple[np.ndarray, np.ndarray]:
+  """(rows a step changed, rows its write weighting covers), each (B, N).
+
+  The cell keeps each head's previous weighting instead of addressing: the paper's
+  weightings are softmaxes, positive everywhere, so only an injected one has exact zeros.
+  """
+  keep_focus = lambda memory, w_prev, *head_parameters: w_prev
+  cell = cell.clone(address_fn=keep_focus)
   x = jax.random.normal(jax.random.key(0), (B, I))
   carry = cell.initialize_carry(jax.random.key(0), (B, I))
   params = cell.init(jax.random.key(1), carry, x)
-  # Start from a random memory and a write weighting focused on slot 5 with no spread.
+  w = np.zeros(carry.write_weights.shape, np.float32)  # (B, 1, N)
+  w[0, 0, 5] = 1.0
+  w[1, 0, [2, 9]] = 0.5
+  w[2, 0, [0, 1, 14, 15]] = 0.25
   memory = jax.random.normal(jax.random.key(2), carry.memory.shape)
-  w = jnp.broadcast_to(jax.nn.one_hot(5, 16), carry.write_weights.shape)
-  carry = carry._replace(memory=memory, write_weights=w,
+  carry = carry._replace(memory=memory, write_weights=jnp.asarray(w),
                          is_initial=jnp.zeros_like(carry.is_initial))
   new_carry, _ = cell.apply(params, carry, x)
-  changed = jnp.any(jnp.abs(new_carry.memory - memory) > 0, axis=-1)  # (B, N)
-  written = new_carry.write_weights[:, 0] > 0
-  np.testing.assert_array_equal(changed, changed & written)
-  assert bool(jnp.all(changed.any(axis=-1)))
+  np.testing.assert_array_equal(new_carry.write_weights, w)  # the injected addressing
+  return np.asarray(jnp.any(new_carry.memory != memory, axis=-1)), w[:, 0] > 0
+
+
+def test_a_step_writes_memory_only_where_the_write_weighting_is_nonzero():
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
+  changed, written = _rows_written(cell)
+  np.testing.assert_array_equal(changed, written)
+  # The check fails for a write that leaks into rows its weighting leaves out.
+  leaky = lambda memory, w, erase, add: ntm_jax.write_heads(memory, w + 1e-3, erase, add)
+  changed, written = _rows_written(cell.clone(write_fn=leaky))
+  assert (changed & ~written).any()
 
 
 def test_reads_see_the_write_of_the_same_step():

@@ -45,3 +45,22 @@ def test_the_comparison_tells_float_noise_from_a_broken_cell():
   assert verdicts['as shipped'] == 'passes'
   assert verdicts['noise 1e-06'] == '1 of 1 draws pass'
   assert all(verdicts[label].startswith('fails') for label in broken)
+
+
+def test_every_broken_equation_of_the_tolerance_check_changes_the_model():
+  """The broken variants reach the cell (a variant that did not would pass unnoticed)."""
+  import jax
+  import numpy as np
+
+  from experiments import shipped_tolerance
+  from ntm_jax import NTMCell
+  from ntm_jax import models
+
+  model = models.NTM(NTMCell(features=3, memory_size=16, word_size=6,
+                             controller_features=12, memory_init='random'))
+  xs = jax.random.uniform(jax.random.key(0), (2, 9, 4))
+  params = model.init(jax.random.key(1), xs)
+  intact = model.apply(params, xs)
+  for label, fields in shipped_tolerance.broken_equations().items():
+    broken = model.clone(cell=model.cell.clone(**fields)).apply(params, xs)
+    assert np.abs(broken - intact).max() > 1e-4, label
