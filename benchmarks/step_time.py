@@ -27,8 +27,10 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
+from benchmarks.measure import measure
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import backend
@@ -37,8 +39,8 @@ from ntm_jax.training import loop
 flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
 flags.DEFINE_list('parallel_batch_sizes', ['32', '128'],
                   'Batch sizes timed data-parallel over one CPU device per core.')
-flags.DEFINE_integer('micro_batch_size', 0, 'Micro-batch of the data-parallel rows (0: each '
-                     'device takes its whole share at once).')
+flags.DEFINE_integer('parallel_micro_batch_size', 0, 'Micro-batch of the data-parallel '
+                     'rows (0: each device takes its whole share at once).')
 flags.DEFINE_integer('cpu_devices', 1, 'JAX CPU devices of this process. With more than '
                      'one it times only the data-parallel rows: the main run starts such '
                      'a process itself, one device per core, because splitting the CPU '
@@ -53,6 +55,8 @@ flags.DEFINE_list('lengths', ['20', '100', '500'],
 flags.DEFINE_bool('tune_cpu', True, 'Apply ntm_jax.training.backend.tune_cpu_compiler() as the '
                   'runners do (--notune_cpu measures XLA\'s defaults).')
 flags.DEFINE_integer('repeats', 20, 'Timed steps per measurement.')
+flags.DEFINE_bool('dense_only', True, 'Also time each speed row\'s step with only its dense '
+                  'layers (--nodense_only halves the table\'s time).')
 flags.DEFINE_string('output', 'benchmarks/step_time.json', 'Where to write the JSON.')
 FLAGS = flags.FLAGS
 
@@ -98,38 +102,6 @@ def model_flops(config: ExperimentConfig, task: CopyTask, batch_size: int,
   output = 2 * (h + heads * m) * outputs
   per_step = controller + projection + addressing + memory + output
   return 3.0 * per_step * num_steps * batch_size
-
-
-def measure(config: ExperimentConfig, task: CopyTask, repeats: int) -> dict:
-  """Compile time, median step time and peak memory of the training step."""
-  model = loop.build_model(config, task)
-  optimizer = loop.make_optimizer(config)
-  keys = loop.Keys(0)
-  state = loop.create_train_state(model, optimizer, task, keys)
-  mesh = loop.make_mesh(config.batch_size) if config.data_parallel else None
-  if mesh is not None:
-    state = loop.replicate(state, mesh)
-  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
-                              config.micro_batch_size)
-  start = time.perf_counter()
-  compiled = step.lower(state).compile()
-  compile_seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  peak_bytes = None
-  if memory is not None:
-    peak_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
-                  memory.output_size_in_bytes - memory.alias_size_in_bytes)
-  for _ in range(5):  # warm-up: the first steps after compiling (or a matmul) run slower
-    state, _ = compiled(state)
-  jax.block_until_ready(state)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    state, metrics = compiled(state)
-    jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - start)
-  return dict(compile_seconds=compile_seconds, step_seconds=float(np.median(times)),
-              peak_bytes=peak_bytes)
 
 
 def dense_layer_shapes(config: ExperimentConfig, task: CopyTask) -> list[tuple[int, int]]:
@@ -227,7 +199,6 @@ def speed_rows(splits, peak: float) -> list[dict]:
       config = _copy_config(batch_size=batch_size, controller=controller,
                             data_parallel=data_parallel, micro_batch_size=micro_batch_size)
       row = measure(config, task, FLAGS.repeats)
-      row['dense_only_seconds'] = dense_layers_only_seconds(config, task, FLAGS.repeats)
       step_flops = model_flops(config, task, batch_size, num_steps)
       flops = step_flops / row['step_seconds']
       devices = jax.device_count() if data_parallel else 1
@@ -235,15 +206,25 @@ def speed_rows(splits, peak: float) -> list[dict]:
                  micro_batch_size=micro_batch_size,
                  sequences_per_second=batch_size / row['step_seconds'],
                  model_flops_per_second=flops, fraction_of_matmul=flops / peak,
-                 dense_only_fraction_of_matmul=step_flops / row['dense_only_seconds'] / peak)
+                 dense_only_seconds=None, dense_only_fraction_of_matmul=None)
+      if FLAGS.dense_only:
+        row['dense_only_seconds'] = dense_layers_only_seconds(config, task, FLAGS.repeats)
+        row['dense_only_fraction_of_matmul'] = (
+            step_flops / row['dense_only_seconds'] / peak)
       rows.append(row)
-      peak_mib = (row['peak_bytes'] or 0) / 2**20
+      peak_mib = (row['device_peak_bytes'] or row['peak_bytes'] or 0) / 2**20
       print(f'{controller:>11} {batch_size:>6} {devices:>8} {micro_batch_size or "-":>6} '
             f'{1e3 * row["step_seconds"]:9.1f} {row["sequences_per_second"]:9.1f} '
             f'{row["compile_seconds"]:10.2f} {peak_mib:9.1f} {flops / 1e9:8.2f} '
-            f'{100 * flops / peak:8.1f}% {1e3 * row["dense_only_seconds"]:9.2f} '
-            f'{100 * row["dense_only_fraction_of_matmul"]:8.1f}%', flush=True)
+            f'{100 * flops / peak:8.1f}% {_dense_columns(row)}', flush=True)
   return rows
+
+
+def _dense_columns(row: dict) -> str:
+  if row['dense_only_seconds'] is None:
+    return f'{"-":>9} {"-":>9}'
+  return (f'{1e3 * row["dense_only_seconds"]:9.2f} '
+          f'{100 * row["dense_only_fraction_of_matmul"]:8.1f}%')
 
 
 def data_parallel_rows(peak: float) -> dict:
@@ -253,8 +234,10 @@ def data_parallel_rows(peak: float) -> dict:
     command = [sys.executable, '-m', 'benchmarks.step_time',
                f'--cpu_devices={backend.usable_cores()}', f'--output={output}',
                f'--parallel_batch_sizes={",".join(FLAGS.parallel_batch_sizes)}',
-               f'--micro_batch_size={FLAGS.micro_batch_size}', f'--repeats={FLAGS.repeats}',
-               f'--tune_cpu={FLAGS.tune_cpu}', f'--matmul_flops_per_second={peak}']
+               f'--parallel_micro_batch_size={FLAGS.parallel_micro_batch_size}',
+               f'--repeats={FLAGS.repeats}',
+               f'--tune_cpu={FLAGS.tune_cpu}', f'--dense_only={FLAGS.dense_only}',
+               f'--matmul_flops_per_second={peak}']
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run(command, check=True, cwd=root, env=dict(os.environ, PYTHONPATH=root))
     with open(output) as f:
@@ -268,7 +251,8 @@ def main(argv):
   if FLAGS.cpu_devices > 1:  # as `--data_parallel` makes them
     jax.config.update('jax_num_cpu_devices', FLAGS.cpu_devices)
     peak = max(matmul_flops_per_second(), FLAGS.matmul_flops_per_second)
-    splits = [(int(b), True, FLAGS.micro_batch_size) for b in FLAGS.parallel_batch_sizes]
+    splits = [(int(b), True, FLAGS.parallel_micro_batch_size)
+              for b in FLAGS.parallel_batch_sizes]
     rows = speed_rows(splits, peak)
     with open(FLAGS.output, 'w') as f:
       json.dump(dict(matmul_flops_per_second=peak, speed=rows), f)
@@ -278,8 +262,9 @@ def main(argv):
   xla_flags = os.environ.get('XLA_FLAGS', '')
   print(f'{jax.devices()[0].device_kind}: dense f32 matmul {peak / 1e9:.1f} GFLOP/s; '
         f'XLA_FLAGS={xla_flags!r}\n')
-  results = dict(device=jax.devices()[0].device_kind, matmul_flops_per_second=peak,
-                 xla_flags=xla_flags,
+  results = dict(device=jax.devices()[0].device_kind, platform=jax.default_backend(),
+                 jax=jax.__version__, jaxlib=jaxlib.__version__,
+                 matmul_flops_per_second=peak, xla_flags=xla_flags,
                  speed=[], memory_scaling=[], length_scaling=[])
 
   print('Copy configuration (N=128, M=20, 1 read + 1 write head, length 20 = 41 steps).\n'
@@ -297,20 +282,24 @@ def main(argv):
     results['data_parallel_matmul_flops_per_second'] = parallel['matmul_flops_per_second']
   task = CopyTask()
 
-  print('\nScaling in memory slots N (batch 32, length 20, LSTM controller)')
   sizes = [int(n) for n in FLAGS.memory_sizes]
+  if sizes:
+    print('\nScaling in memory slots N (batch 32, length 20, LSTM controller)')
   for n in sizes:
     row = measure(_copy_config(batch_size=32, memory_size=n), task, FLAGS.repeats)
     row.update(memory_size=n)
     results['memory_scaling'].append(row)
     print(f'  N={n:>6}: {1e3 * row["step_seconds"]:9.1f} ms/step, peak '
           f'{(row["peak_bytes"] or 0) / 2**20:8.1f} MiB')
-  exponent = fitted_exponent(sizes, [r['step_seconds'] for r in results['memory_scaling']])
-  results['memory_exponent'] = exponent
-  print(f'  fitted exponent over the two largest N: {exponent:.2f}')
+  if len(sizes) > 1:
+    exponent = fitted_exponent(sizes,
+                               [r['step_seconds'] for r in results['memory_scaling']])
+    results['memory_exponent'] = exponent
+    print(f'  fitted exponent over the two largest N: {exponent:.2f}')
 
-  print('\nScaling in sequence length (batch 32, N = 128, LSTM controller)')
   lengths = [int(length) for length in FLAGS.lengths]
+  if lengths:
+    print('\nScaling in sequence length (batch 32, N = 128, LSTM controller)')
   for length in lengths:
     long_task = CopyTask(max_length=length, eval_lengths=(length,))
     row = measure(_copy_config(batch_size=32), long_task, FLAGS.repeats)
@@ -318,10 +307,11 @@ def main(argv):
     results['length_scaling'].append(row)
     print(f'  L={length:>5} (T={2 * length + 1:>5}): {1e3 * row["step_seconds"]:9.1f} '
           f'ms/step, peak {(row["peak_bytes"] or 0) / 2**20:8.1f} MiB')
-  exponent = fitted_exponent([2 * length + 1 for length in lengths],
-                             [r['step_seconds'] for r in results['length_scaling']])
-  results['length_exponent'] = exponent
-  print(f'  fitted exponent over the two longest T: {exponent:.2f}')
+  if len(lengths) > 1:
+    exponent = fitted_exponent([2 * length + 1 for length in lengths],
+                               [r['step_seconds'] for r in results['length_scaling']])
+    results['length_exponent'] = exponent
+    print(f'  fitted exponent over the two longest T: {exponent:.2f}')
 
   with open(FLAGS.output, 'w') as f:
     json.dump(results, f, indent=2)

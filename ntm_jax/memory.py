@@ -1,10 +1,13 @@
 """Reading from and writing to the memory matrix (paper Sec. 3.1-3.2, Eq. 2-4).
 
 Single-example, pure functions: memory (N, M), weighting w (N,), erase e and add a (M,).
+The contractions use full float32 precision (addressing.PRECISION says why).
 """
 
 import jax
 import jax.numpy as jnp
+
+from ntm_jax.addressing import PRECISION
 
 
 def read(memory: jax.Array, w: jax.Array) -> jax.Array:
@@ -17,7 +20,7 @@ def read(memory: jax.Array, w: jax.Array) -> jax.Array:
   Returns:
     (M,) read vector r_t.
   """
-  return w @ memory
+  return jnp.matmul(w, memory, precision=PRECISION)
 
 
 def write(memory: jax.Array, w: jax.Array, erase: jax.Array, add: jax.Array) -> jax.Array:
@@ -52,4 +55,4 @@ def write_heads(memory: jax.Array, weights: jax.Array, erases: jax.Array,
     (N, M) updated memory M_t.
   """
   keep = jnp.prod(1.0 - weights[:, :, None] * erases[:, None, :], axis=0)
-  return memory * keep + weights.T @ adds
+  return memory * keep + jnp.matmul(weights.T, adds, precision=PRECISION)

@@ -41,14 +41,20 @@ class NTM(nn.Module):
         sequences and big memories. The backward pass recomputes each chunk, again
         keeping only each step's carry.
       The weightings are recorded (mutable=['intermediates']) only with 0 or 1.
+    unroll: time steps per iteration of the time scan's loop (`jax.lax.scan`'s
+      `unroll`). On a GPU each loop iteration launches its kernels separately; unrolling
+      lets XLA fuse across steps and launch fewer, larger kernels, at the price of compile
+      time. The results are those of `unroll=1` up to float rounding.
   """
   cell: NTMCell
   remat_chunk: int = 1
+  unroll: int = 1
 
   def __post_init__(self):
-    if (isinstance(self.remat_chunk, bool) or not isinstance(self.remat_chunk, int) or
-        self.remat_chunk < 0):
-      raise ValueError(f'NTM.remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
+    for name, least in (('remat_chunk', 0), ('unroll', 1)):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f'NTM.{name} must be an integer >= {least}, got {value!r}.')
     super().__post_init__()
 
   @nn.compact
@@ -57,7 +63,7 @@ class NTM(nn.Module):
     carry = self.cell.initialize_carry(init_key, inputs[:, 0].shape)
     step = lambda cell, carry, x: cell(carry, x)
     scan = functools.partial(nn.scan, variable_broadcast='params',
-                             split_rngs={'params': False})
+                             split_rngs={'params': False}, unroll=self.unroll)
     if self.remat_chunk <= 1:
       if self.remat_chunk == 1:
         # prevent_cse=False is safe inside a scan (see jax.checkpoint) and lets XLA fuse.

@@ -12,6 +12,7 @@ import sys
 import jax
 import pytest
 
+from benchmarks import gpu_smoke
 from benchmarks import step_time
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
@@ -70,3 +71,76 @@ def test_dense_layers_only_has_the_models_dense_kernels(controller, layers):
                        if 'kernel' in jax.tree_util.keystr(path))
   shapes = step_time.dense_layer_shapes(config, task)
   assert sum(i * o for i, o in shapes) == kernel_entries
+
+
+_HLO = '''HloModule jit_step
+
+%body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[4]{0} get-tuple-element(%p), index=1
+  %f.1 = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_a
+  %f.2 = f32[4]{0} fusion(%f.1), kind=kLoop, calls=%fused_b
+  %g = f32[4]{0} custom-call(%f.2), custom_call_target="__cublas$gemm"
+  ROOT %t = (s32[], f32[4]{0}) tuple(%i, %g)
+}
+
+%cond (p: (s32[], f32[4])) -> pred[] {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  ROOT %c = pred[] fusion(%p), kind=kLoop, calls=%fused_c
+}
+
+%back_body (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  ROOT %cb = (s32[], f32[4]{0}) call(%p), to_apply=%command_buffer.1
+}
+
+%command_buffer.1 (p: (s32[], f32[4])) -> (s32[], f32[4]) {
+  %p = (s32[], f32[4]{0}) parameter(0)
+  %x = f32[4]{0} get-tuple-element(%p), index=1
+  %k.1 = f32[4]{0} fusion(%x), kind=kLoop, calls=%fused_a
+  %k.2 = f32[4]{0} copy(%k.1)
+  ROOT %t = (s32[], f32[4]{0}) tuple(%x, %k.2)
+}
+
+ENTRY %main (a: f32[4]) -> f32[4] {
+  %a = f32[4]{0} parameter(0)
+  %in = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_a
+  %w.1 = (s32[], f32[4]{0}) while(%in), condition=%cond, body=%body, metadata={op_name="jit(step)/jvp(NTM)/while"}, backend_config={"known_trip_count":{"n":"10"}}
+  %w.2 = (s32[], f32[4]{0}) while(%w.1), condition=%cond, body=%back_body, metadata={op_name="jit(step)/transpose(jvp(NTM))/while"}, backend_config={"known_trip_count":{"n":"10"}}
+  ROOT %out = f32[4]{0} get-tuple-element(%w.2), index=1
+}
+'''
+
+
+def test_the_kernel_count_reads_loops_calls_and_command_buffers_from_hlo():
+  counts = gpu_smoke.count_kernels(_HLO, num_steps=5)
+  # Forward: 3 kernels a body over 10 iterations and 1 a condition tested 11 times, over 5
+  # time steps (an unroll of 2); backward: the command buffer's 2 kernels and the test.
+  assert counts['forward_per_step'] == (3 * 10 + 11) / 5
+  assert counts['backward_per_step'] == (2 * 10 + 11) / 5
+  assert counts['outside_loops'] == 1 and counts['other_loops'] == 0
+  assert counts['total'] == 1 + 41 + 31
+  assert counts['custom_calls'] == 10 and counts['command_buffers'] == 1
+  assert counts['fusions'] == 1 + (20 + 11) + (10 + 11)  # not the custom call nor copy
+
+
+@pytest.mark.slow
+def test_the_gpu_smoke_script_runs_every_part_on_the_cpu(tmp_path):
+  stdout = _run_benchmark('gpu_smoke', '--accelerator=cpu', '--quick',
+                          '--command_buffers=off', '--batch_sizes=1', '--unrolls=1,2',
+                          f'--output_dir={tmp_path}')
+  results = json.loads((tmp_path / 'results.json').read_text())['parts']
+  assert results['versions']['platform'] == 'cpu' and results['versions']['jax']
+  assert results['tests']['status'] == 0 and 'passed' in results['tests']['summary']
+  assert [row['batch_size'] for row in results['step_time']['rows']] == [1, 1]
+  loop_rows = results['loop']['rows']
+  assert [(row['unroll'], row['command_buffers']) for row in loop_rows] == [
+      (1, 'off'), (2, 'off')]
+  for row in loop_rows:  # the copy default's forward and backward time scans were found
+    assert row['kernels']['forward_per_step'] > 10
+    assert row['kernels']['backward_per_step'] > 10
+  copy = results['copy']
+  assert copy['status'] == 0 and copy['resumed'] and copy['resumed_to'] == 22
+  assert copy['sequences_per_second'] > 0 and copy['cpu_reference']['sequences_per_second']
+  assert 'seq/s' in stdout and 'fwd/step' in stdout

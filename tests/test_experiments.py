@@ -24,6 +24,9 @@ def _run(*args, timeout=300):
     (['--optimizer=adagrad'], 'optimizer must be one of adam, rmsprop, sgd'),
     (['--max_length=0'], 'min_length <= max_length'),
     (['--accelerator=tpu'], '--accelerator=tpu: no TPU backend is available'),
+    # CI has no GPU; on a GPU machine this case fails, and the smoke script skips this file.
+    (['--accelerator=gpu'], "--accelerator=gpu: no GPU backend is available on this "
+     "machine. To use one, install the CUDA build of JAX: pip install -e '.[gpu]'"),
     (['--accelerator=quantum'], "value should be one of <cpu|gpu|tpu>"),
     (['--eval_only'], '--eval_only needs a checkpoint'),
     (['--coordinator_address=localhost:1'], '--coordinator_address needs --num_processes'),

@@ -90,3 +90,32 @@ def test_gradients_match_finite_differences_and_jit_vmap_agree():
                              np.stack([ntm_jax.read(*(jnp.asarray(a, jnp.float32)
                                                       for a in c[:2])) for c in cases]),
                              rtol=1e-5, atol=1e-6)
+
+
+def _dot_precisions(jaxpr) -> list:
+  """The precision of every dot_general in a jaxpr, nested calls included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'dot_general':
+      found.append(eqn.params['precision'])
+    for value in eqn.params.values():
+      inner = getattr(value, 'jaxpr', None)
+      if inner is not None:
+        found += _dot_precisions(getattr(inner, 'jaxpr', inner))
+  return found
+
+
+@pytest.mark.parametrize('name', ['address', 'read', 'write', 'write_heads'])
+def test_the_memory_contractions_ask_for_full_float32_precision(name):
+  # A GPU computes default-precision float32 dots in TensorFloat32, a TPU in bfloat16:
+  # the equations must not depend on the backend's default (addressing.PRECISION).
+  memory, w, erase, add = (jnp.asarray(a, jnp.float32) for a in _case(0))
+  args = dict(address=(memory, w, add, 2.0, 0.5, jnp.array([0.2, 0.6, 0.2]), 1.5),
+              read=(memory, w), write=(memory, w, erase, add),
+              write_heads=(memory, w[None], erase[None], add[None]))[name]
+  precisions = _dot_precisions(jax.make_jaxpr(getattr(ntm_jax, name))(*args).jaxpr)
+  highest = jax.lax.Precision.HIGHEST
+  if name == 'write':  # outer products: no contraction to round
+    assert precisions == []
+    return
+  assert precisions and all(p == (highest, highest) for p in precisions), precisions

@@ -7,7 +7,8 @@ import jaxlib
 
 _PLATFORMS = {'cpu': 'cpu', 'gpu': 'cuda', 'tpu': 'tpu'}
 _INSTALL_HINTS = {
-    'gpu': "install the CUDA build of JAX: pip install -e '.[gpu]' (jax[cuda12])",
+    'gpu': "install the CUDA build of JAX: pip install -e '.[gpu]' (jax[cuda13], NVIDIA "
+           "driver >= 580; '.[gpu-cuda12]' for older drivers)",
     'tpu': "install the TPU build of JAX on a TPU VM: pip install -U 'jax[tpu]'",
     'cpu': 'reinstall jax and jaxlib',
 }

@@ -1,0 +1,65 @@
+"""Timing one jitted training step: compile time, median step time, peak memory.
+
+Shared by the benchmarks; it defines no flags, so that any script can import it.
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntm_jax.tasks import Task
+from ntm_jax.training import ExperimentConfig
+from ntm_jax.training import loop
+
+
+def measure(config: ExperimentConfig, task: Task, repeats: int,
+            model=None, keep_hlo: bool = False) -> dict:
+  """Compile time, median step time and peak memory of the training step.
+
+  `model` replaces the one the config builds (a variant of it, e.g. another scan
+  `unroll`); with `keep_hlo` the result also holds the compiled step's optimised HLO text.
+  `peak_bytes` is the compiler's figure for this step; `device_peak_bytes`, where the
+  device reports it (GPU, TPU), the process's allocator peak so far.
+  """
+  model = model or loop.build_model(config, task)
+  optimizer = loop.make_optimizer(config)
+  keys = loop.Keys(0)
+  state = loop.create_train_state(model, optimizer, task, keys)
+  if config.ema_decay:  # as the runner does
+    state['ema_params'] = jax.tree.map(jnp.copy, state['params'])
+  mesh = loop.make_mesh(config.batch_size) if config.data_parallel else None
+  if mesh is not None:
+    state = loop.replicate(state, mesh)
+  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
+                              config.micro_batch_size, config.entropy_penalty,
+                              config.skip_grad_norm, config.ema_decay)
+  start = time.perf_counter()
+  compiled = step.lower(state).compile()
+  compile_seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  peak_bytes = None
+  if memory is not None:
+    peak_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
+                  memory.output_size_in_bytes - memory.alias_size_in_bytes)
+  for _ in range(5):  # warm-up: the first steps after compiling (or a matmul) run slower
+    state, _ = compiled(state)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    state, metrics = compiled(state)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - start)
+  result = dict(compile_seconds=compile_seconds, step_seconds=float(np.median(times)),
+                peak_bytes=peak_bytes, device_peak_bytes=device_peak_bytes())
+  if keep_hlo:
+    result['hlo'] = compiled.as_text()
+  return result
+
+
+def device_peak_bytes() -> int | None:
+  """The default device's allocator peak so far, where the backend reports one."""
+  stats = jax.devices()[0].memory_stats()
+  return None if not stats else stats.get('peak_bytes_in_use')
