@@ -6,14 +6,14 @@ The rest of the suite runs on whatever backend JAX picks, so the smoke script al
 a slice of it on the GPU.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import ntm_jax
-from experiments import common
-from experiments import copy
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import checkpointing
@@ -54,8 +54,10 @@ def test_the_equations_on_the_gpu_match_the_cpu():
 
 
 def _copy_default(batch_size: int) -> ExperimentConfig:
-  values = dict(common.EXPERIMENT_DEFAULTS, **copy.DEFAULTS)
-  return ExperimentConfig(workdir='/unused', **dict(values, batch_size=batch_size))
+  """The shipped copy run's recipe (the copy experiment's default) at `batch_size`."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config, _ = ExperimentConfig.load(os.path.join(root, 'trained', 'copy_ntm'))
+  return config.replace(workdir='/unused', batch_size=batch_size)
 
 
 @pytest.mark.parametrize('batch_size', [1, 16])
