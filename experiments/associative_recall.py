@@ -19,7 +19,8 @@ FLAGS = flags.FLAGS
 # The paper's feed-forward variant (4 heads, 256 units) at batch 1: it left the "answer
 # with the last item" plateau (about 5 bit errors) after about 10,000 sequences, where one
 # head with either controller, or batches of 4-16, were still on it at 50,000
-# (BUILD_NOTES.md, "Associative recall: choosing the defaults").
+# (docs/history, "Associative recall:
+# choosing the defaults").
 DEFAULTS = dict(batch_size=1, train_steps=50000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=1000, checkpoint_every=5000,
                 log_every=500, eval_batch_size=256, controller='feedforward', num_heads=4,

@@ -103,7 +103,7 @@ def int_list(flag_name: str) -> tuple[int, ...]:
 # Every experiment trains its NTM one sequence per step, the paper's recipe. At batch 1,
 # recomputing each step in the backward pass (the library's remat_chunk=1) saves no time,
 # and storing the intermediates (0) reproduces the runs recorded in docs/RESULTS.md
-# exactly rather than up to float rounding (BUILD_NOTES.md, "Speed").
+# exactly rather than up to float rounding (BUILD_NOTES.md, "Training runner invariants").
 EXPERIMENT_DEFAULTS = dict(remat_chunk=0)
 
 

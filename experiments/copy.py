@@ -16,22 +16,16 @@ flags.DEFINE_list('eval_lengths', ['10', '20', '30', '50', '120'],
 
 FLAGS = flags.FLAGS
 
-# Chosen by the sweeps in BUILD_NOTES.md ("Copy: choosing the defaults"): the paper's
-# recipe, one sequence per update with Graves' RMSProp at 1e-4 and each gradient entry
-# clipped to [-10, 10]. Over 10 seeds it converged in a median of 6,400 sequences (Adam
-# 3e-4: 19,200), and batch 1 runs faster per sequence on this CPU than batch 16. The LSTM
-# controller copies length 120 far better than the feed-forward one at batch 1, whose
-# read head drifts during a long input and then spoils the jump back to the start.
-# A random starting memory (a fresh draw per sequence) replaces the constant one, and the
-# training cost carries a small penalty on the entropy of the heads' weightings. On lists
-# of at most 20 in 128 slots, what the read head does during the input is free: a head
-# parked on the first slot, one that wanders, and one that blurs all copy them. Only
-# the parked one copies length 120 (over a constant memory 4 seeds in 10 did not: mean
-# 137.2 bit errors). Random slots (session 6) made wandering rarer; the penalty removed
-# the blurred heads, and with a noisier memory, N(0, 0.3^2) rather than 0.01^2, the two
-# seeds in 20 whose heads still wandered copied length 120 too. Over seeds 0-9: mean 0.18
-# bit errors at length 120 (session 6: 9.0). BUILD_NOTES.md, "Copy: choosing the
-# defaults" (session 7).
+# The paper's recipe: one sequence per update, Graves' RMSProp at 1e-4, each gradient
+# entry clipped to [-10, 10] (median 6,400 sequences to converge over 10 seeds; Adam
+# 3e-4: 19,200). The LSTM controller, because the feed-forward one's read head drifts
+# during a long input and spoils the jump back to the start. Two additions for length
+# 120: on lists of at most 20 in 128 slots the read head is free to park, wander or blur
+# during the input, and only a parked head copies 120. A fresh random memory per
+# sequence makes wandering rare, N(0, 0.3^2) rarer still, and a small entropy penalty on
+# the weightings removes the blur (length 120: mean 0.47 bit errors over seeds 0-19,
+# against 137 over a constant memory). BUILD_NOTES.md, "Decisions"; measurements in the
+# history, "Copy: choosing the defaults".
 DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,

@@ -17,7 +17,8 @@ FLAGS = flags.FLAGS
 # paper's cost is over 1000 validation sequences, hence eval_batch_size. One sequence per
 # update, as in the paper: at batch 16 the NTM was still 42 bits above the optimum after
 # 32,000 sequences; at batch 1 it was 3.3 bits above at that point and ends 1.3 above
-# (BUILD_NOTES.md, "Dynamic N-grams").
+# (docs/history,
+# "Dynamic N-grams").
 DEFAULTS = dict(batch_size=1, train_steps=96000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=8000, checkpoint_every=8000,
                 log_every=1000, eval_batch_size=1000)

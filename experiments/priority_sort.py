@@ -26,11 +26,12 @@ FLAGS = flags.FLAGS
 # near priorities collide on one slot. With it all 4 seeds tried search instead (each
 # input in a slot of its own, the read keys find the highest priority left), were below
 # the paper's 18-20 bits by 115,000-120,000 sequences and at 9.4-16.4 when stopped
-# (BUILD_NOTES.md, "Priority sort: write heads that start by advancing"). The starting
+# (docs/history,
+# "Priority sort: write heads that start by advancing"). The starting
 # memory is learned, and is what a content key addresses. Late in training single
 # sequences give gradient spikes that grow through the cell's carry; clipping each entry
-# of the carry's gradient at 100 stops them (BUILD_NOTES.md, "Priority sort: where the
-# gradient spikes come from"), and steps whose gradient norm still exceeds 1e5 are
+# of the carry's gradient at 100 stops them (docs/history,
+# "Priority sort: where the gradient spikes come from"), and steps whose gradient norm still exceeds 1e5 are
 # skipped. The noise of one-sequence updates costs bits at the end: the run evaluates and
 # ships a moving average of its parameters over about the last 10,000 steps. The LSTM
 # baseline sees the same number of sequences in batches of 16 with Adam.

@@ -8,7 +8,7 @@ the bit errors per output vector by the gap to the nearest other priority. A hea
 puts inputs on one slot each in the order of their priorities is the paper's layout
 (Fig. 17); one that puts them on slots of their own in no order is search, where the read
 keys find the highest priority not yet output (docs/RESULTS.md, "Priority sort").
-The runs measured with it: BUILD_NOTES.md, "Priority sort: layout or search".
+The runs measured with it: docs/history, "Priority sort: layout or search".
 """
 
 import sys

@@ -19,9 +19,10 @@ FLAGS = flags.FLAGS
 # The paper: NTM 1 head, LSTM controller of 100, trained as the paper did: one sequence
 # per update, Graves' RMSProp at 1e-4, each gradient entry clipped to [-10, 10]. All 5
 # seeds converged with it (24,000-52,000 sequences), where Adam 1e-3 at batch 16 left the
-# initial plateau for 1 of 5 (BUILD_NOTES.md, "Repeat copy"). LSTM baseline: 3 x 512,
+# initial plateau for 1 of 5 (docs/history,
+# "Repeat copy"). LSTM baseline: 3 x 512,
 # the same number of sequences in batches of 16 with Adam (about 6 sequences per second
-# on this CPU: measured to 24,000 sequences only, docs/RESULTS.md).
+# on this CPU).
 DEFAULTS = dict(batch_size=1, train_steps=120000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=4000,
                 checkpoint_every=4000, log_every=1000, eval_batch_size=128)

@@ -112,8 +112,8 @@ def record_expected(target: str, eval_batch_size: int) -> None:
 # judge by their means, 2.750 against 3.016, cost 11.694 against 13.154), and that noise
 # turns it into 7 here too. The bounds below pass every draw of that noise on every
 # shipped run, and a broken cell moves most sequences: `python -m
-# experiments.shipped_tolerance` measures both (BUILD_NOTES, "Trained runs shipped in the
-# repository").
+# experiments.shipped_tolerance` measures both (BUILD_NOTES.md, "Shipped runs and their
+# tolerance").
 MAX_FLIPPED_SEQUENCES = 2  # per row, whose bit errors moved by more than a small move
 
 

@@ -189,7 +189,7 @@ class NTMCell(nn.RNNCellBase):
       first it keeps its previous focus (Eq. 7, g = sigmoid(-b): 0.02 for b = 4) and
       moves it on by one slot (Eq. 8, s(+1) = e^b / (e^b + S - 1): 0.96 for b = 4 and
       R = 1); training is free to change both. Needs shift_range >= 1. In priority
-      sort this turns the paper's layout into search (BUILD_NOTES.md, "Priority sort:
+      sort this turns the paper's layout into search (docs/history, "Priority sort:
       write heads that start by advancing").
     carry_grad_clip: if > 0, backpropagation clips each entry of the gradient that
       reaches a step through its carry (memory, weightings, reads, controller state) into

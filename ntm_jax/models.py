@@ -31,7 +31,7 @@ class NTM(nn.Module):
     remat_chunk: what the backward pass keeps of the forward pass.
       1 (the default): only each step's carry; the backward pass recomputes each step
         from it (`nn.remat` around the step). On this project's CPU it is as fast at
-        batch 1 and faster at larger batches (BUILD_NOTES.md, "Speed"): storing the
+        batch 1 and faster at larger batches (BUILD_NOTES.md, "Speed on this CPU"): storing the
         hundred-odd small intermediates of every step costs more than computing them
         again.
       0: every intermediate of every step (a plain scan, as `nn.RNN` does).

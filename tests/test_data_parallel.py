@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent('''
     # updates of the full learning rate, which would hide what the splits compute. A
     # learned memory for the same reason: over the constant one every row is alike, so the
     # keys' gradients are rounding noise amplified (3e-5 apart between splits after three
-    # steps with remat_chunk=1, session 9); over distinct rows the splits agree to 2e-7.
+    # steps with remat_chunk=1); over distinct rows the splits agree to 2e-7.
     config = ExperimentConfig(workdir='/unused', batch_size=8, memory_size=8, word_size=4,
                               controller_features=16, optimizer='sgd', learning_rate=0.1,
                               memory_init='learned')

@@ -16,7 +16,7 @@ training sequence draws its priorities from its own interval inside [-1, 1], of 
 between that and 2 (log-uniform) at a uniform place; evaluation keeps [-1, 1]. A write
 head that lays the inputs out at slots set by the priority (the paper's Fig. 17) crowds a
 narrow interval onto a few slots, where an NTM that compares priorities is not hurt: the
-aim is to make the second kind of solution more likely (BUILD_NOTES.md, "Priority sort:
+aim is to make the second kind of solution more likely (docs/history, "Priority sort:
 which algorithm a run starts with").
 """
 

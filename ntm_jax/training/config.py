@@ -40,17 +40,17 @@ class ExperimentConfig:
       norm above this or not finite: no update and no change to the optimiser's state,
       as if the batch had not been drawn. Clipping bounds a spike's update but not its
       direction; this drops the rare steps whose gradient is orders of magnitude above
-      the rest (BUILD_NOTES.md, "Priority sort: averaging the parameters and skipping
+      the rest (docs/history, "Priority sort: averaging the parameters and skipping
       gradient spikes").
     ema_decay: 0, or also keep an exponential moving average of the parameters,
       average <- ema_decay * average + (1 - ema_decay) * parameters after every step,
       and evaluate, report, plot and ship the average (the parameters themselves are
       evaluated too, as `unaveraged`). It smooths out the noise of small-batch updates
-      (BUILD_NOTES.md, the same section).
+      (docs/history, the same section).
     carry_grad_clip: NTM only: 0, or clip each entry of the gradient that flows back
       into a step through the cell's carry into [-carry_grad_clip, carry_grad_clip]
       (NTMCell.carry_grad_clip). The forward pass is unchanged. The gradient spikes of
-      late priority-sort training grow through the carry, the memory most (BUILD_NOTES.md,
+      late priority-sort training grow through the carry, the memory most (docs/history,
       "Priority sort: where the gradient spikes come from").
     write_advance_bias: NTM only: 0, or start every write head writing one slot after
       another (NTMCell.write_advance_bias): its gate's bias starts at -this and its +1

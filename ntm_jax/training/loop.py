@@ -165,7 +165,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   'batch' axis) and the gradients are summed over devices, so the result is that of one
   device at the same global batch. With a `micro_batch_size`, each device goes through its
   slice in micro-batches of that size (a `lax.scan` that sums their gradients): the same
-  update, computed on smaller arrays, which a CPU runs faster (BUILD_NOTES.md, "Speed").
+  update, computed on smaller arrays, which a CPU runs faster (docs/history, "Speed").
   With an `entropy_penalty` (NTM only) the gradients are those of the cost plus that
   multiple of the weightings' entropy (ExperimentConfig.entropy_penalty); the metrics
   stay the paper's cost and bit errors. With a `skip_grad_norm` (the optimiser's guard,
