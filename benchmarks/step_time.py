@@ -31,6 +31,7 @@ import jaxlib
 import numpy as np
 
 from benchmarks.measure import measure
+from ntm_jax import HeadLayout
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import backend
@@ -95,7 +96,7 @@ def model_flops(config: ExperimentConfig, task: CopyTask, batch_size: int,
     controller += (config.controller_layers - 1) * 2 * (2 * h) * 4 * h
   else:
     controller = 2 * (inputs + heads * m) * h + (config.controller_layers - 1) * 2 * h * h
-  head_parameters = heads * (m + shifts + 3) + heads * (3 * m + shifts + 3)
+  head_parameters = HeadLayout(heads, heads, m, shifts).size
   projection = 2 * h * head_parameters
   addressing = 2 * heads * (4 * n * m + (10 + 2 * shifts) * n)
   memory = heads * (4 * n * m + 2 * n * m)
@@ -111,7 +112,7 @@ def dense_layer_shapes(config: ExperimentConfig, task: CopyTask) -> list[tuple[i
   """
   h, m = config.controller_features, config.word_size
   heads, shifts = config.num_heads, 2 * config.shift_range + 1
-  head_parameters = heads * (m + shifts + 3) + heads * (3 * m + shifts + 3)
+  head_parameters = HeadLayout(heads, heads, m, shifts).size
   lstm = config.controller == 'lstm'
   gates = 4 * h if lstm else h
   first_in = task.input_size + heads * m + (h if lstm else 0)

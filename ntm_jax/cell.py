@@ -76,31 +76,99 @@ def _initial_focus(key, shape, dtype=jnp.float32):
   return jnp.zeros(shape, dtype).at[..., 0].set(margin)
 
 
-def _head_bias_init(num_read: int, num_write: int, word_size: int, num_shifts: int,
-                    write_advance_bias: float):
-  """The starting bias of the fused head layer: zero, except that with a
-  `write_advance_bias` b > 0 each write head's gate starts at -b and its +1 shift at +b.
+class HeadLayout(NamedTuple):
+  """Where each head parameter sits in the output of the cell's fused head layer.
 
-  The layout of one head's raw parameters is that of `_split_head_parameters`: key (M),
-  beta, gate, shift logits (S, offsets -R..R), gamma, then erase (M) and add (M) for
-  write heads; the read heads' come first.
+  One vector per example: the read heads' raw parameters, then the write heads'. Within
+  a head: key (M), beta, gate, shift logits (S = 2R + 1, offsets -R..R), gamma, and for
+  a write head erase (M) and add (M). The cell, its initializers and the benchmarks all
+  read the layout from here.
   """
-  read_size, write_size = word_size + num_shifts + 3, 3 * word_size + num_shifts + 3
-  gate = word_size + 1
-  shift_forward = word_size + 2 + num_shifts // 2 + 1  # the logit of offset +1
+  num_read_heads: int
+  num_write_heads: int
+  word_size: int
+  num_shifts: int
+
+  @property
+  def read_size(self) -> int:
+    return self.word_size + self.num_shifts + 3
+
+  @property
+  def write_size(self) -> int:
+    return 3 * self.word_size + self.num_shifts + 3
+
+  @property
+  def size(self) -> int:
+    return self.num_read_heads * self.read_size + self.num_write_heads * self.write_size
+
+  def field_sizes(self, is_write: bool) -> dict[str, int]:
+    """{field: width} of one head's raw parameters, in their order."""
+    m = self.word_size
+    sizes = dict(key=m, beta=1, gate=1, shift=self.num_shifts, gamma=1)
+    return dict(sizes, erase=m, add=m) if is_write else sizes
+
+  def indices(self, field: str, is_write: bool, offset: int | None = None) -> jax.Array:
+    """The positions of `field` in the layer's output, for every head of one kind.
+
+    `offset` picks one entry: a shift offset in -R..R for 'shift', an index into the
+    field otherwise. Returns integers of shape (heads,) with an `offset`, else
+    (heads, width).
+    """
+    sizes = self.field_sizes(is_write)
+    if field not in sizes:
+      raise ValueError(f'HeadLayout: unknown field {field!r}; one of {", ".join(sizes)}.')
+    names = list(sizes)
+    start = sum(sizes[name] for name in names[:names.index(field)])
+    if is_write:
+      first = self.num_read_heads * self.read_size + self.write_size * jnp.arange(
+          self.num_write_heads)
+    else:
+      first = self.read_size * jnp.arange(self.num_read_heads)
+    if offset is None:
+      return first[:, None] + start + jnp.arange(sizes[field])
+    if field == 'shift':
+      offset += self.num_shifts // 2  # offsets -R..R are entries 0..2R
+    if not 0 <= offset < sizes[field]:
+      raise ValueError(f'HeadLayout: offset out of range for {field!r}.')
+    return first + start + offset
+
+  def split(self, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(b, size) -> raw read (b, R, read size) and write (b, W, write size) parameters."""
+    cut = self.num_read_heads * self.read_size
+    batch = raw.shape[:-1]
+    return (raw[..., :cut].reshape(batch + (self.num_read_heads, self.read_size)),
+            raw[..., cut:].reshape(batch + (self.num_write_heads, self.write_size)))
+
+
+def head_bias_init(layout: HeadLayout, read: dict | None = None,
+                   write: dict | None = None):
+  """An initializer for `NTMCell.head_bias_init`: chosen starting biases, zero elsewhere.
+
+  `read` and `write` map a `HeadLayout` field, or a (field, offset) pair such as
+  ('shift', 1) for the logit of moving one slot on, to the bias every head of that kind
+  starts with. Write heads that start by keeping their focus and moving it one slot per
+  step, as a list is written: `head_bias_init(layout, write={'gate': -4.0, ('shift', 1):
+  4.0})` (Eq. 7: g = sigmoid(-4) = 0.02; Eq. 8: s(+1) = e^4 / (e^4 + 2R)).
+  """
+  settings = []
+  for is_write, fields in ((False, read or {}), (True, write or {})):
+    for name, value in fields.items():
+      field, offset = name if isinstance(name, tuple) else (name, None)
+      settings.append((layout.indices(field, is_write, offset), value))  # checks now
 
   def init(key, shape, dtype=jnp.float32):
     del key
+    if tuple(shape) != (layout.size,):
+      raise ValueError(f'head_bias_init: the layer has {tuple(shape)} biases, the layout '
+                       f'{layout.size}: build the layout from the cell\'s sizes.')
     bias = jnp.zeros(shape, dtype)
-    if not write_advance_bias:
-      return bias
-    write_heads = num_read * read_size + write_size * jnp.arange(num_write)
-    return (bias.at[write_heads + gate].set(-write_advance_bias)
-            .at[write_heads + shift_forward].set(write_advance_bias))
+    for indices, value in settings:
+      bias = bias.at[indices].set(value)
+    return bias
   return init
 
 
-def _split_head_parameters(raw: jax.Array, word_size: int, num_shifts: int,
+def _split_head_parameters(raw: jax.Array, layout: HeadLayout,
                            is_write: bool) -> HeadParameters:
   """Applies the activations that keep each head parameter in its range.
 
@@ -108,7 +176,7 @@ def _split_head_parameters(raw: jax.Array, word_size: int, num_shifts: int,
   gamma = 1 + softplus >= 1; erase = sigmoid in [0, 1]; add = tanh; the key is linear
   (the cosine similarity of Eq. 6 ignores its scale).
   """
-  sizes = [word_size, 1, 1, num_shifts, 1] + ([word_size, word_size] if is_write else [])
+  sizes = list(layout.field_sizes(is_write).values())
   parts = jnp.split(raw, list(itertools.accumulate(sizes[:-1])), axis=-1)
   key, beta, gate, shift_logits, gamma = parts[:5]
   params = dict(key=key,
@@ -119,26 +187,6 @@ def _split_head_parameters(raw: jax.Array, word_size: int, num_shifts: int,
   if is_write:
     params.update(erase=jax.nn.sigmoid(parts[5]), add=jnp.tanh(parts[6]))
   return HeadParameters(**params)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _clip_gradient(bound: float, tree: Any) -> Any:
-  """The identity, whose gradient has each entry clipped into [-bound, bound]."""
-  return tree
-
-
-def _clip_gradient_forward(bound, tree):
-  del bound
-  return tree, None
-
-
-def _clip_gradient_backward(bound, _, cotangent):
-  return (jax.tree_util.tree_map(lambda g: jnp.clip(g, -bound, bound), cotangent),)
-
-
-_clip_gradient.defvjp(_clip_gradient_forward, _clip_gradient_backward)
-
-
 
 
 class NTMCell(nn.RNNCellBase):
@@ -183,19 +231,10 @@ class NTMCell(nn.RNNCellBase):
       sets per step).
     memory_stddev: the scale of the random memory, and of the learned memory's starting
       value.
-    write_advance_bias: if > 0, every write head starts out writing one slot after
-      another, as a list is written: the biases of its interpolation gate and of its +1
-      shift start at -write_advance_bias and +write_advance_bias instead of 0, so at
-      first it keeps its previous focus (Eq. 7, g = sigmoid(-b): 0.02 for b = 4) and
-      moves it on by one slot (Eq. 8, s(+1) = e^b / (e^b + S - 1): 0.96 for b = 4 and
-      R = 1); training is free to change both. Needs shift_range >= 1. In priority
-      sort this turns the paper's layout into search (docs/history, "Priority sort:
-      write heads that start by advancing").
-    carry_grad_clip: if > 0, backpropagation clips each entry of the gradient that
-      reaches a step through its carry (memory, weightings, reads, controller state) into
-      [-carry_grad_clip, carry_grad_clip]; the forward pass is unchanged. It bounds
-      gradients that grow through time, much as Graves (2013) clipped an LSTM's
-      derivatives.
+    head_bias_init: initializer of the fused head layer's bias, a vector laid out as
+      `self.head_layout` says (zero by default). `head_bias_init(layout, read=...,
+      write=...)` starts chosen head parameters elsewhere, e.g. write heads that start
+      by writing one slot after another.
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
@@ -216,8 +255,7 @@ class NTMCell(nn.RNNCellBase):
   shift_range: int = 1
   memory_init: str = 'constant'
   memory_stddev: float = 0.01
-  carry_grad_clip: float = 0.0
-  write_advance_bias: float = 0.0
+  head_bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
   dtype: Any = None
   param_dtype: Any = jnp.float32
   address_fn: Callable[..., jax.Array] = addressing.address
@@ -244,15 +282,6 @@ class NTMCell(nn.RNNCellBase):
     if not 0 <= self.memory_stddev < float('inf'):
       raise ValueError(f'NTMCell.memory_stddev must be a finite number >= 0, got '
                        f'{self.memory_stddev!r}.')
-    if not 0 <= self.carry_grad_clip < float('inf'):
-      raise ValueError(f'NTMCell.carry_grad_clip must be a finite number >= 0 (0: off), '
-                       f'got {self.carry_grad_clip!r}.')
-    if not 0 <= self.write_advance_bias < float('inf'):
-      raise ValueError(f'NTMCell.write_advance_bias must be a finite number >= 0 (0: off), '
-                       f'got {self.write_advance_bias!r}.')
-    if self.write_advance_bias and self.shift_range < 1:
-      raise ValueError(f'NTMCell.write_advance_bias={self.write_advance_bias} needs '
-                       f'shift_range >= 1 (a +1 shift), got {self.shift_range}.')
     if self.memory_init not in MEMORY_INITS:
       raise ValueError(
           f'NTMCell.memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}.')
@@ -263,8 +292,10 @@ class NTMCell(nn.RNNCellBase):
     return 1
 
   @property
-  def _num_shifts(self) -> int:
-    return 2 * self.shift_range + 1
+  def head_layout(self) -> HeadLayout:
+    """Where each head parameter sits in the fused head layer's output."""
+    return HeadLayout(self.num_read_heads, self.num_write_heads, self.word_size,
+                      2 * self.shift_range + 1)
 
   @nn.nowrap
   def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> NTMState:
@@ -329,10 +360,6 @@ class NTMCell(nn.RNNCellBase):
                          write_weights=write_weights, reads=reads,
                          controller=controller_state,
                          is_initial=jnp.zeros_like(carry.is_initial))
-    if self.carry_grad_clip:
-      # is_initial is a bool: it has no gradient, so it bypasses the clip.
-      clipped = _clip_gradient(self.carry_grad_clip, new_carry._replace(is_initial=None))
-      new_carry = clipped._replace(is_initial=new_carry.is_initial)
     return jax.tree_util.tree_map(unflat, new_carry), unflat(y)
 
   def _reset_to_learned_initial_state(self, carry: NTMState) -> NTMState:
@@ -388,15 +415,9 @@ class NTMCell(nn.RNNCellBase):
 
   def _head_parameters(self, h: jax.Array) -> tuple[HeadParameters, HeadParameters]:
     """One fused dense layer for all heads (one matmul instead of one per parameter)."""
-    m, s = self.word_size, self._num_shifts
-    read_size, write_size = m + s + 3, 3 * m + s + 3
-    num_read, num_write = self.num_read_heads, self.num_write_heads
-    bias_init = _head_bias_init(num_read, num_write, m, s, self.write_advance_bias)
-    raw = nn.Dense(num_read * read_size + num_write * write_size, dtype=self.dtype,
-                   param_dtype=self.param_dtype, bias_init=bias_init,
-                   name='heads')(h).astype(jnp.float32)
-    batch = raw.shape[0]
-    raw_read = raw[:, :num_read * read_size].reshape(batch, num_read, read_size)
-    raw_write = raw[:, num_read * read_size:].reshape(batch, num_write, write_size)
-    return (_split_head_parameters(raw_read, m, s, is_write=False),
-            _split_head_parameters(raw_write, m, s, is_write=True))
+    layout = self.head_layout
+    raw = nn.Dense(layout.size, dtype=self.dtype, param_dtype=self.param_dtype,
+                   bias_init=self.head_bias_init, name='heads')(h).astype(jnp.float32)
+    raw_read, raw_write = layout.split(raw)
+    return (_split_head_parameters(raw_read, layout, is_write=False),
+            _split_head_parameters(raw_write, layout, is_write=True))

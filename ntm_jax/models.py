@@ -15,6 +15,27 @@ from ntm_jax.cell import NTMCell
 from ntm_jax.cell import NTMState
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _clip_gradient(bound: float, tree: Any) -> Any:
+  """The identity, whose gradient has each entry clipped into [-bound, bound]."""
+  return tree
+
+
+_clip_gradient.defvjp(lambda bound, tree: (tree, None),
+                      lambda bound, _, cotangent: (jax.tree_util.tree_map(
+                          lambda g: jnp.clip(g, -bound, bound), cotangent),))
+
+
+def clip_carry_gradient(bound: float, carry: NTMState) -> NTMState:
+  """`carry` unchanged, with each entry of its gradient clipped into [-bound, bound].
+
+  For a cell's new carry: the gradient entering a step from later steps is bounded before
+  it meets the step's own. `is_initial` is a bool with no gradient and bypasses it.
+  """
+  clipped = _clip_gradient(bound, carry._replace(is_initial=None))
+  return clipped._replace(is_initial=carry.is_initial)
+
+
 class NTM(nn.Module):
   """An `NTMCell` unrolled over time: (b, T, I) -> logits (b, T, O).
 
@@ -41,6 +62,11 @@ class NTM(nn.Module):
         sequences and big memories. The backward pass recomputes each chunk, again
         keeping only each step's carry.
       The weightings are recorded (mutable=['intermediates']) only with 0 or 1.
+    carry_grad_clip: 0, or clip each entry of the gradient that reaches a step through
+      its carry (memory, weightings, reads, controller state) into [-carry_grad_clip,
+      carry_grad_clip] (`clip_carry_gradient`); the forward pass is unchanged. It bounds
+      gradients that grow through time, as Graves (2013) clipped an LSTM's
+      derivatives.
     unroll: time steps per iteration of the time scan's loop (`jax.lax.scan`'s
       `unroll`). On a GPU each loop iteration launches its kernels separately; unrolling
       lets XLA fuse across steps and launch fewer, larger kernels, at the price of compile
@@ -48,6 +74,7 @@ class NTM(nn.Module):
   """
   cell: NTMCell
   remat_chunk: int = 1
+  carry_grad_clip: float = 0.0
   unroll: int = 1
 
   def __post_init__(self):
@@ -55,13 +82,21 @@ class NTM(nn.Module):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f'NTM.{name} must be an integer >= {least}, got {value!r}.')
+    if not 0 <= self.carry_grad_clip < float('inf'):
+      raise ValueError(f'NTM.carry_grad_clip must be a finite number >= 0 (0: off), got '
+                       f'{self.carry_grad_clip!r}.')
     super().__post_init__()
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
     init_key = self.make_rng('memory') if self.has_rng('memory') else jax.random.key(0)
     carry = self.cell.initialize_carry(init_key, inputs[:, 0].shape)
-    step = lambda cell, carry, x: cell(carry, x)
+    bound = self.carry_grad_clip
+
+    def step(cell, carry, x):
+      carry, y = cell(carry, x)
+      return (clip_carry_gradient(bound, carry) if bound else carry), y
+
     scan = functools.partial(nn.scan, variable_broadcast='params',
                              split_rngs={'params': False}, unroll=self.unroll)
     if self.remat_chunk <= 1:

@@ -8,6 +8,7 @@ import pytest
 
 import ntm_jax
 from ntm_jax import NTMCell
+from ntm_jax import head_bias_init
 from ntm_jax import cell as cell_lib
 from ntm_jax import models
 
@@ -188,48 +189,55 @@ def test_reads_see_the_write_of_the_same_step():
     ('controller', 'gru', "controller must be one of \\('lstm', 'feedforward'\\)"),
     ('memory_init', 'zeros', 'memory_init must be one of'),
     ('memory_stddev', -0.1, 'memory_stddev must be a finite number >= 0'),
-    ('carry_grad_clip', -1.0, 'carry_grad_clip must be a finite number >= 0'),
-    ('carry_grad_clip', float('inf'), 'carry_grad_clip must be a finite number >= 0'),
     ('shift_range', 8, 'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16'),
-    ('write_advance_bias', -1.0, 'write_advance_bias must be a finite number >= 0'),
-    ('write_advance_bias', float('nan'), 'write_advance_bias must be a finite number >= 0'),
 ])
 def test_bad_fields_raise_clear_errors(field, value, message):
   with pytest.raises(ValueError, match=message):
     NTMCell(features=4, **{'memory_size': 16, field: value})
 
 
-def test_a_write_advance_bias_needs_a_forward_shift():
-  with pytest.raises(ValueError, match='write_advance_bias=4.0 needs shift_range >= 1'):
-    NTMCell(features=4, memory_size=16, shift_range=0, write_advance_bias=4.0)
+def test_the_head_layout_names_every_entry_of_the_head_layer_once():
+  layout = NTMCell(features=3, memory_size=16, word_size=6, num_read_heads=2,
+                   num_write_heads=3, shift_range=2).head_layout
+  covered = []
+  for is_write in (False, True):
+    for field in layout.field_sizes(is_write):
+      covered += np.ravel(layout.indices(field, is_write)).tolist()
+  # Read heads of 6 + 5 + 3 entries, write heads of 3 * 6 + 5 + 3.
+  assert sorted(covered) == list(range(layout.size)) == list(range(2 * 14 + 3 * 26))
+  np.testing.assert_array_equal(layout.indices('shift', True, 1), 2 * 14 + np.array(
+      [0, 26, 52]) + 6 + 2 + 3)  # key, beta and gate, then offsets -2, -1, 0, +1
+  with pytest.raises(ValueError, match='offset out of range'):
+    layout.indices('shift', True, 3)
+  with pytest.raises(ValueError, match="unknown field 'erase'"):
+    head_bias_init(layout, read={'erase': 1.0})  # read heads have no erase vector
 
 
 @pytest.mark.parametrize('shift_range', [1, 2])
-def test_a_write_advance_bias_starts_the_write_heads_writing_one_slot_after_another(
-    shift_range):
+def test_a_head_bias_starts_the_write_heads_writing_one_slot_after_another(shift_range):
   # The gate and the +1 shift of each write head start at -b and +b (worked out by hand:
   # sigmoid(-4) = 0.018, e^4 / (e^4 + 2R) = 0.965 for R = 1 and 0.932 for R = 2), every
-  # other head parameter as without the option; so, from the learned start on slot 0, the
-  # write heads' focus moves on by one slot per step whatever the input, and the read
-  # heads' parameters are untouched.
+  # other head parameter at zero; so, from the learned start on slot 0, the write heads'
+  # focus moves on by one slot per step whatever the input, and the read heads'
+  # parameters are untouched.
   b, n = 4.0, 32
-  kwargs = dict(features=3, memory_size=n, word_size=6, num_read_heads=2,
-                num_write_heads=3, controller_features=12, shift_range=shift_range,
-                memory_init='learned')
+  plain = NTMCell(features=3, memory_size=n, word_size=6, num_read_heads=2,
+                  num_write_heads=3, controller_features=12, shift_range=shift_range,
+                  memory_init='learned')
+  layout = plain.head_layout
+  advancing = plain.clone(head_bias_init=head_bias_init(
+      layout, write={'gate': -b, ('shift', 1): b}))
   xs = jax.random.normal(jax.random.key(2), (1, 12, I))
-  carry = NTMCell(**kwargs).initialize_carry(jax.random.key(0), (1, I))
-  params = {bias: NTMCell(**kwargs, write_advance_bias=bias).init(
-      jax.random.key(1), carry, xs[:, 0]) for bias in (0.0, b)}
-  advancing = NTMCell(**kwargs, write_advance_bias=b)
+  carry = plain.initialize_carry(jax.random.key(0), (1, I))
+  params = {cell: cell.init(jax.random.key(1), carry, xs[:, 0])
+            for cell in (plain, advancing)}
 
   def heads(p):  # the head parameters for a zero controller output: the biases alone
-    bias, m, s = p['params']['heads']['bias'], 6, 2 * shift_range + 1
-    read_size = m + s + 3
-    split = lambda raw, heads, is_write: cell_lib._split_head_parameters(
-        raw.reshape(heads, -1), m, s, is_write)
-    return split(bias[:2 * read_size], 2, False), split(bias[2 * read_size:], 3, True)
+    raw_read, raw_write = layout.split(p['params']['heads']['bias'])
+    return (cell_lib._split_head_parameters(raw_read, layout, False),
+            cell_lib._split_head_parameters(raw_write, layout, True))
 
-  (read0, write0), (read, write) = heads(params[0.0]), heads(params[b])
+  (read0, write0), (read, write) = heads(params[plain]), heads(params[advancing])
   np.testing.assert_allclose(write.gate, 1 / (1 + np.exp(b)), rtol=1e-6)
   forward = np.exp(b) / (np.exp(b) + 2 * shift_range)
   np.testing.assert_allclose(write.shift_weights[:, shift_range + 1], forward, rtol=1e-6)
@@ -237,11 +245,11 @@ def test_a_write_advance_bias_starts_the_write_heads_writing_one_slot_after_anot
     np.testing.assert_array_equal(getattr(write, name), getattr(write0, name))
   for name in ('key', 'beta', 'gate', 'shift_weights', 'gamma'):
     np.testing.assert_array_equal(getattr(read, name), getattr(read0, name))
-  np.testing.assert_array_equal(write0.gate, 0.5)  # without the option: all biases 0
+  np.testing.assert_array_equal(write0.gate, 0.5)  # by default: all biases 0
 
   focus = []
   for t in range(xs.shape[1]):
-    carry, _ = advancing.apply(params[b], carry, xs[:, t])
+    carry, _ = advancing.apply(params[advancing], carry, xs[:, t])
     focus.append(np.asarray(carry.write_weights[0]).argmax(-1))  # (W,) per step
   np.testing.assert_array_equal(np.stack(focus), np.arange(1, 13)[:, None] * [1, 1, 1])
   assert float(carry.write_weights.max(-1).min()) > 0.9  # still sharp after 12 steps
@@ -294,8 +302,8 @@ def test_the_ntm_records_every_steps_weightings_only_when_asked(remat_chunk):
 
 
 def test_public_api():
-  for name in ('NTMCell', 'NTMState', 'content_weights', 'interpolate', 'shift', 'sharpen',
-               'address', 'read', 'write', 'write_heads'):
+  for name in ('NTMCell', 'NTMState', 'HeadLayout', 'head_bias_init', 'content_weights',
+               'interpolate', 'shift', 'sharpen', 'address', 'read', 'write', 'write_heads'):
     assert hasattr(ntm_jax, name)
   assert issubclass(ntm_jax.NTMCell, nn.RNNCellBase)
   assert NTMCell(features=3).num_feature_axes == 1
@@ -369,16 +377,16 @@ def test_carry_grad_clip_clips_the_gradient_through_the_carry_and_nothing_else(b
   # Given the same parameters with and without the clip, then the outputs are the same,
   # and the gradients are those of an unroll whose carry gradient is clipped by hand,
   # which differ from the unclipped ones (the bounds are small enough to bite).
-  kwargs = dict(features=4, memory_size=16, word_size=6, controller_features=12,
-                memory_init='learned')
-  plain, clipped = NTMCell(**kwargs), NTMCell(carry_grad_clip=bound, **kwargs)
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
+                 memory_init='learned')
+  plain = models.NTM(cell, remat_chunk=0)
+  clipped = models.NTM(cell, remat_chunk=0, carry_grad_clip=bound)
   xs = jax.random.normal(jax.random.key(0), (B, T, I))
-  params = nn.RNN(plain).init(jax.random.key(1), xs)
-  np.testing.assert_array_equal(nn.RNN(plain).apply(params, xs),
-                                nn.RNN(clipped).apply(params, xs))
-  loss = lambda cell: lambda p: jnp.sum(jnp.square(nn.RNN(cell).apply(p, xs)))
+  params = plain.init(jax.random.key(1), xs)
+  np.testing.assert_array_equal(plain.apply(params, xs), clipped.apply(params, xs))
+  loss = lambda model: lambda p: jnp.sum(jnp.square(model.apply(p, xs)))
   got = jax.grad(loss(clipped))(params)['params']['cell']
-  expected = _loop_gradients(plain, params, xs, lambda g: jnp.clip(g, -bound, bound))
+  expected = _loop_gradients(cell, params, xs, lambda g: jnp.clip(g, -bound, bound))
   unclipped = jax.grad(loss(plain))(params)['params']['cell']
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), got, expected)
@@ -388,11 +396,17 @@ def test_carry_grad_clip_clips_the_gradient_through_the_carry_and_nothing_else(b
 
 
 def test_a_carry_grad_clip_above_every_gradient_changes_nothing():
-  kwargs = dict(features=4, memory_size=16, word_size=6, controller_features=12)
+  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12)
   xs = jax.random.normal(jax.random.key(0), (B, T, I))
-  params = nn.RNN(NTMCell(**kwargs)).init(jax.random.key(1), xs)
-  loss = lambda cell: lambda p: jnp.sum(jnp.square(nn.RNN(cell).apply(p, xs)))
+  params = models.NTM(cell).init(jax.random.key(1), xs)
+  loss = lambda model: lambda p: jnp.sum(jnp.square(model.apply(p, xs)))
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
-      jax.grad(loss(NTMCell(**kwargs)))(params),
-      jax.grad(loss(NTMCell(carry_grad_clip=1e6, **kwargs)))(params))
+      jax.grad(loss(models.NTM(cell)))(params),
+      jax.grad(loss(models.NTM(cell, carry_grad_clip=1e6)))(params))
+
+
+@pytest.mark.parametrize('bound', [-1.0, float('inf')])
+def test_a_bad_carry_grad_clip_is_named_in_the_error(bound):
+  with pytest.raises(ValueError, match='NTM.carry_grad_clip must be a finite number >= 0'):
+    models.NTM(NTMCell(features=3), carry_grad_clip=bound)

@@ -49,11 +49,11 @@ class ExperimentConfig:
       (docs/history, the same section).
     carry_grad_clip: NTM only: 0, or clip each entry of the gradient that flows back
       into a step through the cell's carry into [-carry_grad_clip, carry_grad_clip]
-      (NTMCell.carry_grad_clip). The forward pass is unchanged. The gradient spikes of
+      (models.NTM.carry_grad_clip). The forward pass is unchanged. The gradient spikes of
       late priority-sort training grow through the carry, the memory most (docs/history,
       "Priority sort: where the gradient spikes come from").
     write_advance_bias: NTM only: 0, or start every write head writing one slot after
-      another (NTMCell.write_advance_bias): its gate's bias starts at -this and its +1
+      another (loop.advancing_write_heads): its gate's bias starts at -this and its +1
       shift's at +this. Training can change both.
     eval_every, checkpoint_every, log_every: in training steps.
     eval_batch_size: sequences per difficulty in each evaluation.
