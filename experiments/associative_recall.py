@@ -9,9 +9,10 @@ from absl import flags
 from experiments import common
 from ntm_jax.tasks import AssociativeRecallTask
 
-flags.DEFINE_integer('max_items', 6, 'Most items per training episode.')
+flags.DEFINE_integer('max_items', 6, 'Most items per training episode.',
+                     module_name='task')
 flags.DEFINE_list('eval_items', ['6', '10', '15', '20'],
-                  'Item counts of the generalisation tests.')
+                  'Item counts of the generalisation tests.', module_name='task')
 
 FLAGS = flags.FLAGS
 
@@ -26,6 +27,7 @@ DEFAULTS = dict(batch_size=1, train_steps=50000, learning_rate=3e-4, optimizer='
                 log_every=500, eval_batch_size=256, controller='feedforward', num_heads=4,
                 controller_features=256)
 MODEL_DEFAULTS = dict(lstm=dict(lstm_features=256, lstm_layers=3))
+common.define_flags(DEFAULTS, MODEL_DEFAULTS)
 
 
 def build_task() -> AssociativeRecallTask:

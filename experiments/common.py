@@ -1,10 +1,13 @@
 """Flags every experiment shares, and the main that turns them into a run.
 
-An experiment module defines its task's flags and calls `main(build_task, defaults)`;
-everything else (backend choice, config validation, the training loop) lives here or in
-the library.
+An experiment module defines its task's flags, calls `define_flags(DEFAULTS,
+MODEL_DEFAULTS)` with its recipe (so that `--helpfull` shows the values it will use,
+grouped: model, optimiser, training loop, evaluation, devices, run) and calls
+`main(build_task, ...)`; everything else (backend choice, config validation, the training
+loop) lives here or in the library.
 """
 
+import dataclasses
 import signal
 import sys
 from typing import Callable
@@ -16,79 +19,116 @@ from absl import logging
 from ntm_jax.training import config as config_lib
 
 FLAGS = flags.FLAGS
-_DEFAULTS = config_lib.ExperimentConfig(workdir='unused')
 
+# The flags of the run itself, whatever the experiment.
 flags.DEFINE_enum('accelerator', 'cpu', config_lib.ACCELERATORS,
-                  'JAX backend to run on; gpu and tpu need the matching JAX build.')
+                  'JAX backend to run on; gpu and tpu need the matching JAX build.',
+                  module_name='devices')
+flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '
+                    'for jax.distributed.initialize.', module_name='devices')
+flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.',
+                     module_name='devices')
+flags.DEFINE_integer('process_id', None, 'Multi-host: this process\'s index.',
+                     module_name='devices')
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, report and '
                     'figures; rerunning with the same workdir resumes. Default: '
-                    'runs/<task>_<model>_seed<seed>.')
-flags.DEFINE_integer('seed', 0, 'Base PRNG seed for parameters and data.')
-flags.DEFINE_enum('model', 'ntm', config_lib.MODELS,
-                  'ntm, or lstm for the paper\'s LSTM baseline.')
-flags.DEFINE_integer('batch_size', None, 'Sequences per training step.')
-flags.DEFINE_integer('train_steps', None, 'Number of training steps.')
-flags.DEFINE_float('learning_rate', None, 'Learning rate.')
-flags.DEFINE_string('optimizer', None, f'One of {", ".join(config_lib.OPTIMIZERS)}.')
-flags.DEFINE_string('lr_schedule', None,
-                    f'One of {", ".join(config_lib.LR_SCHEDULES)}.')
-flags.DEFINE_float('clip', None, 'Gradient clipping threshold.')
-flags.DEFINE_string('clip_mode', None, f'One of {", ".join(config_lib.CLIP_MODES)}.')
-flags.DEFINE_float('skip_grad_norm', None, 'Skip each step whose gradient, before '
-                   'clipping, has a global norm above this or not finite (0: never).')
-flags.DEFINE_float('ema_decay', None, 'Also keep this exponential moving average of the '
-                   'parameters, and evaluate and ship it (0: no average).')
-flags.DEFINE_float('carry_grad_clip', None, 'NTM: clip each entry of the gradient that '
-                   'flows back through the cell\'s carry into [-this, this] (0: off).')
-flags.DEFINE_float('write_advance_bias', None, 'NTM: start every write head writing one '
-                   'slot after another: its gate\'s bias starts at -this, its +1 shift\'s '
-                   'at +this (0: all head biases start at 0).')
-flags.DEFINE_integer('eval_every', None, 'Evaluate every this many steps.')
-flags.DEFINE_integer('checkpoint_every', None, 'Checkpoint every this many steps.')
-flags.DEFINE_integer('log_every', None, 'Log training metrics every this many steps.')
-flags.DEFINE_integer('eval_batch_size', None, 'Sequences per evaluated difficulty.')
-flags.DEFINE_float('target_bit_errors', None, 'Stop once the evaluation on training '
-                   'difficulties is below this many bit errors per sequence; 0: never.')
-flags.DEFINE_float('entropy_penalty', None, 'NTM: bits added to the training cost per '
-                   'bit of entropy of the heads\' weightings; 0: the paper\'s cost alone.')
+                    'runs/<task>_<model>_seed<seed>.', module_name='run')
+flags.DEFINE_integer('seed', 0, 'Base PRNG seed for parameters and data.',
+                     module_name='run')
 flags.DEFINE_bool('eval_only', False, 'Evaluate the latest checkpoint in --workdir and '
-                  'write the report and figures, without training.')
+                  'write the report and figures, without training.', module_name='run')
 flags.DEFINE_enum('checkpoint', 'latest', config_lib.CHECKPOINTS,
                   'Which checkpoint --eval_only evaluates: latest, or best, the state of '
                   'the evaluation with the lowest cost during training (kept in '
-                  '<workdir>/best).')
-flags.DEFINE_bool('plots', True, 'Write PNG figures into the workdir.')
-flags.DEFINE_integer('memory_size', None, 'NTM memory slots N.')
-flags.DEFINE_integer('word_size', None, 'NTM slot width M.')
-flags.DEFINE_integer('num_heads', None, 'NTM read heads (and as many write heads).')
-flags.DEFINE_string('controller', None, 'NTM controller: lstm or feedforward.')
-flags.DEFINE_integer('controller_features', None, 'Width of a controller layer.')
-flags.DEFINE_integer('controller_layers', None, 'Number of controller layers.')
-flags.DEFINE_integer('shift_range', None, 'Largest shift offset R of the heads.')
-flags.DEFINE_string('memory_init', None, 'constant, learned or random.')
-flags.DEFINE_float('memory_stddev', None, 'NTM: scale of the random memory '
-                   '(memory_init=random) and of the learned memory\'s starting value.')
-flags.DEFINE_integer('lstm_features', None, 'LSTM baseline: units per layer.')
-flags.DEFINE_integer('lstm_layers', None, 'LSTM baseline: number of layers.')
-flags.DEFINE_string('dtype', None, 'float32, or bfloat16 for the dense computations.')
-flags.DEFINE_integer('remat_chunk', None, 'What the NTM backward pass keeps: 0, every '
-                     'intermediate (default here: as fast at batch 1); 1, each step\'s '
-                     'carry, recomputing the step (faster on a CPU from batch 8); K > 1, '
-                     'the carry every K steps (long sequences).')
-flags.DEFINE_bool('data_parallel', False, 'Split each batch over all devices (of all '
-                  'processes, with the multi-host flags below); on the CPU, one device '
-                  'per core.')
-flags.DEFINE_integer('micro_batch_size', None, 'Go through each device\'s batch in '
-                     'micro-batches of this size (0: all at once), summing their gradients: '
-                     'the same update in less memory.')
-flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '
-                    'for jax.distributed.initialize.')
-flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
-flags.DEFINE_integer('process_id', None, 'Multi-host: this process\'s index.')
+                  '<workdir>/best).', module_name='run')
 
-# Flags whose value, when given, overrides the experiment's default for that config field.
-_CONFIG_FLAGS = [name for name in vars(_DEFAULTS) if name not in (
-    'workdir', 'seed', 'model', 'plots', 'data_parallel')]
+# Every config field that is a flag: its group in --helpfull and its help. The default
+# each experiment shows is the value it will use (`define_flags`).
+CONFIG_FLAGS = {
+    'model': ('model', 'ntm, or lstm for the paper\'s LSTM baseline.'),
+    'memory_size': ('model', 'NTM memory slots N.'),
+    'word_size': ('model', 'NTM slot width M.'),
+    'num_heads': ('model', 'NTM read heads (and as many write heads).'),
+    'controller': ('model', 'NTM controller: lstm or feedforward.'),
+    'controller_features': ('model', 'Width of a controller layer.'),
+    'controller_layers': ('model', 'Number of controller layers.'),
+    'shift_range': ('model', 'Largest shift offset R of the heads.'),
+    'memory_init': ('model', 'constant, learned or random.'),
+    'memory_stddev': ('model', 'NTM: scale of the random memory (memory_init=random) and '
+                      'of the learned memory\'s starting value.'),
+    'write_advance_bias': ('model', 'NTM: start every write head writing one slot after '
+                           'another: its gate\'s bias starts at -this, its +1 shift\'s '
+                           'at +this (0: all head biases start at 0).'),
+    'lstm_features': ('model', 'LSTM baseline: units per layer.'),
+    'lstm_layers': ('model', 'LSTM baseline: number of layers.'),
+    'dtype': ('model', 'float32, or bfloat16 for the dense computations.'),
+    'remat_chunk': ('model', 'What the NTM backward pass keeps: 0, every intermediate; 1, '
+                    'each step\'s carry, recomputing the step (faster on a CPU from batch '
+                    '8); K > 1, the carry every K steps (long sequences).'),
+    'optimizer': ('optimiser', f'One of {", ".join(config_lib.OPTIMIZERS)}.'),
+    'learning_rate': ('optimiser', 'Learning rate.'),
+    'lr_schedule': ('optimiser', f'One of {", ".join(config_lib.LR_SCHEDULES)}.'),
+    'clip': ('optimiser', 'Gradient clipping threshold.'),
+    'clip_mode': ('optimiser', f'One of {", ".join(config_lib.CLIP_MODES)}.'),
+    'skip_grad_norm': ('optimiser', 'Skip each step whose gradient, before clipping, has a '
+                       'global norm above this or not finite (0: never).'),
+    'carry_grad_clip': ('optimiser', 'NTM: clip each entry of the gradient that flows '
+                        'back through the cell\'s carry into [-this, this] (0: off).'),
+    'ema_decay': ('optimiser', 'Also keep this exponential moving average of the '
+                  'parameters, and evaluate and ship it (0: no average).'),
+    'entropy_penalty': ('optimiser', 'NTM: bits added to the training cost per bit of '
+                        'entropy of the heads\' weightings; 0: the paper\'s cost alone.'),
+    'batch_size': ('training loop', 'Sequences per training step.'),
+    'train_steps': ('training loop', 'Number of training steps.'),
+    'log_every': ('training loop', 'Log training metrics every this many steps.'),
+    'checkpoint_every': ('training loop', 'Checkpoint every this many steps.'),
+    'target_bit_errors': ('training loop', 'Stop once the evaluation on training '
+                          'difficulties is below this many bit errors per sequence; 0: '
+                          'never.'),
+    'eval_every': ('evaluation', 'Evaluate every this many steps.'),
+    'eval_batch_size': ('evaluation', 'Sequences per evaluated difficulty.'),
+    'plots': ('evaluation', 'Write PNG figures into the workdir.'),
+    'data_parallel': ('devices', 'Split each batch over all devices (of all processes, '
+                      'with the multi-host flags); on the CPU, one device per core.'),
+    'micro_batch_size': ('devices', 'Go through each device\'s batch in micro-batches of '
+                         'this size (0: all at once), summing their gradients: the same '
+                         'update in less memory.'),
+}
+
+# Every experiment trains its NTM one sequence per step, the paper's recipe. At batch 1,
+# recomputing each step in the backward pass (the library's remat_chunk=1) saves no time,
+# and storing the intermediates (0) reproduces the runs recorded in docs/RESULTS.md
+# exactly rather than up to float rounding (BUILD_NOTES.md, "Training runner invariants").
+EXPERIMENT_DEFAULTS = dict(remat_chunk=0)
+
+
+def recipe(defaults: dict, model: str = 'ntm', model_defaults: dict | None = None) -> dict:
+  """The config values an experiment uses for `model`, flags aside: the library's
+  defaults, overridden by the experiment's and, for the LSTM baseline, by its own."""
+  library = {field.name: field.default
+             for field in dataclasses.fields(config_lib.ExperimentConfig)
+             if field.default is not dataclasses.MISSING}
+  values = dict(library)
+  for layer in (EXPERIMENT_DEFAULTS, defaults, (model_defaults or {}).get(model, {})):
+    values.update(layer)
+  return values
+
+
+def define_flags(defaults: dict, model_defaults: dict | None = None) -> None:
+  """Defines a flag per config field, its default the value this experiment uses.
+
+  A flag whose value the LSTM baseline's recipe changes says so in its help; with
+  `--model=lstm` that value applies unless the flag is given.
+  """
+  values = recipe(defaults, 'ntm', model_defaults)
+  lstm = (model_defaults or {}).get('lstm', {})
+  for name, (group, help_text) in CONFIG_FLAGS.items():
+    if name in lstm and lstm[name] != values[name]:
+      help_text += f' With --model=lstm: {lstm[name]}.'
+    kind = config_lib.ExperimentConfig.__dataclass_fields__[name].type
+    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer,
+              float: flags.DEFINE_float, str: flags.DEFINE_string}[kind]
+    define(name, values[name], help_text, module_name=group)
 
 
 def int_list(flag_name: str) -> tuple[int, ...]:
@@ -100,25 +140,16 @@ def int_list(flag_name: str) -> tuple[int, ...]:
     raise ValueError(f'--{flag_name} must be integers, got {values}.') from None
 
 
-# Every experiment trains its NTM one sequence per step, the paper's recipe. At batch 1,
-# recomputing each step in the backward pass (the library's remat_chunk=1) saves no time,
-# and storing the intermediates (0) reproduces the runs recorded in docs/RESULTS.md
-# exactly rather than up to float rounding (BUILD_NOTES.md, "Training runner invariants").
-EXPERIMENT_DEFAULTS = dict(remat_chunk=0)
-
-
 def make_config(task_name: str, defaults: dict,
                 model_defaults: dict | None = None) -> config_lib.ExperimentConfig:
-  """The run's config: library < experiment < task defaults (per model) < given flags."""
-  values = dict(EXPERIMENT_DEFAULTS, **defaults)
-  values.update((model_defaults or {}).get(FLAGS.model, {}))
-  for name in _CONFIG_FLAGS:
-    if getattr(FLAGS, name) is not None:
+  """The run's config: the experiment's recipe for the chosen model, then given flags."""
+  values = recipe(defaults, FLAGS.model, model_defaults)
+  for name in CONFIG_FLAGS:
+    if FLAGS[name].present or name not in (model_defaults or {}).get(FLAGS.model, {}):
       values[name] = getattr(FLAGS, name)
   workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_seed{FLAGS.seed}'
-  return config_lib.ExperimentConfig(workdir=workdir, seed=FLAGS.seed, model=FLAGS.model,
-                                     plots=FLAGS.plots, data_parallel=FLAGS.data_parallel,
-                                     **values)
+  values.update(workdir=workdir, seed=FLAGS.seed)
+  return config_lib.ExperimentConfig(**values)
 
 
 def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> dict:

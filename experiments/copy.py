@@ -9,10 +9,10 @@ from absl import flags
 from experiments import common
 from ntm_jax.tasks import CopyTask
 
-flags.DEFINE_integer('min_length', 1, 'Shortest training sequence.')
-flags.DEFINE_integer('max_length', 20, 'Longest training sequence.')
+flags.DEFINE_integer('min_length', 1, 'Shortest training sequence.', module_name='task')
+flags.DEFINE_integer('max_length', 20, 'Longest training sequence.', module_name='task')
 flags.DEFINE_list('eval_lengths', ['10', '20', '30', '50', '120'],
-                  'Sequence lengths of the generalisation tests.')
+                  'Sequence lengths of the generalisation tests.', module_name='task')
 
 FLAGS = flags.FLAGS
 
@@ -35,6 +35,7 @@ DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='
 # in batches of 16: at batch 1 it trains at about 35 sequences per second on one core of
 # this CPU, against about 80 at batch 16.
 MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(256, 64000, eval_every=100))
+common.define_flags(DEFAULTS, MODEL_DEFAULTS)
 
 
 def build_task() -> CopyTask:

@@ -9,7 +9,8 @@ from absl import flags
 from experiments import common
 from ntm_jax.tasks import DynamicNGramsTask
 
-flags.DEFINE_integer('sequence_length', 200, 'Scored predictions per sequence.')
+flags.DEFINE_integer('sequence_length', 200, 'Scored predictions per sequence.',
+                     module_name='task')
 
 FLAGS = flags.FLAGS
 
@@ -23,6 +24,7 @@ DEFAULTS = dict(batch_size=1, train_steps=96000, learning_rate=3e-4, optimizer='
                 lr_schedule='cosine', clip=10.0, eval_every=8000, checkpoint_every=8000,
                 log_every=1000, eval_batch_size=1000)
 MODEL_DEFAULTS = dict(lstm=dict(lstm_features=128, lstm_layers=3))
+common.define_flags(DEFAULTS, MODEL_DEFAULTS)
 
 
 def build_task() -> DynamicNGramsTask:

@@ -9,11 +9,14 @@ from absl import flags
 from experiments import common
 from ntm_jax.tasks import PrioritySortTask
 
-flags.DEFINE_integer('num_inputs', 20, 'Vectors per training sequence.')
-flags.DEFINE_integer('num_outputs', 16, 'Highest-priority vectors to output.')
+flags.DEFINE_integer('num_inputs', 20, 'Vectors per training sequence.',
+                     module_name='task')
+flags.DEFINE_integer('num_outputs', 16, 'Highest-priority vectors to output.',
+                     module_name='task')
 flags.DEFINE_float('min_priority_span', 2.0, 'Training only: each sequence draws its '
                    'priorities from its own interval in [-1, 1], at least this wide '
-                   '(log-uniform up to 2); 2, the default, is the paper\'s [-1, 1].')
+                   '(log-uniform up to 2); 2, the default, is the paper\'s [-1, 1].',
+                   module_name='task')
 
 FLAGS = flags.FLAGS
 
@@ -44,6 +47,7 @@ DEFAULTS = dict(batch_size=1, train_steps=TRAINING_SEQUENCES, learning_rate=1e-4
                 write_advance_bias=4.0)
 MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(128, TRAINING_SEQUENCES,
                                                             eval_every=250))
+common.define_flags(DEFAULTS, MODEL_DEFAULTS)
 
 
 def build_task() -> PrioritySortTask:

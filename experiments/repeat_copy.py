@@ -9,10 +9,10 @@ from absl import flags
 from experiments import common
 from ntm_jax.tasks import RepeatCopyTask
 
-flags.DEFINE_integer('max_length', 10, 'Longest training sequence.')
-flags.DEFINE_integer('max_repeats', 10, 'Most repeats in training.')
+flags.DEFINE_integer('max_length', 10, 'Longest training sequence.', module_name='task')
+flags.DEFINE_integer('max_repeats', 10, 'Most repeats in training.', module_name='task')
 flags.DEFINE_list('eval_difficulties', ['10x10', '10x20', '20x10', '20x20'],
-                  'Generalisation tests as LENGTHxREPEATS.')
+                  'Generalisation tests as LENGTHxREPEATS.', module_name='task')
 
 FLAGS = flags.FLAGS
 
@@ -27,6 +27,7 @@ DEFAULTS = dict(batch_size=1, train_steps=120000, learning_rate=1e-4, optimizer=
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=4000,
                 checkpoint_every=4000, log_every=1000, eval_batch_size=128)
 MODEL_DEFAULTS = dict(lstm=common.lstm_baseline_in_batches(512, 120000, eval_every=250))
+common.define_flags(DEFAULTS, MODEL_DEFAULTS)
 
 
 def build_task() -> RepeatCopyTask:

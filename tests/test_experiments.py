@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -167,3 +168,45 @@ def test_the_sort_analysis_refuses_other_runs(tmp_path):
   assert result.returncode != 0
   assert f'--workdir={empty}: {empty}/best does not exist' in result.stderr
   assert not (empty / 'best').exists()  # and it was not created
+
+
+def test_helpfull_shows_each_experiments_own_defaults_grouped():
+  help_text = _run('--helpfull').stdout  # absl exits with 1 after the help
+  for group in ('model:', 'optimiser:', 'training loop:', 'evaluation:', 'devices:',
+                'run:', 'task:'):
+    assert f'\n{group}\n' in help_text, group
+  optimiser = help_text.split('\noptimiser:\n')[1].split('\n\n')[0]
+  assert "--learning_rate: Learning rate. With --model=lstm: 0.001.\n    (default: '0.0001')" \
+      in optimiser
+  assert "--optimizer: One of adam, rmsprop, sgd. With --model=lstm: adam.\n    " \
+         "(default: 'rmsprop')" in optimiser
+  assert "--remat_chunk" in help_text.split('\nmodel:\n')[1].split('\n\n')[0]
+
+
+_CONFIG_SCRIPT = textwrap.dedent('''
+    import json, sys
+    from absl import flags
+    from experiments import common, copy
+    flags.FLAGS(['copy'] + sys.argv[1:])
+    config = common.make_config('copy', copy.DEFAULTS, copy.MODEL_DEFAULTS)
+    print(json.dumps(vars(config)))
+''')
+
+
+def _config_from_flags(*args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run([sys.executable, '-c', _CONFIG_SCRIPT, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout)
+
+
+def test_the_default_flags_build_the_shipped_runs_config_and_lstm_flags_its_recipe():
+  from ntm_jax.training import ExperimentConfig
+  shipped, _ = ExperimentConfig.load(os.path.join(ROOT, 'trained', 'copy_ntm'))
+  config = _config_from_flags()
+  assert config == dict(vars(shipped), workdir='runs/copy_ntm_seed0')
+  lstm = _config_from_flags('--model=lstm', '--batch_size=8')
+  assert lstm['batch_size'] == 8  # given: the flag wins
+  assert (lstm['learning_rate'], lstm['optimizer'], lstm['entropy_penalty']) == (
+      1e-3, 'adam', 0.0)  # not given: the baseline's recipe
