@@ -1,10 +1,25 @@
 """Test-session set-up, run before any test touches a JAX device."""
 
+import atexit
 import functools
+import os
+import shutil
+import tempfile
 
 import pytest
 
-from ntm_jax.training import backend
+# Most tests compile the same few small training steps, in this process and in the
+# experiment runs they start as subprocesses (which inherit the environment): one
+# compilation cache per test process, read back instead of compiling again. Set before
+# JAX is imported, so that every JAX in the session sees it; a value already set wins.
+_CACHE = tempfile.mkdtemp(prefix='ntm_jax_test_compilation_cache_')
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+for name, value in (('JAX_COMPILATION_CACHE_DIR', _CACHE),
+                    ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0'),
+                    ('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')):
+  os.environ.setdefault(name, value)
+
+from ntm_jax.training import backend  # noqa: E402 - after the cache's settings
 
 # The same CPU compiler flags as the experiment runners, so that the tests compile and
 # run the code the way users' runs do (and faster).
