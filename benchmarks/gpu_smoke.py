@@ -175,14 +175,14 @@ def loop_worker(args) -> None:
   import jax
   from benchmarks.measure import measure
   from ntm_jax.tasks import CopyTask
-  from ntm_jax.training import loop as loop_lib
+  from ntm_jax.training import factory
 
   task = CopyTask(max_length=args.max_length, eval_lengths=(args.max_length,))
   num_steps = 2 * task.max_length + 1
   for batch_size in args.batch_sizes:
     for unroll in args.unrolls:
       config = copy_default_config(batch_size)
-      model = loop_lib.build_model(config, task).clone(unroll=unroll)
+      model = factory.build_model(config, task).clone(unroll=unroll)
       row = measure(config, task, args.repeats, model=model, keep_hlo=True)
       kernels = count_kernels(row.pop('hlo'), num_steps)
       row.update(batch_size=batch_size, unroll=unroll, kernels=kernels,

@@ -6,12 +6,13 @@ Shared by the benchmarks; it defines no flags, so that any script can import it.
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntm_jax.tasks import Task
 from ntm_jax.training import ExperimentConfig
-from ntm_jax.training import loop
+from ntm_jax.training import factory
+from ntm_jax.training import optim
+from ntm_jax.training import train_state
 
 
 def measure(config: ExperimentConfig, task: Task, repeats: int,
@@ -23,16 +24,15 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
   `peak_bytes` is the compiler's figure for this step; `device_peak_bytes`, where the
   device reports it (GPU, TPU), the process's allocator peak so far.
   """
-  model = model or loop.build_model(config, task)
-  optimizer = loop.make_optimizer(config)
-  keys = loop.Keys(0)
-  state = loop.create_train_state(model, optimizer, task, keys)
-  if config.ema_decay:  # as the runner does
-    state['ema_params'] = jax.tree.map(jnp.copy, state['params'])
-  mesh = loop.make_mesh(config.batch_size) if config.data_parallel else None
+  model = model or factory.build_model(config, task)
+  optimizer = optim.make_optimizer(config)
+  keys = train_state.Keys(0)
+  state = train_state.create_train_state(model, optimizer, task, keys,
+                                         ema=bool(config.ema_decay))
+  mesh = train_state.make_mesh(config.batch_size) if config.data_parallel else None
   if mesh is not None:
-    state = loop.replicate(state, mesh)
-  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
+    state = train_state.replicate(state, mesh)
+  step = train_state.make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
                               config.micro_batch_size, config.entropy_penalty,
                               config.skip_grad_norm, config.ema_decay)
   start = time.perf_counter()

@@ -21,7 +21,9 @@ import jax
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import backend
-from ntm_jax.training import loop
+from ntm_jax.training import factory
+from ntm_jax.training import optim
+from ntm_jax.training import train_state
 
 flags.DEFINE_integer('length', 500, 'Copy length L; T = 2L + 1 steps.')
 flags.DEFINE_integer('memory_size', 8192, 'Memory slots N.')
@@ -35,11 +37,11 @@ FLAGS = flags.FLAGS
 
 
 def compiled_step(config, task):
-  model = loop.build_model(config, task)
-  optimizer = loop.make_optimizer(config)
-  keys = loop.Keys(0)
-  state = jax.eval_shape(lambda: loop.create_train_state(model, optimizer, task, keys))
-  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+  model = factory.build_model(config, task)
+  optimizer = optim.make_optimizer(config)
+  keys = train_state.Keys(0)
+  state = jax.eval_shape(lambda: train_state.create_train_state(model, optimizer, task, keys))
+  step = train_state.make_train_step(model, optimizer, task, config.batch_size, keys.data)
   start = time.perf_counter()
   compiled = step.lower(state).compile()
   memory = compiled.memory_analysis()
@@ -59,7 +61,7 @@ def speed_comparison(batch_size: int, blocks: int = 15, block_steps: int = 10) -
   for chunk in (0, 1):
     config = ExperimentConfig(workdir='/unused', batch_size=batch_size, remat_chunk=chunk)
     compiled, _, _, (model, optimizer, keys) = compiled_step(config, task)
-    state = loop.create_train_state(model, optimizer, task, keys)
+    state = train_state.create_train_state(model, optimizer, task, keys)
     for _ in range(5):  # warm-up
       state, _ = compiled(state)
     runs[chunk] = dict(step=compiled, state=jax.block_until_ready(state), seconds=[])
@@ -91,7 +93,7 @@ def main(argv):
     print(f'  {name:>5} (remat_chunk {chunk:>3}): peak {peak / 2**30:7.2f} GiB, '
           f'compile {seconds:5.1f} s')
   if FLAGS.run:
-    state = loop.create_train_state(model, optimizer, task, keys)
+    state = train_state.create_train_state(model, optimizer, task, keys)
     start = time.perf_counter()
     state, metrics = compiled(state)
     jax.block_until_ready(metrics)

@@ -1,7 +1,7 @@
 """Training-step speed, scaling, compile time, peak memory and arithmetic efficiency.
 
 `python -m benchmarks.step_time` prints tables and writes `--output` (JSON). It times the
-real jitted training step of the runner (`ntm_jax.training.loop.make_train_step`) on the
+real jitted training step of the runner (`ntm_jax.training.train_state.make_train_step`) on the
 copy task, after a warm-up, as the median of `--repeats` steps: on one device with the
 whole batch at once, and as the runners' `--data_parallel` runs it on a CPU (one JAX device
 per core, each taking its share of the batch).
@@ -35,7 +35,7 @@ from ntm_jax import HeadLayout
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import backend
-from ntm_jax.training import loop
+from ntm_jax.training import train_state
 
 flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
 flags.DEFINE_list('parallel_batch_sizes', ['32', '128'],
@@ -168,7 +168,7 @@ def dense_layers_only_seconds(config: ExperimentConfig, task: CopyTask,
     device_gradient = gradient
     gradient = jax.shard_map(
         lambda *args: jax.lax.psum(device_gradient(*args), 'batch'),
-        mesh=loop.make_mesh(batch), in_specs=(P(), P(None, 'batch')), out_specs=P(),
+        mesh=train_state.make_mesh(batch), in_specs=(P(), P(None, 'batch')), out_specs=P(),
         check_vma=False)
   gradient = jax.jit(gradient)
   for _ in range(5):

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ntm_jax import addressing
 from ntm_jax.cell import NTMCell
 from ntm_jax.cell import NTMState
 
@@ -34,6 +35,17 @@ def clip_carry_gradient(bound: float, carry: NTMState) -> NTMState:
   """
   clipped = _clip_gradient(bound, carry._replace(is_initial=None))
   return clipped._replace(is_initial=carry.is_initial)
+
+
+def weighting_entropy(weights: jax.Array, mask: jax.Array) -> jax.Array:
+  """(b,) entropy in bits of head weightings (b, T, H, N), summed over the heads and the
+  steps of each sequence up to its last scored step (`mask` (b, T) is 1 on scored steps;
+  the steps after the last one are padding)."""
+  # The sharpening's floor under log(w) keeps it finite where a weight underflowed to 0.
+  bits = -jnp.sum(weights * jnp.log2(weights + addressing.SHARPEN_EPSILON), axis=(2, 3))
+  # 1 up to the last scored step: a reversed cumulative sum of the mask is > 0 there.
+  steps = jnp.flip(jnp.cumsum(jnp.flip(mask, 1), 1), 1) > 0
+  return jnp.sum(bits * steps, axis=1)
 
 
 class NTM(nn.Module):
@@ -86,6 +98,14 @@ class NTM(nn.Module):
       raise ValueError(f'NTM.carry_grad_clip must be a finite number >= 0 (0: off), got '
                        f'{self.carry_grad_clip!r}.')
     super().__post_init__()
+
+  @nn.nowrap
+  def recorded_weighting_entropy(self, intermediates: dict, mask: jax.Array) -> jax.Array:
+    """(b,) entropy in bits of the weightings an `apply(..., mutable=['intermediates'])`
+    recorded, every head's, summed over heads and the steps up to each sequence's last
+    scored step: what a loss on sharp addressing penalises."""
+    return sum(weighting_entropy(weights, mask)
+               for (weights,) in intermediates['cell'].values())
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:

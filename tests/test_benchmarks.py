@@ -16,7 +16,7 @@ from benchmarks import gpu_smoke
 from benchmarks import step_time
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
-from ntm_jax.training import loop
+from ntm_jax.training import factory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -64,7 +64,7 @@ def test_dense_layers_only_has_the_models_dense_kernels(controller, layers):
   task = CopyTask()
   config = ExperimentConfig(workdir='/unused', controller=controller,
                             controller_layers=layers, num_heads=2)
-  params = jax.eval_shape(loop.build_model(config, task).init, jax.random.key(0),
+  params = jax.eval_shape(factory.build_model(config, task).init, jax.random.key(0),
                           task.sample_train(jax.random.key(0), 1).inputs)['params']['cell']
   kernel_entries = sum(leaf.size for path, leaf in
                        jax.tree_util.tree_leaves_with_path(params)

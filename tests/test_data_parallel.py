@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     from ntm_jax.tasks import CopyTask
-    from ntm_jax.training import ExperimentConfig, loop, run
+    from ntm_jax.training import ExperimentConfig, run, train_state
     assert jax.device_count() == 4, jax.devices()
     task = CopyTask(bits=3, max_length=3, eval_lengths=(4,))
     # SGD: Adam's first steps turn float-rounding noise in near-zero gradients into
@@ -21,22 +21,22 @@ SCRIPT = textwrap.dedent('''
     config = ExperimentConfig(workdir='/unused', batch_size=8, memory_size=8, word_size=4,
                               controller_features=16, optimizer='sgd', learning_rate=0.1,
                               memory_init='learned')
-    model = loop.build_model(config, task)
-    optimizer = loop.make_optimizer(config)
-    keys = loop.Keys(0)
+    model = factory.build_model(config, task)
+    optimizer = optim.make_optimizer(config)
+    keys = train_state.Keys(0)
     results = []
     # (mesh, micro_batch_size): one device whole, one device in micro-batches of 2, four
     # devices of 2 sequences, four devices of 2 sequences in micro-batches of 1.
-    splits = ((None, 0), (None, 2), (loop.make_mesh(8), 0), (loop.make_mesh(8), 1))
+    splits = ((None, 0), (None, 2), (train_state.make_mesh(8), 0), (train_state.make_mesh(8), 1))
     for mesh, micro_batch_size in splits:
-      state = loop.create_train_state(model, optimizer, task, keys)
-      step = loop.make_train_step(model, optimizer, task, 8, keys.data, mesh,
+      state = train_state.create_train_state(model, optimizer, task, keys)
+      step = train_state.make_train_step(model, optimizer, task, 8, keys.data, mesh,
                                   micro_batch_size)
       costs = []
       for _ in range(3):
         state, metrics = step(state)
         costs.append([float(metrics[name]) for name in ('cost', 'bit_errors', 'grad_norm')])
-      results.append((costs, jax.device_get(state['params'])))
+      results.append((costs, jax.device_get(state.params)))
     single, p1 = results[0]
     for split, (costs, params) in zip(splits[1:], results[1:]):
       np.testing.assert_allclose(costs, single, rtol=1e-5, err_msg=str(split))
@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent('''
       jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
                                                                      atol=2e-6), p1, params)
     try:
-      loop.make_train_step(model, optimizer, task, 8, keys.data, loop.make_mesh(8), 4)
+      train_state.make_train_step(model, optimizer, task, 8, keys.data, train_state.make_mesh(8), 4)
       raise AssertionError('no error for micro-batches that do not split a device batch')
     except ValueError as error:
       assert 'micro_batch_size=4 must divide the batch on each device' in str(error)
@@ -58,7 +58,7 @@ SCRIPT = textwrap.dedent('''
     report = run(ExperimentConfig(workdir=workdir, train_steps=4, **tiny), task)
     assert report['step'] == 4
     try:
-      loop.make_mesh(6)
+      train_state.make_mesh(6)
       raise AssertionError('no error for a batch that does not split')
     except ValueError as error:
       assert 'batch_size=6 must be divisible by the number of devices (4)' in str(error)

@@ -79,7 +79,7 @@ def test_the_best_checkpoint_is_evaluated_and_shipped(tmp_path):
   assert f"the best evaluation's checkpoint {best_step} " in evaluated.stdout
   env = dict(os.environ, PYTHONPATH=ROOT)
   result = subprocess.run(
-      [sys.executable, '-m', 'experiments.ship', f'--workdir={workdir}',
+      [sys.executable, '-m', 'experiments.tools.ship', f'--workdir={workdir}',
        f'--destination={shipped}', '--checkpoint=best', '--eval_batch_size=2'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
@@ -94,13 +94,13 @@ def test_the_best_checkpoint_is_evaluated_and_shipped(tmp_path):
     assert sum(per_sequence['bit_errors']) / 2 == values['bit_errors']
   # Re-recording in place gives the same file (one machine, same parameters).
   rerecorded = subprocess.run(
-      [sys.executable, '-m', 'experiments.ship', f'--workdir={target}', '--record_only',
+      [sys.executable, '-m', 'experiments.tools.ship', f'--workdir={target}', '--record_only',
        '--eval_batch_size=2'], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert rerecorded.returncode == 0, rerecorded.stderr
   assert json.loads((target / 'expected.json').read_text()) == expected
   refused = subprocess.run(
-      [sys.executable, '-m', 'experiments.ship', f'--workdir={target}', '--record_only',
+      [sys.executable, '-m', 'experiments.tools.ship', f'--workdir={target}', '--record_only',
        '--checkpoint=best'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert refused.returncode != 0 and '--checkpoint does not apply' in refused.stderr
 
@@ -133,7 +133,7 @@ def test_a_one_process_multi_host_run_initialises_and_trains(tmp_path):
 
 def _analyse(workdir, *args):
   env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, '-m', 'experiments.priority_sort_heads',
+  return subprocess.run([sys.executable, '-m', 'experiments.tools.priority_sort_heads',
                          f'--workdir={workdir}', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
 

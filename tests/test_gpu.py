@@ -17,7 +17,9 @@ import ntm_jax
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import checkpointing
-from ntm_jax.training import loop
+from ntm_jax.training import factory
+from ntm_jax.training import optim
+from ntm_jax.training import train_state
 from ntm_jax.training import run
 
 pytestmark = pytest.mark.gpu
@@ -65,20 +67,20 @@ def test_training_steps_on_the_gpu_match_the_cpu(batch_size):
   """The copy default's step (random memories, entropy penalty, RMSProp): same data,
   same updates. Full float32 matmuls on both, so that only rounding differs."""
   config, task = _copy_default(batch_size), CopyTask()
-  model, optimizer, keys = (loop.build_model(config, task), loop.make_optimizer(config),
-                            loop.Keys(3))
+  model, optimizer, keys = (factory.build_model(config, task), optim.make_optimizer(config),
+                            train_state.Keys(3))
   results = {}
   for platform in ('gpu', 'cpu'):
     with jax.default_device(jax.devices(platform)[0]), \
         jax.default_matmul_precision('highest'):
-      state = loop.create_train_state(model, optimizer, task, keys)
-      step = loop.make_train_step(model, optimizer, task, batch_size, keys.data,
+      state = train_state.create_train_state(model, optimizer, task, keys)
+      step = train_state.make_train_step(model, optimizer, task, batch_size, keys.data,
                                   entropy_penalty=config.entropy_penalty)
       costs = []
       for _ in range(5):
         state, metrics = step(state)
         costs.append(float(metrics['cost']))
-      results[platform] = costs, jax.device_get(state['params'])
+      results[platform] = costs, jax.device_get(state.params)
   (gpu_costs, gpu_params), (cpu_costs, cpu_params) = results['gpu'], results['cpu']
   np.testing.assert_allclose(gpu_costs, cpu_costs, rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
@@ -87,14 +89,14 @@ def test_training_steps_on_the_gpu_match_the_cpu(batch_size):
 
 def test_bfloat16_training_steps_stay_finite_on_the_gpu():
   config, task = _copy_default(16).replace(dtype='bfloat16'), CopyTask()
-  model, optimizer, keys = (loop.build_model(config, task), loop.make_optimizer(config),
-                            loop.Keys(0))
-  state = loop.create_train_state(model, optimizer, task, keys)
-  step = loop.make_train_step(model, optimizer, task, 16, keys.data)
+  model, optimizer, keys = (factory.build_model(config, task), optim.make_optimizer(config),
+                            train_state.Keys(0))
+  state = train_state.create_train_state(model, optimizer, task, keys)
+  step = train_state.make_train_step(model, optimizer, task, 16, keys.data)
   for _ in range(5):
     state, metrics = step(state)
   assert np.isfinite(float(metrics['cost']))
-  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state['params']))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(state.params))
 
 
 def test_a_run_trains_checkpoints_and_resumes_on_the_gpu(tmp_path):
@@ -112,9 +114,9 @@ def test_a_run_trains_checkpoints_and_resumes_on_the_gpu(tmp_path):
   restored = []
   for workdir in (whole, parts):
     config = ExperimentConfig(workdir=workdir, train_steps=6, **tiny)
-    model = loop.build_model(config, task)
-    like = loop.create_train_state(model, loop.make_optimizer(config), task, loop.Keys(0))
-    like['ema_params'] = like['params']
+    model = factory.build_model(config, task)
+    like = train_state.create_train_state(model, optim.make_optimizer(config), task,
+                                          train_state.Keys(0), ema=True).to_checkpoint()
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
       restored.append(checkpointer.restore(like))

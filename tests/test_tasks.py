@@ -197,7 +197,7 @@ def _one_hot_writes(slots_by_head, num_slots=128):
 
 
 def test_write_placement_tells_a_layout_from_search():
-  from ntm_jax.tasks import priority_sort
+  from ntm_jax import analysis
   priorities = np.array([[0.9, -0.2, 0.4, -0.8, 0.1, 0.6]])
   descending = np.argsort(np.argsort(-priorities[0]))  # rank 0 = highest
   # Head 0: the paper's layout, slot falling as the priority rises, wrapping past slot
@@ -207,7 +207,7 @@ def test_write_placement_tells_a_layout_from_search():
   search = np.array([40, 7, 99, 63, 12, 80])
   spread = np.full(6, 5)
   weights = _one_hot_writes([layout, search, spread])
-  placement = priority_sort.write_placement(weights, priorities)
+  placement = analysis.write_placement(weights, priorities)
   np.testing.assert_allclose(placement['peak'], [1, 1, 1])
   np.testing.assert_allclose(placement['slots'], [6, 6, 1])
   # By rising priority head 1's slots are 63, 7, 12, 99, 80, 40: circular steps (the
@@ -215,24 +215,24 @@ def test_write_placement_tells_a_layout_from_search():
   # |4 down - 1 up| / 5 moves. Head 0 steps -1 five times, across slot 0 too; head 2
   # never moves.
   np.testing.assert_allclose(placement['order'], [1.0, 0.6, 0.0])
-  assert priority_sort.sorting_algorithm(placement, 6) == ('layout', 0)
+  assert analysis.sorting_algorithm(placement, 6) == ('layout', 0)
   # All inputs on one slot is neither. A zigzag by rising priority, slots 10, 50, 20,
   # 60, 30, 70 (steps +40, -30, +40, -30, +40: order 1/5), one slot each, is search.
   only_spread = {name: values[2:] for name, values in placement.items()}
-  assert priority_sort.sorting_algorithm(only_spread, 6) == (None, None)
+  assert analysis.sorting_algorithm(only_spread, 6) == (None, None)
   ascending = np.argsort(priorities[0])
   zigzag = np.empty(6, int)
   zigzag[ascending] = [10, 50, 20, 60, 30, 70]
-  searching = priority_sort.write_placement(_one_hot_writes([spread, zigzag]), priorities)
+  searching = analysis.write_placement(_one_hot_writes([spread, zigzag]), priorities)
   np.testing.assert_allclose(searching['order'], [0.0, 0.2])
-  assert priority_sort.sorting_algorithm(searching, 6) == ('search', 1)
+  assert analysis.sorting_algorithm(searching, 6) == ('search', 1)
   # Mean peak over a head's inputs: a weighting spread over two slots peaks at 0.5.
   halves = (weights + np.roll(weights, 1, axis=-1)) / 2
-  np.testing.assert_allclose(priority_sort.write_placement(halves, priorities)['peak'], 0.5)
+  np.testing.assert_allclose(analysis.write_placement(halves, priorities)['peak'], 0.5)
 
 
 def test_bit_errors_by_priority_gap():
-  from ntm_jax.tasks import priority_sort
+  from ntm_jax import analysis
   task = PrioritySortTask(num_inputs=4, num_outputs=2)
   batch = jax.device_get(task.sample_train(jax.random.key(0), 1))
   priorities = np.array([0.5, 0.505, -0.3, 0.9])  # gaps 0.005, 0.005, 0.8, 0.395
@@ -245,7 +245,7 @@ def test_bit_errors_by_priority_gap():
   logits = np.where(targets > 0.5, 5.0, -5.0)
   logits[0, 6, :3] *= -1  # three wrong bits in the second output (gap 0.005)
   logits[0, 2, :] *= -1  # an unscored step: not counted
-  gaps = priority_sort.bit_errors_by_priority_gap(logits, batch, num_inputs=4,
+  gaps = analysis.bit_errors_by_priority_gap(logits, batch, num_inputs=4,
                                                    edges=(0, 0.01, 0.5, np.inf))
   assert gaps == {'0-0.01': 3.0, '0.01-0.5': 0.0, '0.5-inf': pytest.approx(np.nan,
                                                                          nan_ok=True)}

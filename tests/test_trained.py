@@ -2,7 +2,7 @@
 
 Each run's latest checkpoint is re-evaluated on the same fixed evaluation sequences and
 compared with its `expected.json` sequence by sequence, within the float noise that
-`experiments.ship.differences` allows between machines; a change to the cell's maths, the
+`ntm_jax.training.regression.differences` allows between machines; a change to the cell's maths, the
 tasks or the metrics moves most sequences and fails here.
 """
 
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from experiments import ship
+from ntm_jax.training import regression
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINED = os.path.join(ROOT, 'trained')
@@ -29,17 +29,16 @@ def test_every_task_has_a_shipped_run():
 def test_shipped_run_keeps_its_metrics(name):
   with open(os.path.join(TRAINED, name, 'expected.json')) as f:
     expected = json.load(f)
-  measured = ship.evaluate_per_sequence(os.path.join(TRAINED, name),
+  measured = regression.evaluate_per_sequence(os.path.join(TRAINED, name),
                                         expected['eval_batch_size'])
   assert measured.keys() == expected['per_sequence'].keys()
-  assert ship.differences(expected['per_sequence'], measured) == []
+  assert regression.differences(expected['per_sequence'], measured) == []
 
 
 def test_the_comparison_tells_float_noise_from_a_broken_cell():
   """Rounding like another machine's passes; a wrong equation fails (copy, one draw)."""
-  from experiments import shipped_tolerance
   broken = ('Eq. 9 left out (gamma = 1)', 'Eq. 7 with the gate swapped (1 - g)')
-  verdicts = dict(shipped_tolerance.check_run(os.path.join(TRAINED, 'copy_ntm'),
+  verdicts = dict(regression.check_run(os.path.join(TRAINED, 'copy_ntm'),
                                               noise=1e-6, draws=1, broken=broken))
   assert verdicts.keys() == {'as shipped', 'noise 1e-06', *broken}
   assert verdicts['as shipped'] == 'passes'
@@ -52,7 +51,6 @@ def test_every_broken_equation_of_the_tolerance_check_changes_the_model():
   import jax
   import numpy as np
 
-  from experiments import shipped_tolerance
   from ntm_jax import NTMCell
   from ntm_jax import models
 
@@ -61,6 +59,6 @@ def test_every_broken_equation_of_the_tolerance_check_changes_the_model():
   xs = jax.random.uniform(jax.random.key(0), (2, 9, 4))
   params = model.init(jax.random.key(1), xs)
   intact = model.apply(params, xs)
-  for label, fields in shipped_tolerance.broken_equations().items():
+  for label, fields in regression.broken_equations().items():
     broken = model.clone(cell=model.cell.clone(**fields)).apply(params, xs)
     assert np.abs(broken - intact).max() > 1e-4, label

@@ -12,15 +12,16 @@ import pytest
 
 from ntm_jax import models
 from ntm_jax.tasks import CopyTask
-from ntm_jax.tasks.base import Batch
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import NonFiniteLossError
 from ntm_jax.training import WorkdirBusyError
 from ntm_jax.training import checkpointing
+from ntm_jax.training import factory
 from ntm_jax.training import loop
-from ntm_jax.training import metrics
 from ntm_jax.training import optim
 from ntm_jax.training import run
+from ntm_jax.training import train_state
+from ntm_jax.training import workdir as workdir_lib
 
 TINY = dict(batch_size=4, memory_size=8, word_size=4, controller_features=16,
             eval_batch_size=4, plots=False, log_every=2, eval_every=3, checkpoint_every=3)
@@ -33,12 +34,12 @@ def tiny_task():
 def _params(workdir, memory_init='constant'):
   config = ExperimentConfig(workdir=workdir, **dict(TINY, memory_init=memory_init))
   task = tiny_task()
-  model = loop.build_model(config, task)
-  state = loop.create_train_state(model, loop.make_optimizer(config), task,
-                                  loop.Keys(config.seed))
+  model = factory.build_model(config, task)
+  state = train_state.create_train_state(model, optim.make_optimizer(config), task,
+                                         train_state.Keys(config.seed))
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
-    return checkpointer.latest_step(), checkpointer.restore(state)
+    return checkpointer.latest_step(), checkpointer.restore(state.to_checkpoint())
   finally:
     checkpointer.close()
 
@@ -195,7 +196,7 @@ def test_a_second_run_on_a_busy_workdir_is_a_clear_error(tmp_path):
   workdir = str(tmp_path)
   run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
   # Another run holds the workdir (here this process, through a second open file).
-  with loop._workdir_lock(workdir):
+  with workdir_lib.lock(workdir):
     with pytest.raises(WorkdirBusyError,
                        match=rf'--workdir={workdir} is in use by another run \(process '
                              rf'{os.getpid()}\)'):
@@ -241,13 +242,13 @@ def _interrupt_on_step(monkeypatch, interrupted_step, after_donation):
   With `after_donation`, the interrupt comes once the step has taken (donated, deleted)
   the state, as when Ctrl-C lands while a step is being dispatched; otherwise before.
   """
-  make_train_step = loop.make_train_step
+  make_train_step = train_state.make_train_step
 
   def interrupting_make_train_step(*args, **kwargs):
     step_fn = make_train_step(*args, **kwargs)
 
     def train_step(state):
-      if int(state['step']) + 1 == interrupted_step:
+      if int(state.step) + 1 == interrupted_step:
         if after_donation:
           jax.tree_util.tree_map(lambda leaf: leaf.delete(), state)
         raise KeyboardInterrupt
@@ -266,7 +267,7 @@ def test_ctrl_c_keeps_a_restorable_checkpoint(tmp_path, monkeypatch, after_donat
   with pytest.raises(KeyboardInterrupt):
     run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())
   step, state = _params(workdir)
-  assert step == kept_step and int(state['step']) == kept_step
+  assert step == kept_step and int(state.step) == kept_step
   # Resuming from it finishes the run.
   monkeypatch.undo()
   report = run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())
@@ -300,11 +301,11 @@ def test_a_tiny_ntm_learns_to_copy_short_sequences(controller, dtype):
                             controller=controller, controller_features=32,
                             learning_rate=1e-2, dtype=dtype)
   task = CopyTask(bits=4, min_length=1, max_length=4, eval_lengths=(4,))
-  model = loop.build_model(config, task)
-  optimizer = loop.make_optimizer(config)
-  keys = loop.Keys(0)
-  state = loop.create_train_state(model, optimizer, task, keys)
-  step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+  model = factory.build_model(config, task)
+  optimizer = optim.make_optimizer(config)
+  keys = train_state.Keys(0)
+  state = train_state.create_train_state(model, optimizer, task, keys)
+  step = train_state.make_train_step(model, optimizer, task, config.batch_size, keys.data)
   costs, bit_errors = [], []
   for _ in range(400):
     state, step_metrics = step(state)
@@ -323,11 +324,9 @@ def test_weighting_entropy_counts_bits_per_head_and_step_up_to_the_last_scored_s
   weights = jnp.array([[[uniform, one_hot], [split, split], [uniform, uniform]],
                        [[one_hot, one_hot], [uniform, split], [split, one_hot]]])
   mask = jnp.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # (b=2, T=3); weights (2, 3, 2, 4)
-  batch = Batch(inputs=None, targets=None, mask=mask)
-  entropy = metrics.weighting_entropy_per_sequence(weights, batch)
+  entropy = models.weighting_entropy(weights, mask)
   np.testing.assert_allclose(entropy, [2.0 + 3.0, 0.0 + 3.5 + 1.5], rtol=1e-6)
-  grad = jax.grad(lambda w: jnp.sum(
-      metrics.weighting_entropy_per_sequence(w, batch)))(weights)
+  grad = jax.grad(lambda w: jnp.sum(models.weighting_entropy(w, mask)))(weights)
   assert np.isfinite(grad).all()
 
 
@@ -340,14 +339,14 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
   config = ExperimentConfig(workdir='/unused', optimizer='sgd', learning_rate=1.0,
                             clip_mode='none', **TINY)
   task = tiny_task()
-  model = loop.build_model(config, task)
-  optimizer = loop.make_optimizer(config)
-  keys = loop.Keys(0)
-  state = loop.create_train_state(model, optimizer, task, keys)
+  model = factory.build_model(config, task)
+  optimizer = optim.make_optimizer(config)
+  keys = train_state.Keys(0)
+  state = train_state.create_train_state(model, optimizer, task, keys)
 
   def one_step(penalty):
-    step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data,
-                                entropy_penalty=penalty)
+    step = train_state.make_train_step(model, optimizer, task, config.batch_size,
+                                       keys.data, entropy_penalty=penalty)
     return step(jax.tree.map(jnp.copy, state))  # the step donates its input
 
   (plain, plain_metrics), (penalised, penalised_metrics) = one_step(0.0), one_step(c)
@@ -356,15 +355,15 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
 
   def mean_entropy(params):
     _, states = models.trace_ntm(model, params, batch.inputs)
-    return jnp.mean(sum(metrics.weighting_entropy_per_sequence(w, batch)
+    return jnp.mean(sum(models.weighting_entropy(w, batch.mask)
                         for w in (states.read_weights, states.write_weights)))
 
-  expected = jax.tree.map(lambda g: -c * g, jax.grad(mean_entropy)(state['params']))
+  expected = jax.tree.map(lambda g: -c * g, jax.grad(mean_entropy)(state.params))
   # The entropy's gradients reach the hundreds near init, so float32 rounding in the two
   # steps is measured against each parameter's largest entry.
   jax.tree.map(lambda a, b, e: np.testing.assert_allclose(
       a - b, e, atol=1e-3 * float(jnp.max(jnp.abs(e))) + 1e-6),
-      penalised['params'], plain['params'], expected)
+      penalised.params, plain.params, expected)
 
 
 def test_the_runner_builds_its_ntm_with_the_configured_carry_gradient_clip():
@@ -376,18 +375,18 @@ def test_the_runner_builds_its_ntm_with_the_configured_carry_gradient_clip():
   def one_step(bound):
     config = ExperimentConfig(workdir='/unused', optimizer='sgd', learning_rate=1.0,
                               clip_mode='none', carry_grad_clip=bound, **TINY)
-    model = loop.build_model(config, task)
+    model = factory.build_model(config, task)
     assert model.carry_grad_clip == bound
-    optimizer = loop.make_optimizer(config)
-    keys = loop.Keys(0)
-    state = loop.create_train_state(model, optimizer, task, keys)
-    step = loop.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+    optimizer = optim.make_optimizer(config)
+    keys = train_state.Keys(0)
+    state = train_state.create_train_state(model, optimizer, task, keys)
+    step = train_state.make_train_step(model, optimizer, task, config.batch_size, keys.data)
     return step(state)
 
   (plain, plain_metrics), (clipped, clipped_metrics) = one_step(0.0), one_step(1e-4)
   np.testing.assert_allclose(clipped_metrics['cost'], plain_metrics['cost'], rtol=1e-6)
-  assert not np.allclose(clipped['params']['params']['cell']['initial_read_weight_logits'],
-                         plain['params']['params']['cell']['initial_read_weight_logits'])
+  assert not np.allclose(clipped.params['params']['cell']['initial_read_weight_logits'],
+                         plain.params['params']['cell']['initial_read_weight_logits'])
 
 
 def test_the_runner_builds_its_ntm_with_the_configured_write_advance_bias():
@@ -395,9 +394,10 @@ def test_the_runner_builds_its_ntm_with_the_configured_write_advance_bias():
   # the runner's initial parameters.
   task = tiny_task()
   config = ExperimentConfig(workdir='/unused', write_advance_bias=3.0, **TINY)
-  model = loop.build_model(config, task)
-  state = loop.create_train_state(model, loop.make_optimizer(config), task, loop.Keys(0))
-  bias = np.asarray(state['params']['params']['cell']['heads']['bias'])
+  model = factory.build_model(config, task)
+  state = train_state.create_train_state(model, optim.make_optimizer(config), task,
+                                         train_state.Keys(0))
+  bias = np.asarray(state.params['params']['cell']['heads']['bias'])
   assert sorted(set(bias.tolist())) == [-3.0, 0.0, 3.0]
 
 
@@ -462,9 +462,9 @@ def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates
                                 **TINY), tiny_task())
   config = ExperimentConfig(workdir=averaged_dir, ema_decay=decay, **TINY)
   task = tiny_task()
-  model = loop.build_model(config, task)
-  like = loop.create_train_state(model, loop.make_optimizer(config), task, loop.Keys(0))
-  like['ema_params'] = like['params']
+  model = factory.build_model(config, task)
+  like = train_state.create_train_state(model, optim.make_optimizer(config), task,
+                                        train_state.Keys(0), ema=True).to_checkpoint()
   initial = like['params']
   checkpointer = checkpointing.Checkpointer(averaged_dir)
   try:

@@ -1,4 +1,5 @@
-"""The shared experiment runner: config, optimiser, loop, checkpoints, metrics, figures."""
+"""The shared experiment runner: config, model factory, train state and step, evaluation,
+workdir records, checkpoints, metrics, reporting, figures, and the loop that runs them."""
 
 from ntm_jax.training.backend import AcceleratorUnavailableError
 from ntm_jax.training.backend import select_accelerator
@@ -6,9 +7,9 @@ from ntm_jax.training.backend import tune_cpu_compiler
 from ntm_jax.training.backend import usable_cores
 from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.loop import NonFiniteLossError
-from ntm_jax.training.loop import WorkdirBusyError
-from ntm_jax.training.loop import WorkdirMismatchError
 from ntm_jax.training.loop import run
+from ntm_jax.training.workdir import WorkdirBusyError
+from ntm_jax.training.workdir import WorkdirMismatchError
 
 __all__ = ['AcceleratorUnavailableError', 'ExperimentConfig', 'NonFiniteLossError',
            'WorkdirBusyError', 'WorkdirMismatchError', 'run', 'select_accelerator',

@@ -53,7 +53,7 @@ class ExperimentConfig:
       late priority-sort training grow through the carry, the memory most (docs/history,
       "Priority sort: where the gradient spikes come from").
     write_advance_bias: NTM only: 0, or start every write head writing one slot after
-      another (loop.advancing_write_heads): its gate's bias starts at -this and its +1
+      another (factory.advancing_write_heads): its gate's bias starts at -this and its +1
       shift's at +this. Training can change both.
     eval_every, checkpoint_every, log_every: in training steps.
     eval_batch_size: sequences per difficulty in each evaluation.

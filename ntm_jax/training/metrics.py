@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ntm_jax import addressing
 from ntm_jax.tasks.base import Batch
 
 
@@ -30,16 +29,6 @@ def bit_errors_per_sequence(logits: jax.Array, batch: Batch) -> jax.Array:
   """(b,) number of wrong thresholded output bits per sequence."""
   wrong = (logits > 0) != (batch.targets > 0.5)
   return jnp.sum(wrong * batch.mask[..., None], axis=(1, 2))
-
-
-def weighting_entropy_per_sequence(weights: jax.Array, batch: Batch) -> jax.Array:
-  """(b,) entropy in bits of head weightings (b, T, H, N), summed over the heads and the
-  steps of each sequence up to its last scored step (the steps after it are padding)."""
-  # The sharpening's floor under log(w) keeps it finite where a weight underflowed to 0.
-  bits = -jnp.sum(weights * jnp.log2(weights + addressing.SHARPEN_EPSILON), axis=(2, 3))
-  # 1 up to the last scored step: a reversed cumulative sum of the mask is > 0 there.
-  steps = jnp.flip(jnp.cumsum(jnp.flip(batch.mask, 1), 1), 1) > 0
-  return jnp.sum(bits * steps, axis=1)
 
 
 def summarize(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:

@@ -1,9 +1,9 @@
-"""How a trained priority-sort NTM sorts: `python -m experiments.priority_sort_heads
+"""How a trained priority-sort NTM sorts: `python -m experiments.tools.priority_sort_heads
 --workdir=<run> [--checkpoint=best]`.
 
 Traces the run's evaluated parameters on fresh sequences of the task it trained on (its
 config.json; the paper's priorities in [-1, 1], as evaluation draws them) and prints, per
-write head, how it places the inputs (`ntm_jax.tasks.priority_sort.write_placement`), then
+write head, how it places the inputs (`ntm_jax.analysis.write_placement`), then
 the bit errors per output vector by the gap to the nearest other priority. A head that
 puts inputs on one slot each in the order of their priorities is the paper's layout
 (Fig. 17); one that puts them on slots of their own in no order is search, where the read
@@ -32,7 +32,7 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   import jax
   from ntm_jax import models
-  from ntm_jax.tasks import priority_sort
+  from ntm_jax import analysis
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import backend
   from ntm_jax.training import loop
@@ -51,13 +51,13 @@ def main(argv):
   logits, states = jax.jit(lambda p, x: models.trace_ntm(model, p, x))(params, batch.inputs)
   n = task.num_inputs
   priorities = batch.inputs[:, :n, -2]  # the channel before the delimiter
-  placement = priority_sort.write_placement(states.write_weights[:, :n], priorities)
+  placement = analysis.write_placement(states.write_weights[:, :n], priorities)
   print(f'{FLAGS.workdir}, step {step}, {FLAGS.sequences} sequences:')
   print('write head | peak weight | slots for the inputs | order by priority')
   for head in range(len(placement['peak'])):
     print(f'{head:10d} | {placement["peak"][head]:11.2f} | {placement["slots"][head]:6.1f} '
           f'of {n:<10d} | {placement["order"][head]:.2f}')
-  algorithm, head = priority_sort.sorting_algorithm(placement, n)
+  algorithm, head = analysis.sorting_algorithm(placement, n)
   print('Reading: ' + {
       'layout': f'layout: write head {head} places the inputs in the order of their '
                 'priorities',
@@ -65,7 +65,7 @@ def main(argv):
                 'order',
       None: 'neither: no write head places the inputs sharply by priority or one per '
             'slot'}[algorithm])
-  gaps = priority_sort.bit_errors_by_priority_gap(logits, batch, n)
+  gaps = analysis.bit_errors_by_priority_gap(logits, batch, n)
   print('Bit errors per output vector by the gap to the nearest other priority: ' +
         ', '.join(f'{gap}: {errors:.2f}' for gap, errors in gaps.items()))
 

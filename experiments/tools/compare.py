@@ -1,6 +1,6 @@
 """Learning curves of several runs on one figure (e.g. NTM against the LSTM baseline).
 
-`python -m experiments.compare --runs=NTM=runs/copy_ntm_seed0,LSTM=runs/copy_lstm_seed0
+`python -m experiments.tools.compare --runs=NTM=runs/copy_ntm_seed0,LSTM=runs/copy_lstm_seed0
 --output=docs/figures/copy_curves.png --title="Copy"`
 """
 

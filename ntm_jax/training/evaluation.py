@@ -1,0 +1,61 @@
+"""Evaluation on a run's fixed evaluation sets, and when a run counts as converged."""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ntm_jax.tasks.base import Batch
+from ntm_jax.tasks.base import Task
+from ntm_jax.training import metrics as metrics_lib
+from ntm_jax.training.train_state import Keys
+
+# The first evaluation with fewer bit errors per sequence than this counts as converged.
+CONVERGED_BIT_ERRORS = 0.1
+
+
+def eval_set(task: Task, keys: Keys, difficulty, batch_size: int) -> Batch:
+  """The run's fixed evaluation sequences for a difficulty (None: the training mix)."""
+  key = keys.eval_batch(difficulty)
+  if difficulty is None:
+    return task.sample_train(key, batch_size)
+  return task.sample_eval(key, batch_size, difficulty)
+
+
+def make_evaluator(model: nn.Module, task: Task, keys: Keys,
+                   batch_size: int) -> Callable[[Any, Any], dict[str, float]]:
+  """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set.
+
+  For tasks with a reference predictor (N-grams' optimal estimator) the result also has
+  its mean cost, `reference_cost`, on the same sequences.
+  """
+
+  @jax.jit
+  def evaluate_batch(params, batch):
+    results = metrics_lib.summarize(model.apply(params, batch.inputs), batch)
+    reference = task.reference_cost(batch)
+    if reference is not None:
+      results['reference_cost'] = jnp.mean(reference)
+    return results
+
+  def evaluate(params, difficulty):
+    batch = eval_set(task, keys, difficulty, batch_size)
+    return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
+
+  return evaluate
+
+
+def evaluate_all(evaluate: Callable, params, task: Task) -> dict:
+  """Training distribution and every generalisation difficulty of the task."""
+  results = {'train': evaluate(params, None)}
+  for difficulty in task.eval_difficulties:
+    results[task.difficulty_label(difficulty)] = evaluate(params, difficulty)
+  return results
+
+
+def converged_at(records: list[dict], up_to_step: int) -> int | None:
+  """Sequences seen at the first logged evaluation below CONVERGED_BIT_ERRORS."""
+  return next((r['sequences'] for r in records
+               if r.get('kind') == 'eval' and r['step'] <= up_to_step
+               and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
