@@ -21,8 +21,9 @@ the others' results:
              then resumed for a few more: its sequences per second, against
              `--cpu_reference` (the same command's figures on a CPU).
 
-It prints one table per part and writes `results.json` and each part's log into
-`--output_dir`. Nothing here asserts a time.
+It prints one table per part and writes into `--output_dir` three files: `results.json`,
+`step_time.json` and `children.log` (every child's output, one after another; the device
+tool returns at most 8 files). Nothing here asserts a time.
 """
 
 import argparse
@@ -200,12 +201,13 @@ class Smoke:
     os.makedirs(self.output_dir, exist_ok=True)
     self.results = dict(accelerator=args.accelerator, quick=args.quick, parts={})
     self.deadline = time.time() + args.budget
+    open(os.path.join(self.output_dir, 'children.log'), 'w').close()
     self.env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get(
         'PYTHONPATH', ''), PYTHONUNBUFFERED='1', JAX_PLATFORMS=PLATFORMS[args.accelerator])
 
   def child(self, name: str, command: list[str], timeout: float,
             env: dict | None = None) -> tuple[int | str, str]:
-    """Runs a child process; its output goes to `<name>.log`; returns (status, output).
+    """Runs a child process; its output goes to children.log; returns (status, output).
 
     Its time limit is `timeout` or what is left of the whole script's budget, if less.
     """
@@ -222,8 +224,8 @@ class Smoke:
       status = f'timed out after {timeout:.0f} s'
       output = error.stdout.decode() if isinstance(error.stdout, bytes) else (
           error.stdout or '')
-    with open(os.path.join(self.output_dir, f'{name}.log'), 'w') as f:
-      f.write(output)
+    with open(os.path.join(self.output_dir, 'children.log'), 'a') as f:
+      f.write(f'===== {name}: {status} =====\n{output}\n')
     print(f'[{name}: {status} in {time.time() - start:.0f} s]', flush=True)
     return status, output
 

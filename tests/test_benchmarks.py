@@ -144,3 +144,7 @@ def test_the_gpu_smoke_script_runs_every_part_on_the_cpu(tmp_path):
   assert copy['status'] == 0 and copy['resumed'] and copy['resumed_to'] == 22
   assert copy['sequences_per_second'] > 0 and copy['cpu_reference']['sequences_per_second']
   assert 'seq/s' in stdout and 'fwd/step' in stdout
+  # The device tool returns at most 8 files from its output folder.
+  assert sorted(p.name for p in tmp_path.iterdir()) == [
+      'children.log', 'results.json', 'step_time.json']
+  assert '===== copy_resume: 0 =====' in (tmp_path / 'children.log').read_text()

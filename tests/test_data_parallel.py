@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = textwrap.dedent('''
     import jax, numpy as np
     from ntm_jax.tasks import CopyTask
-    from ntm_jax.training import ExperimentConfig, run, train_state
+    from ntm_jax.training import ExperimentConfig, factory, optim, run, train_state
     assert jax.device_count() == 4, jax.devices()
     task = CopyTask(bits=3, max_length=3, eval_lengths=(4,))
     # SGD: Adam's first steps turn float-rounding noise in near-zero gradients into
@@ -27,11 +27,12 @@ SCRIPT = textwrap.dedent('''
     results = []
     # (mesh, micro_batch_size): one device whole, one device in micro-batches of 2, four
     # devices of 2 sequences, four devices of 2 sequences in micro-batches of 1.
-    splits = ((None, 0), (None, 2), (train_state.make_mesh(8), 0), (train_state.make_mesh(8), 1))
+    four_devices = train_state.make_mesh(8)
+    splits = ((None, 0), (None, 2), (four_devices, 0), (four_devices, 1))
     for mesh, micro_batch_size in splits:
       state = train_state.create_train_state(model, optimizer, task, keys)
       step = train_state.make_train_step(model, optimizer, task, 8, keys.data, mesh,
-                                  micro_batch_size)
+                                         micro_batch_size)
       costs = []
       for _ in range(3):
         state, metrics = step(state)

@@ -267,7 +267,7 @@ def test_ctrl_c_keeps_a_restorable_checkpoint(tmp_path, monkeypatch, after_donat
   with pytest.raises(KeyboardInterrupt):
     run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())
   step, state = _params(workdir)
-  assert step == kept_step and int(state.step) == kept_step
+  assert step == kept_step and int(state['step']) == kept_step
   # Resuming from it finishes the run.
   monkeypatch.undo()
   report = run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())

@@ -178,11 +178,10 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
                    grad_norm=grad_norm)
     if skip_grad_norm:  # the fraction of steps the optimiser skipped (optim.py)
       metrics['skipped'] = jnp.logical_not(grad_norm <= skip_grad_norm).astype(jnp.float32)
-    new_state = dict(step=state.step + 1, params=params, opt_state=opt_state)
+    ema_params = None
     if ema_decay:
-      new_state.ema_params = optax.incremental_update(params, state.ema_params,
-                                                         1 - ema_decay)
-    return new_state, metrics
+      ema_params = optax.incremental_update(params, state.ema_params, 1 - ema_decay)
+    return TrainState(state.step + 1, params, opt_state, ema_params), metrics
 
   if mesh is None:
     return jax.jit(train_step, donate_argnums=0)
