@@ -309,7 +309,8 @@ def test_public_api():
   assert NTMCell(features=3).num_feature_axes == 1
 
 
-@pytest.mark.parametrize('chunk', [1, 2, 4, 11, 16])
+@pytest.mark.parametrize('chunk', [1] + [pytest.param(k, marks=pytest.mark.slow)
+                                   for k in (2, 4, 11, 16)])
 def test_rematerialisation_equals_the_plain_scan(chunk):
   # Given the same parameters, when the backward pass recomputes each step (1) or time is
   # scanned in rematerialised chunks (including a chunk that does not divide T and one

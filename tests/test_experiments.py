@@ -10,6 +10,9 @@ import textwrap
 
 import pytest
 
+# Slow: every test runs an experiment command in a fresh process.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -13,6 +13,9 @@ import pytest
 
 from ntm_jax.training import regression
 
+# Slow: they re-evaluate the shipped runs.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINED = os.path.join(ROOT, 'trained')
 RUNS = sorted(name for name in os.listdir(TRAINED)

@@ -113,6 +113,7 @@ def test_saved_checkpoints_open_to_read_without_creating_anything(tmp_path):
 
 
 # memory_init='random' draws each step's starting memories from the seed and the step.
+@pytest.mark.slow  # several whole runs
 @pytest.mark.parametrize('memory_init', ['constant', 'random'])
 def test_resumed_run_equals_uninterrupted_run(tmp_path, memory_init):
   whole, parts = str(tmp_path / 'whole'), str(tmp_path / 'parts')
@@ -172,6 +173,7 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
                          **TINY), tiny_task())
 
 
+@pytest.mark.slow  # several whole runs
 def test_a_run_records_its_task_and_resumes_on_it(tmp_path, capsys):
   workdir = str(tmp_path)
   run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
@@ -425,6 +427,7 @@ def test_the_spike_guard_skips_large_and_non_finite_gradients_and_nothing_else()
     jax.tree.map(np.testing.assert_array_equal, kept, state)
 
 
+@pytest.mark.slow  # several whole runs
 def test_a_run_whose_every_step_is_skipped_keeps_its_parameters_and_logs_the_skips(
     tmp_path):
   # Given a run trained without the guard, when it is resumed with a guard no gradient
@@ -445,6 +448,7 @@ def test_a_run_whose_every_step_is_skipped_keeps_its_parameters_and_logs_the_ski
   assert all('skipped' not in r for r in records if r['kind'] == 'train' and r['step'] <= 3)
 
 
+@pytest.mark.slow  # several whole runs
 def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates(
     tmp_path):
   # Given the same run with and without ema_decay=0.5, when both train for 3 steps, then
@@ -487,6 +491,7 @@ def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates
   assert evals and all('unaveraged' in record for record in evals)
 
 
+@pytest.mark.slow  # several whole runs
 def test_a_run_saved_without_an_average_resumes_with_one_and_the_other_way_round(
     tmp_path):
   # The average starts from the restored parameters; resuming without it drops it.
@@ -526,6 +531,7 @@ def test_the_best_checkpoint_keeps_the_lowest_cost_across_reopening(tmp_path):
   assert os.listdir(reopened.directory) == ['2']
 
 
+@pytest.mark.slow  # several whole runs
 def test_a_run_that_gets_worse_keeps_its_best_evaluation_for_eval_only(tmp_path):
   workdir = str(tmp_path)
   run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
