@@ -163,8 +163,8 @@ def copy_default_config(batch_size: int):
   from experiments import common
   from experiments import copy
   from ntm_jax.training import ExperimentConfig
-  values = dict(common.EXPERIMENT_DEFAULTS, **copy.DEFAULTS)
-  values['batch_size'] = batch_size
+  values = dict(common.recipe(copy.DEFAULTS, 'ntm', copy.MODEL_DEFAULTS),
+                batch_size=batch_size)
   return ExperimentConfig(workdir='/unused', **values)
 
 

@@ -11,7 +11,7 @@ import pytest
 # Most tests compile the same few small training steps, in this process and in the
 # experiment runs they start as subprocesses (which inherit the environment): one
 # compilation cache per test process, read back instead of compiling again. Set before
-# JAX is imported, so that every JAX in the session sees it; a value already set wins.
+# JAX is imported, so that every JAX of this test run sees it; a value already set wins.
 _CACHE = tempfile.mkdtemp(prefix='ntm_jax_test_compilation_cache_')
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 for name, value in (('JAX_COMPILATION_CACHE_DIR', _CACHE),
