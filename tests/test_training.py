@@ -391,6 +391,28 @@ def test_the_runner_builds_its_ntm_with_the_configured_carry_gradient_clip():
                          plain.params['params']['cell']['initial_read_weight_logits'])
 
 
+def test_the_nested_views_build_the_cell_and_the_optimiser_from_every_field():
+  # Every NTMCell field the config sets reaches the cell through config.ntm, and the
+  # optimiser's fields through config.optimiser: a field dropped from a view fails here.
+  from ntm_jax.cell import NTMCell
+  config = ExperimentConfig(workdir='/unused', memory_size=9, word_size=5, num_heads=2,
+                            controller='feedforward', controller_features=7,
+                            controller_layers=2, shift_range=2, memory_init='random',
+                            memory_stddev=0.5, optimizer='sgd', learning_rate=0.25,
+                            lr_schedule='cosine', train_steps=10, clip=3.0,
+                            clip_mode='elementwise', skip_grad_norm=4.0)
+  cell = factory.build_model(config, tiny_task()).cell
+  assert cell == NTMCell(features=tiny_task().output_size, dtype=jnp.float32, **config.ntm)
+  assert (cell.memory_size, cell.word_size, cell.num_read_heads, cell.num_write_heads,
+          cell.controller, cell.controller_features, cell.controller_layers,
+          cell.shift_range, cell.memory_init, cell.memory_stddev) == (
+              9, 5, 2, 2, 'feedforward', 7, 2, 2, 'random', 0.5)
+  assert config.optimiser == optim.OptimizerConfig(
+      name='sgd', learning_rate=0.25, lr_schedule='cosine', train_steps=10, clip=3.0,
+      clip_mode='elementwise', skip_grad_norm=4.0)
+  assert config.loop.train_steps == 10 and config.loop.batch_size == 32
+
+
 def test_the_runner_builds_its_ntm_with_the_configured_write_advance_bias():
   # The cell's own test checks what such a bias does; here only that the config reaches
   # the runner's initial parameters.

@@ -2,6 +2,11 @@
 
 Experiments parse their flags into an `ExperimentConfig`; library code never reads flags.
 Every error names the field (which is also the flag's name) and what is allowed.
+
+The record is flat, one field per flag, which is also the format of a run's config.json
+(so every recorded run still resumes); the parts of the program read it through its
+nested views: `config.ntm` (the cell's keyword arguments), `config.lstm`,
+`config.optimiser` and `config.loop`.
 """
 
 import dataclasses
@@ -19,6 +24,32 @@ ACCELERATORS = ('cpu', 'gpu', 'tpu')
 DTYPES = ('float32', 'bfloat16')
 # Which checkpoint an evaluation-only run restores (training.run's `checkpoint`).
 CHECKPOINTS = ('latest', 'best')
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """The optimiser's part of a config (`optim.make_optimizer`); fields as there."""
+  name: str = 'adam'
+  learning_rate: float = 1e-3
+  lr_schedule: str = 'constant'
+  train_steps: int = 1000  # the cosine schedule's length
+  clip: float = 10.0
+  clip_mode: str = 'global_norm'
+  skip_grad_norm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  """The training loop's part of a config: how long, and how often it logs, saves and
+  evaluates (fields as in ExperimentConfig)."""
+  train_steps: int
+  batch_size: int
+  log_every: int
+  checkpoint_every: int
+  eval_every: int
+  eval_batch_size: int
+  target_bit_errors: float
+  plots: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +203,36 @@ class ExperimentConfig:
       if getattr(self, name) not in allowed:
         raise ValueError(
             f'{name} must be one of {", ".join(allowed)}; got {getattr(self, name)!r}.')
+
+  @property
+  def ntm(self) -> dict:
+    """The `NTMCell` keyword arguments besides `features` and `dtype`: the cell is built
+    as `NTMCell(features=..., dtype=..., **config.ntm)`."""
+    return dict(memory_size=self.memory_size, word_size=self.word_size,
+                num_read_heads=self.num_heads, num_write_heads=self.num_heads,
+                controller=self.controller, controller_features=self.controller_features,
+                controller_layers=self.controller_layers, shift_range=self.shift_range,
+                memory_init=self.memory_init, memory_stddev=self.memory_stddev)
+
+  @property
+  def lstm(self) -> dict:
+    """The `models.LSTMBaseline` keyword arguments besides `features` and `dtype`."""
+    return dict(hidden_features=self.lstm_features, num_layers=self.lstm_layers)
+
+  @property
+  def optimiser(self) -> 'OptimizerConfig':
+    return OptimizerConfig(
+        name=self.optimizer, learning_rate=self.learning_rate,
+        lr_schedule=self.lr_schedule, train_steps=self.train_steps, clip=self.clip,
+        clip_mode=self.clip_mode, skip_grad_norm=self.skip_grad_norm)
+
+  @property
+  def loop(self) -> 'LoopConfig':
+    return LoopConfig(
+        train_steps=self.train_steps, batch_size=self.batch_size,
+        log_every=self.log_every, checkpoint_every=self.checkpoint_every,
+        eval_every=self.eval_every, eval_batch_size=self.eval_batch_size,
+        target_bit_errors=self.target_bit_errors, plots=self.plots)
 
   def replace(self, **changes) -> 'ExperimentConfig':
     return dataclasses.replace(self, **changes)

@@ -15,16 +15,8 @@ def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
   """The model of `config` for `task`'s input and output widths."""
   dtype = jnp.bfloat16 if config.dtype == 'bfloat16' else jnp.float32
   if config.model == 'lstm':
-    return models.LSTMBaseline(features=task.output_size,
-                               hidden_features=config.lstm_features,
-                               num_layers=config.lstm_layers, dtype=dtype)
-  cell = NTMCell(
-      features=task.output_size, memory_size=config.memory_size,
-      word_size=config.word_size, num_read_heads=config.num_heads,
-      num_write_heads=config.num_heads, controller=config.controller,
-      controller_features=config.controller_features,
-      controller_layers=config.controller_layers, shift_range=config.shift_range,
-      memory_init=config.memory_init, memory_stddev=config.memory_stddev, dtype=dtype)
+    return models.LSTMBaseline(features=task.output_size, dtype=dtype, **config.lstm)
+  cell = NTMCell(features=task.output_size, dtype=dtype, **config.ntm)
   if config.write_advance_bias:
     cell = cell.clone(head_bias_init=advancing_write_heads(cell.head_layout,
                                                            config.write_advance_bias))

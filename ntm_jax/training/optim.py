@@ -5,10 +5,17 @@ import jax.numpy as jnp
 import optax
 
 from ntm_jax.training.config import ExperimentConfig
+from ntm_jax.training.config import OptimizerConfig  # noqa: F401 - re-exported
 
 
-def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
-  """Gradient clipping followed by Adam, Graves' RMSProp or SGD, at the scheduled rate."""
+def make_optimizer(
+    config: OptimizerConfig | ExperimentConfig) -> optax.GradientTransformation:
+  """Gradient clipping followed by Adam, Graves' RMSProp or SGD, at the scheduled rate.
+
+  `config` is an OptimizerConfig, or an ExperimentConfig, whose `optimiser` is taken.
+  """
+  if isinstance(config, ExperimentConfig):
+    config = config.optimiser
   if config.clip_mode == 'global_norm':
     clip = optax.clip_by_global_norm(config.clip)
   elif config.clip_mode == 'elementwise':
@@ -19,9 +26,9 @@ def make_optimizer(config: ExperimentConfig) -> optax.GradientTransformation:
   if config.lr_schedule == 'cosine':
     learning_rate = optax.cosine_decay_schedule(config.learning_rate, config.train_steps,
                                                 alpha=0.1)
-  if config.optimizer == 'adam':
+  if config.name == 'adam':
     update = optax.adam(learning_rate)
-  elif config.optimizer == 'rmsprop':
+  elif config.name == 'rmsprop':
     # Graves (2013), as in the paper: centered, decay 0.95, momentum 0.9, eps 1e-4 inside
     # the square root.
     update = optax.rmsprop(learning_rate, decay=0.95, eps=1e-4, centered=True,
