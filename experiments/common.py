@@ -17,6 +17,7 @@ from absl import flags
 from absl import logging
 
 from ntm_jax.training import config as config_lib
+from ntm_jax.training.population import parse_seeds
 
 FLAGS = flags.FLAGS
 
@@ -35,6 +36,13 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics, report
                     'runs/<task>_<model>_seed<seed>.', module_name='run')
 flags.DEFINE_integer('seed', 0, 'Base PRNG seed for parameters and data.',
                      module_name='run')
+flags.DEFINE_string('seeds', '', 'Train a population, one run per seed, in one jitted '
+                    'step: 0-9, 3,7,11 or 0-3,8. Member k is the run --seed=k; the report '
+                    'has a row per member and names the best. Empty: one run of --seed.',
+                    module_name='run')
+flags.DEFINE_string('member', None, 'With --eval_only and --seeds: evaluate one member '
+                    '(its seed, or best) as its single run would be evaluated, into '
+                    '<workdir>/member_seed<seed>/.', module_name='run')
 flags.DEFINE_bool('eval_only', False, 'Evaluate the latest checkpoint in --workdir and '
                   'write the report and figures, without training.', module_name='run')
 flags.DEFINE_enum('checkpoint', 'latest', config_lib.CHECKPOINTS,
@@ -147,9 +155,25 @@ def make_config(task_name: str, defaults: dict,
   for name in CONFIG_FLAGS:
     if FLAGS[name].present or name not in (model_defaults or {}).get(FLAGS.model, {}):
       values[name] = getattr(FLAGS, name)
-  workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_seed{FLAGS.seed}'
-  values.update(workdir=workdir, seed=FLAGS.seed)
+  seeds = parse_seeds(FLAGS.seeds) if FLAGS.seeds else ()
+  if seeds and FLAGS['seed'].present:
+    raise ValueError('--seed and --seeds exclude each other: --seeds=S trains the '
+                     'population of the runs --seed=S.')
+  name = f'seeds{FLAGS.seeds}' if seeds else f'seed{FLAGS.seed}'
+  workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_{name}'
+  values.update(workdir=workdir, seed=FLAGS.seed, seeds=seeds)
   return config_lib.ExperimentConfig(**values)
+
+
+def member_flag():
+  """--member as run() takes it: None, 'best' or a seed; a ValueError naming the flag."""
+  if FLAGS.member is None or FLAGS.member == 'best':
+    return FLAGS.member
+  try:
+    return int(FLAGS.member)
+  except ValueError:
+    raise ValueError(f'--member must be best or a seed of --seeds; got '
+                     f'{FLAGS.member!r}.') from None
 
 
 def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> dict:
@@ -180,6 +204,7 @@ def main(build_task: Callable, task_name: str, defaults: dict,
 
   try:
     config = make_config(task_name, defaults, model_defaults)
+    member = member_flag()
     try:
       task = build_task()
     except ValueError as error:
@@ -190,11 +215,14 @@ def main(build_task: Callable, task_name: str, defaults: dict,
         cpu_devices=training.usable_cores() if FLAGS.data_parallel else None)
   except (ValueError, training.AcceleratorUnavailableError) as error:
     sys.exit(f'error: {error}')
-  print(f'{task_name}: model={config.model} on {devices[0].platform} '
+  runs = (f'population of {len(config.seeds)} (seeds {FLAGS.seeds})' if config.seeds
+          else f'seed {config.seed}')
+  print(f'{task_name}: model={config.model}, {runs}, on {devices[0].platform} '
         f'({len(devices)} device(s)), workdir={config.workdir}', flush=True)
   signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # preemption saves too
   try:
-    training.run(config, task, eval_only=FLAGS.eval_only, checkpoint=FLAGS.checkpoint)
+    training.run(config, task, eval_only=FLAGS.eval_only, checkpoint=FLAGS.checkpoint,
+                 member=member)
   # ValueError: settings that fail only once the devices are known (a batch that does not
   # split over them, micro-batches that do not split a device's share).
   except (training.NonFiniteLossError, training.WorkdirMismatchError,

@@ -30,6 +30,10 @@ flags.DEFINE_enum('checkpoint', 'latest', ('latest', 'best'),
                   'with the lowest cost during training.')
 flags.DEFINE_integer('eval_batch_size', 64,
                      'Sequences per evaluated row in expected.json (kept small for CI).')
+flags.DEFINE_string('member', None,
+                    'For a population (--seeds): ship this member, a seed of the '
+                    'population or best (the member whose best evaluation has the lowest '
+                    'cost), as the single run of its seed.')
 flags.DEFINE_bool('record_only', False,
                   'Only re-evaluate the already shipped run --workdir=trained/<task>_<model> '
                   'and rewrite its expected.json in place.')
@@ -67,12 +71,28 @@ def record_expected(target: str, eval_batch_size: int) -> None:
 
 
 def ship(workdir: str, destination: str, eval_batch_size: int,
-         checkpoint: str = 'latest') -> str:
-  """Copies the run's latest (or best) checkpoint and records; returns the shipped dir."""
+         checkpoint: str = 'latest', member: int | str | None = None) -> str:
+  """Copies the run's latest (or best) checkpoint and records; returns the shipped dir.
+
+  For a population, `member` (a seed or 'best') is first written out as the single run
+  of its seed (`loop.export_member`), and that run is shipped.
+  """
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import checkpointing
+  from ntm_jax.training import loop
 
   config, task = ExperimentConfig.load(workdir)
+  if config.seeds or member is not None:
+    if member is None:
+      raise ValueError(f'--workdir={workdir} holds a population (seeds '
+                       f'{",".join(map(str, config.seeds))}): choose a member with '
+                       '--member=<seed> or --member=best.')
+    with tempfile.TemporaryDirectory() as scratch:
+      single = os.path.join(scratch, 'run')
+      loop.export_member(config, task, member, single, checkpoint)
+      with open(os.path.join(single, 'report.json'), 'w') as f:
+        json.dump(evaluate(single, None), f, indent=2)
+      return ship(single, destination, eval_batch_size)
   checkpointer = checkpointing.open_saved(workdir, checkpoint)
   try:
     step = checkpointer.latest_step()
@@ -105,10 +125,18 @@ def main(argv):
     if FLAGS.record_only:
       record_expected(FLAGS.workdir, FLAGS.eval_batch_size)
     else:
+      member = FLAGS.member
+      if member is not None and member != 'best':
+        if not member.isdigit():
+          sys.exit(f'error: --member must be best or a seed of the population; got '
+                   f'{member!r}.')
+        member = int(member)
       target = ship(FLAGS.workdir, FLAGS.destination, FLAGS.eval_batch_size,
-                    FLAGS.checkpoint)
+                    FLAGS.checkpoint, member)
   except FileNotFoundError as error:
     sys.exit(f'error: --workdir={FLAGS.workdir} is not a finished run: {error}')
+  except ValueError as error:
+    sys.exit(f'error: {error}')
   print(f'Recorded {FLAGS.workdir}/expected.json' if FLAGS.record_only else
         f'Shipped {target}')
 

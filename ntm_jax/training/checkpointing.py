@@ -42,12 +42,16 @@ class Checkpointer:
       return
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
-  def saved_keys(self, step: int | None = None) -> set[str]:
-    """The top-level keys of the state saved at `step` (the latest if None)."""
+  def saved_keys(self, step: int | None = None, path: tuple[str, ...] = ()) -> set[str]:
+    """The keys of the state saved at `step` (the latest if None): its top-level keys,
+    or those of the subtree at `path`."""
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {self.directory}.')
-    return set(self._manager.item_metadata(step).keys())
+    metadata = self._manager.item_metadata(step)
+    for key in path:
+      metadata = metadata[key]
+    return set(metadata.keys())
 
   def restore(self, like: Any, step: int | None = None) -> Any:
     """Restores the checkpoint at `step` (the latest if None) into `like`'s structure."""

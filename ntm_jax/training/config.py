@@ -59,6 +59,8 @@ class ExperimentConfig:
   Attributes (each is also a flag of the experiment runners):
     workdir: where checkpoints, metrics, the report and figures go.
     seed: the base PRNG seed; parameters and every batch derive from it.
+    seeds: () for a single run of `seed`; else train a population, one member per seed,
+      member k being the run of seeds[k] (population.py); `seed` is then unused.
     model: 'ntm' or 'lstm' (the paper's LSTM baseline).
     batch_size, train_steps: sequences per step and the number of steps.
     learning_rate, optimizer: 'adam', 'rmsprop' (Graves 2013: centered, decay 0.95,
@@ -111,6 +113,7 @@ class ExperimentConfig:
   """
   workdir: str
   seed: int = 0
+  seeds: tuple[int, ...] = ()
   model: str = 'ntm'
   batch_size: int = 32
   train_steps: int = 1000
@@ -149,6 +152,10 @@ class ExperimentConfig:
   def __post_init__(self):
     if not self.workdir:
       raise ValueError('workdir must be a directory path, got an empty string.')
+    object.__setattr__(self, 'seeds', tuple(self.seeds))  # config.json holds a list
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds) or \
+        len(set(self.seeds)) != len(self.seeds):
+      raise ValueError(f'seeds must be distinct integers >= 0, got {self.seeds!r}.')
     positive = ('batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
                 'log_every', 'eval_batch_size', 'memory_size', 'word_size', 'num_heads',
                 'controller_features', 'controller_layers', 'lstm_features',

@@ -54,8 +54,11 @@ def evaluate_all(evaluate: Callable, params, task: Task) -> dict:
   return results
 
 
-def converged_at(records: list[dict], up_to_step: int) -> int | None:
-  """Sequences seen at the first logged evaluation below CONVERGED_BIT_ERRORS."""
+def converged_at(records: list[dict], up_to_step: int,
+                 member: int | None = None) -> int | None:
+  """Sequences seen at the first logged evaluation below CONVERGED_BIT_ERRORS (of the
+  population member with that index, if given)."""
   return next((r['sequences'] for r in records
                if r.get('kind') == 'eval' and r['step'] <= up_to_step
+               and r.get('member') == member
                and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)

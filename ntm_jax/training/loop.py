@@ -1,9 +1,13 @@
 """The shared experiment runner: trains any model on any task, resumes, reports.
 
 `run` orchestrates the jobs of the modules beside it: the model (`factory`), the state
-and the jitted step (`train_state`), evaluation (`evaluation`), the workdir's lock,
-metrics log and config record (`workdir`), checkpoints (`checkpointing`) and what it
-prints (`reporting`).
+and the jitted step (`train_state`, or `population` for several seeds at once),
+evaluation (`evaluation`), the workdir's lock, metrics log and config record
+(`workdir`), checkpoints (`checkpointing`) and what it prints (`reporting`).
+
+One loop trains a single run and a population alike. It sees every run as a list of
+members: a single run is one member without a member axis, and the evaluator returns
+one result per member.
 """
 
 import contextlib
@@ -16,6 +20,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ntm_jax.tasks.base import Task
@@ -32,8 +37,11 @@ from ntm_jax.training.factory import build_model
 from ntm_jax.training.optim import make_optimizer
 from ntm_jax.training.reporting import Progress
 from ntm_jax.training.reporting import format_report
+from ntm_jax.training import population as population_lib
+from ntm_jax.training.population import Population
 from ntm_jax.training.train_state import Keys
 from ntm_jax.training.train_state import TrainState
+from ntm_jax.training.train_state import create_population_state
 from ntm_jax.training.train_state import create_train_state
 from ntm_jax.training.train_state import make_mesh
 from ntm_jax.training.train_state import make_train_step
@@ -45,16 +53,19 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
-        checkpoint: str = 'latest') -> dict:
+        checkpoint: str = 'latest', member: int | str | None = None) -> dict:
   """Trains (resuming from the workdir's latest checkpoint) and evaluates; returns the report.
 
   Writes into `config.workdir`: checkpoints/ (the latest few, for resuming), best/ (the
-  state of the evaluation with the lowest cost so far), metrics.jsonl, config.json,
-  report.json and, with `config.plots`, the learning curve and memory/weighting figures
-  as PNG. A training run holds the workdir for itself: a second one started on it raises
-  `WorkdirBusyError` (an `eval_only` run, which writes no checkpoint, does not take it).
-  `checkpoint='best'` evaluates best/ instead of the latest checkpoint; only with
-  `eval_only`, since training resumes from the latest.
+  state of the evaluation with the lowest cost so far; per member for a population),
+  metrics.jsonl, config.json, report.json and, with `config.plots`, the learning curve
+  and memory/weighting figures as PNG. A training run holds the workdir for itself: a
+  second one started on it raises `WorkdirBusyError` (an `eval_only` run, which writes no
+  checkpoint, does not take it). `checkpoint='best'` evaluates best/ instead of the
+  latest checkpoint; only with `eval_only`, since training resumes from the latest.
+  `member` (a population's seed, or 'best' for the member with the best evaluation),
+  with `eval_only`, evaluates that member as its single run's workdir would be, into
+  `<workdir>/member_seed<seed>/`.
   """
   if checkpoint not in CHECKPOINTS:
     raise ValueError(f'checkpoint must be one of {", ".join(CHECKPOINTS)}; got '
@@ -62,50 +73,83 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
   if checkpoint == 'best' and not eval_only:
     raise ValueError('checkpoint=best (--checkpoint=best) needs eval_only (--eval_only): '
                      'training always resumes from the latest checkpoint.')
+  if member is not None:
+    if not (eval_only and config.seeds):
+      raise ValueError('--member evaluates one member of a population: it needs '
+                       '--eval_only and --seeds.')
+    if member != 'best' and member not in config.seeds:
+      raise ValueError(f'--member must be best or one of the seeds '
+                       f'{",".join(map(str, config.seeds))}; got {member!r}.')
   workdir = os.path.abspath(config.workdir)
   os.makedirs(workdir, exist_ok=True)
   with contextlib.nullcontext() if eval_only else workdir_lib.lock(workdir):
-    return _run(config, task, eval_only, checkpoint, workdir)
+    return _run(config, task, eval_only, checkpoint, workdir, member)
 
 
 def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
-         workdir: str) -> dict:
-  keys = Keys(config.seed)
+         workdir: str, member: int | str | None) -> dict:
   model = build_model(config, task)
-  optimizer = make_optimizer(config)
-  state = create_train_state(model, optimizer, task, keys, ema=bool(config.ema_decay))
-  mesh = make_mesh(config.batch_size) if config.data_parallel else None
-  if mesh is not None:
-    state = replicate(state, mesh)
+  optimizer = make_optimizer(config.optimiser)
+  ema = bool(config.ema_decay)
+  if config.seeds:
+    mesh = population_lib.make_population_mesh(len(config.seeds)) \
+        if config.data_parallel else None
+    state = Population(create_population_state(model, optimizer, task, config.seeds, ema),
+                       jnp.zeros(len(config.seeds), bool))
+    state = population_lib.shard_members(state, mesh)
+    evaluate = population_lib.make_population_evaluator(model, task, config.seeds,
+                                                        config.eval_batch_size)
+  else:
+    mesh = make_mesh(config.batch_size) if config.data_parallel else None
+    state = create_train_state(model, optimizer, task, Keys(config.seed), ema=ema)
+    if mesh is not None:
+      state = replicate(state, mesh)
+    evaluate_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size)
+    evaluate = lambda params, difficulty: [evaluate_one(params, difficulty)]  # noqa: E731
   if checkpoint == 'best' and not os.path.isdir(os.path.join(workdir, 'best')):
     raise FileNotFoundError(
         f'--checkpoint=best needs {os.path.join(workdir, "best")}, which training writes '
         'at every evaluation that improves on the best so far; this run has none.')
   checkpointer = checkpointing.Checkpointer(workdir)
-  # An eval_only run of the latest checkpoint leaves best/ alone (and does not create it).
-  best = None if checkpoint == 'latest' and eval_only else \
-      checkpointing.BestCheckpointer(workdir)
+  best = None
   try:
     # Only a checkpoint binds the workdir to a model: a run that died before its first
     # save can be restarted with other sizes.
     workdir_lib.record_config(workdir, config, task,
                               resuming=checkpointer.latest_step() is not None)
+    if checkpointer.latest_step() is not None:
+      state = _restore(checkpointer, state, config.ema_decay)
+    # An eval_only run of the latest checkpoint leaves best/ alone (and does not create it).
+    if not (checkpoint == 'latest' and eval_only):
+      best = population_lib.BestMembers(workdir, state) if config.seeds else \
+          checkpointing.BestCheckpointer(workdir)
+    if checkpoint == 'best':
+      state = _best_state(best, state, config.ema_decay)
     source = best if checkpoint == 'best' else checkpointer
     if source.latest_step() is not None:
-      state = _restore(source, state, config.ema_decay)
-      print(f'Resumed from the checkpoint at step {int(state.step)} in '
+      print(f'Resumed from the checkpoint at step {source.latest_step()} in '
             f'{source.directory}.', flush=True)
     elif eval_only:
       raise FileNotFoundError(
           f'--eval_only needs a checkpoint, and {source.directory} has none.')
-    evaluate = make_evaluator(model, task, keys, config.eval_batch_size)
     wall_start = time.time()
-    converged = converged_at(workdir_lib.MetricsLog.read(workdir), int(state.step))
+    records = workdir_lib.MetricsLog.read(workdir)
+    converged = [converged_at(records, int(state.step), index if config.seeds else None)
+                 for index in range(len(config.seeds) or 1)]
     if not eval_only:
-      state, converged = _train(config, task, model, optimizer, keys, state,
-                                checkpointer, best, evaluate, mesh, converged)
-    report = _final_report(config, task, model, state, evaluate, converged,
-                           time.time() - wall_start, workdir, eval_only, checkpoint, best)
+      state, converged = _train(config, task, model, optimizer, state, checkpointer,
+                                best, evaluate, mesh, converged)
+    wall_seconds = time.time() - wall_start
+    if member is not None:
+      report = _member_report(config, task, model, state, member, wall_seconds, workdir,
+                              checkpoint)
+    elif config.seeds:
+      report = _population_report(config, task, model, state, evaluate, converged,
+                                  wall_seconds, workdir, eval_only, checkpoint)
+    else:
+      report = _final_report(config, task, model, state, evaluate_one, converged[0],
+                             wall_seconds, workdir, eval_only, checkpoint,
+                             _best_info(best, 0))
   finally:
     checkpointer.close()
     if best is not None:
@@ -114,110 +158,209 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
 
 
 def restore_evaluated_params(config: ExperimentConfig, task: Task,
-                             checkpoint: str = 'latest') -> tuple[nn.Module, Any, int]:
+                             checkpoint: str = 'latest',
+                             member: int | None = None) -> tuple[nn.Module, Any, int]:
   """The model, the parameters a run evaluates (the average where it keeps one) and the
   step, from the latest checkpoint in `config.workdir` or, with checkpoint='best', from
-  best/: for analyses of a trained model outside the runner."""
+  best/: for analyses of a trained model outside the runner. For a population, `member`
+  (a seed of `config.seeds`) says whose."""
   model = build_model(config, task)
-  state = create_train_state(model, make_optimizer(config), task, Keys(config.seed))
-  source = checkpointing.open_saved(config.workdir, checkpoint)
+  optimizer = make_optimizer(config.optimiser)
+  if config.seeds:
+    if member not in config.seeds:
+      raise ValueError(f'member must be one of the seeds {config.seeds}; got {member!r}.')
+    state = Population(create_population_state(model, optimizer, task, config.seeds),
+                       jnp.zeros(len(config.seeds), bool))
+  else:
+    state = create_train_state(model, optimizer, task, Keys(config.seed))
+  if checkpoint == 'best' and config.seeds:
+    if not os.path.isdir(os.path.join(config.workdir, 'best')):
+      raise FileNotFoundError(f'{os.path.join(config.workdir, "best")} does not exist.')
+    source = population_lib.BestMembers(config.workdir, state)
+  else:
+    source = checkpointing.open_saved(config.workdir, checkpoint)
   try:
-    state = _restore(source, state, config.ema_decay)
+    if checkpoint == 'best' and config.seeds:
+      state = _best_state(source, state, config.ema_decay)
+    else:
+      state = _restore(source, state, config.ema_decay)
   finally:
     source.close()
+  if config.seeds:
+    index = config.seeds.index(member)
+    return model, state.member(index).evaluated_params, int(state.members.step[index])
   return model, state.evaluated_params, int(state.step)
 
 
-def _restore(checkpointer: checkpointing.Checkpointer, state: TrainState,
-             ema_decay: float) -> TrainState:
+def _restore(checkpointer: checkpointing.Checkpointer, state: TrainState | Population,
+             ema_decay: float) -> TrainState | Population:
   """The latest checkpoint, whether or not it was saved with a moving average.
 
   A run saved without an average that resumes with one starts the average from the
   restored parameters; a run saved with one that resumes without it drops it.
   """
-  like = state._replace(ema_params=None).to_checkpoint()
-  if 'ema_params' in checkpointer.saved_keys():
-    like['ema_params'] = state.params
-  restored = TrainState.from_checkpoint(checkpointer.restore(like))
+  is_population = isinstance(state, Population)
+  members = state.members if is_population else state
+  like = members._replace(ema_params=None).to_checkpoint()
+  if 'ema_params' in checkpointer.saved_keys(path=('members',) if is_population else ()):
+    like['ema_params'] = members.params
+  if is_population:
+    restored = Population.from_checkpoint(checkpointer.restore(
+        dict(members=like, failed=state.failed)))
+    return restored._replace(members=_with_average(restored.members, ema_decay))
+  return _with_average(TrainState.from_checkpoint(checkpointer.restore(like)), ema_decay)
+
+
+def _with_average(state: TrainState, ema_decay: float) -> TrainState:
   if not ema_decay:
-    return restored._replace(ema_params=None)
-  if restored.ema_params is None:
-    return restored._replace(ema_params=jax.tree.map(jnp.copy, restored.params))
-  return restored
+    return state._replace(ema_params=None)
+  if state.ema_params is None:
+    return state._replace(ema_params=jax.tree.map(jnp.copy, state.params))
+  return state
+
+
+def _best_state(best, state, ema_decay: float):
+  """The state best/ holds: for a population, every member's best state (members never
+  evaluated keep `state`'s and count as failed)."""
+  if isinstance(state, Population):
+    population = best.population(jnp.asarray(best.steps < 0) | state.failed)
+    return population._replace(members=_with_average(population.members, ema_decay))
+  return _restore(best, state, ema_decay)
+
+
+def _best_info(best, index: int) -> dict | None:
+  """Member `index`'s best evaluation so far, {step, cost}, or None."""
+  if isinstance(best, population_lib.BestMembers):
+    if best.steps[index] < 0:
+      return None
+    return dict(step=int(best.steps[index]), cost=float(best.costs[index]))
+  if best is None or best.latest_step() is None:
+    return None
+  return dict(step=best.latest_step(), cost=best.best_cost())
 
 
 def _train(config: ExperimentConfig, task: Task, model: nn.Module,
-           optimizer: optax.GradientTransformation, keys: Keys, state: TrainState,
-           checkpointer: checkpointing.Checkpointer,
-           best: checkpointing.BestCheckpointer, evaluate: Callable,
+           optimizer: optax.GradientTransformation, state: TrainState | Population,
+           checkpointer: checkpointing.Checkpointer, best, evaluate: Callable,
            mesh: jax.sharding.Mesh | None,
-           converged: int | None) -> tuple[TrainState, int | None]:
+           converged: list) -> tuple[TrainState | Population, list]:
   """Trains from `state` to `config.train_steps`, logging, evaluating and saving."""
+  loop = config.loop
+  seeds = config.seeds
   workdir = os.path.abspath(config.workdir)
   start_step = int(state.step)
   log = workdir_lib.MetricsLog(workdir, start_step)
-  train_step = make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
-                               config.micro_batch_size, config.entropy_penalty,
-                               config.skip_grad_norm, config.ema_decay)
-  progress = Progress(config.train_steps)
+  options = dict(micro_batch_size=config.micro_batch_size,
+                 entropy_penalty=config.entropy_penalty,
+                 skip_grad_norm=config.skip_grad_norm, ema_decay=config.ema_decay)
+  if seeds:
+    train_step = population_lib.make_population_step(
+        model, optimizer, task, loop.batch_size, seeds, mesh, **options)
+  else:
+    train_step = make_train_step(model, optimizer, task, loop.batch_size,
+                                 Keys(config.seed).data, mesh, **options)
+  progress = Progress(loop.train_steps)
   pending, window_start = [], time.time()
-  if start_step >= config.train_steps:
+  failed = list(np.asarray(jax.device_get(state.failed))) if seeds else [False]
+  if start_step >= loop.train_steps:
     return state, converged
 
   def flush(step):
-    """Fetches the pending metrics; raises if any loss is not finite."""
+    """Fetches and logs the pending metrics; a single run raises if a loss is not
+    finite, a population marks the members it froze and raises once all are."""
     nonlocal pending, window_start
     if not pending:
       return
     values = jax.device_get(pending)
     first_step = step - len(values) + 1
-    for offset, record in enumerate(values):
-      if not math.isfinite(float(record['cost'])):
+    if seeds:
+      now_failed = list(np.asarray(jax.device_get(state.failed)))
+      per_member = [[{k: v[i] for k, v in r.items()} for r in values]
+                    for i in range(len(seeds))]
+    else:
+      now_failed, per_member = [False], [values]
+    for index, member_values in enumerate(per_member):
+      bad = next((offset for offset, record in enumerate(member_values)
+                  if not math.isfinite(float(record['cost']))), None)
+      if bad is None or (seeds and failed[index]):
+        continue
+      where = (f'the training loss became {float(member_values[bad]["cost"])} at step '
+               f'{first_step + bad}')
+      if not seeds:
         raise NonFiniteLossError(
-            f'the training loss became {float(record["cost"])} at step '
-            f'{first_step + offset}. The last good checkpoint (step '
-            f'{checkpointer.latest_step()}) is kept in {checkpointer.directory}; lower '
-            '--learning_rate or --clip, or change --seed, and rerun.')
+            f'{where}. The last good checkpoint (step {checkpointer.latest_step()}) is '
+            f'kept in {checkpointer.directory}; lower --learning_rate or --clip, or '
+            'change --seed, and rerun.')
+      progress.newline()
+      print(f'Member seed {seeds[index]}: {where}; it is frozen at its last finite '
+            'state and marked failed, the others go on.', flush=True)
+    failed[:] = [bool(f) for f in now_failed]
     elapsed = time.time() - window_start
-    means = {k: sum(float(r[k]) for r in values) / len(values) for k in values[0]}
-    log.write(dict(kind='train', step=step, sequences=step * config.batch_size,
-                   sequences_per_second=len(values) * config.batch_size / elapsed,
-                   **means))
-    progress.update(step, len(values) * config.batch_size / elapsed, means['cost'],
-                    means['bit_errors'])
+    sequences_per_second = len(values) * loop.batch_size / elapsed
+    live = []
+    for index, member_values in enumerate(per_member):
+      means = {k: sum(float(r[k]) for r in member_values) / len(member_values)
+               for k in member_values[0]}
+      record = dict(kind='train', step=step, sequences=step * loop.batch_size,
+                    sequences_per_second=sequences_per_second, **means)
+      if seeds:
+        record.update(member=index, seed=seeds[index], failed=failed[index])
+      log.write(record)
+      if not failed[index]:
+        live.append(means)
+    if seeds and not live:
+      raise NonFiniteLossError(
+          f'the training loss of every member of the population stopped being finite '
+          f'(by step {step}). The last checkpoint (step {checkpointer.latest_step()}) is '
+          f'kept in {checkpointer.directory}; lower --learning_rate or --clip, or change '
+          '--seeds, and rerun.')
+    progress.update(step, sequences_per_second * len(per_member),
+                    float(np.median([m['cost'] for m in live])),
+                    float(np.median([m['bit_errors'] for m in live])))
     pending, window_start = [], time.time()
 
   step = start_step
   try:
-    while step < config.train_steps:
+    while step < loop.train_steps:
       state, step_metrics = train_step(state)
       step += 1
       pending.append(step_metrics)
-      last = step == config.train_steps
-      boundary = lambda every: step % every == 0 or last
-      if boundary(config.log_every) or boundary(config.checkpoint_every) or boundary(
-          config.eval_every):
+      last = step == loop.train_steps
+      boundary = lambda every: step % every == 0 or last  # noqa: E731
+      if boundary(loop.log_every) or boundary(loop.checkpoint_every) or boundary(
+          loop.eval_every):
         flush(step)
-      if boundary(config.checkpoint_every):
+      if boundary(loop.checkpoint_every):
         checkpointer.save(step, state.to_checkpoint())
-      if boundary(config.eval_every):
+      if boundary(loop.eval_every):
         eval_start = time.time()
-        train_eval = evaluate(state.evaluated_params, None)
-        record = dict(kind='eval', step=step, sequences=step * config.batch_size,
-                      train=train_eval)
-        if state.ema_params is not None:
-          record['unaveraged'] = evaluate(state.params, None)
-        log.write(record)
-        best.save(step, state.to_checkpoint(), train_eval['cost'])
-        if converged is None and train_eval['bit_errors'] < CONVERGED_BIT_ERRORS:
-          converged = step * config.batch_size
+        train_evals = evaluate(state.evaluated_params, None)
+        unaveraged = evaluate(state.params, None) if state.ema_params is not None else None
+        for index, train_eval in enumerate(train_evals):
+          record = dict(kind='eval', step=step, sequences=step * loop.batch_size,
+                        train=train_eval)
+          if unaveraged is not None:
+            record['unaveraged'] = unaveraged[index]
+          if seeds:
+            record.update(member=index, seed=seeds[index], failed=failed[index])
+          log.write(record)
+          if converged[index] is None and not failed[index] and \
+              train_eval['bit_errors'] < CONVERGED_BIT_ERRORS:
+            converged[index] = step * loop.batch_size
+        costs = [e['cost'] for e in train_evals]
+        if seeds:
+          best.update(step, state, costs)
+        else:
+          best.save(step, state.to_checkpoint(), costs[0])
         window_start += time.time() - eval_start  # evaluations don't count as training
-        if 0 < config.target_bit_errors and train_eval['bit_errors'] < \
-            config.target_bit_errors:
+        reached = [e['bit_errors'] < loop.target_bit_errors
+                   for e, dead in zip(train_evals, failed) if not dead]
+        if 0 < loop.target_bit_errors and reached and all(reached):
           checkpointer.save(step, state.to_checkpoint())
           progress.newline()
-          print(f'Reached {train_eval["bit_errors"]:.3f} bit errors per sequence '
-                f'(target {config.target_bit_errors}) at step {step}; stopping.',
+          errors = max(e['bit_errors'] for e, dead in zip(train_evals, failed) if not dead)
+          print(f'Reached {errors:.3f} bit errors per sequence '
+                f'(target {loop.target_bit_errors}) at step {step}; stopping.',
                 flush=True)
           break
   except KeyboardInterrupt:
@@ -242,8 +385,12 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
 def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state: TrainState,
                   evaluate: Callable, converged: int | None, wall_seconds: float,
                   workdir: str, eval_only: bool, checkpoint: str,
-                  best: checkpointing.BestCheckpointer | None) -> dict:
-  """Evaluates every difficulty, writes report.json and the figures, prints the tables."""
+                  best: dict | None) -> dict:
+  """Evaluates every difficulty, writes report.json and the figures, prints the tables.
+
+  `evaluate` is the run's (params, difficulty) -> results; `best` its best evaluation
+  so far, {step, cost}, or None.
+  """
   step = int(state.step)
   results = evaluate_all(evaluate, state.evaluated_params, task)
   report = dict(task=task.name, model=config.model, seed=config.seed, step=step,
@@ -252,8 +399,8 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
                 eval_only=eval_only, checkpoint=checkpoint, results=results)
   if state.ema_params is not None:
     report['unaveraged_results'] = evaluate_all(evaluate, state.params, task)
-  if best is not None and best.latest_step() is not None:
-    report['best'] = dict(step=best.latest_step(), cost=best.best_cost())
+  if best is not None:
+    report['best'] = best
   with open(os.path.join(workdir, 'report.json'), 'w') as f:
     json.dump(report, f, indent=2)
   which = 'the best evaluation\'s checkpoint' if checkpoint == 'best' else 'step'
@@ -277,3 +424,172 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
     print('Figures: ' + ', '.join(paths))
   print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
   return report
+
+
+def _best_costs(records: list[dict], size: int) -> list[float]:
+  """Each member's lowest evaluation cost on the training mix in the metrics log."""
+  costs = [math.inf] * size
+  for r in records:
+    if r.get('kind') == 'eval' and 'member' in r and not r.get('failed'):
+      costs[r['member']] = min(costs[r['member']], r['train']['cost'])
+  return costs
+
+
+def _chosen_member(records: list[dict], seeds, failed, member) -> int:
+  """The index of `member` (a seed), or with 'best', of the member whose best
+  evaluation has the lowest cost."""
+  if member != 'best':
+    return seeds.index(member)
+  index = population_lib.best_member(_best_costs(records, len(seeds)), failed)
+  if index is None:
+    raise ValueError('--member=best: no member of this population has a finite '
+                     'evaluation; name one with --member=<seed>.')
+  return index
+
+
+def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
+                       state: Population, evaluate: Callable, converged: list,
+                       wall_seconds: float, workdir: str, eval_only: bool,
+                       checkpoint: str) -> dict:
+  """Evaluates every member on every difficulty; writes report.json (every member's
+  report, the summary over members, the best member) and the figures; prints the
+  table over seeds."""
+  seeds = config.seeds
+  failed = [bool(f) for f in np.asarray(jax.device_get(state.failed))]
+  steps = [int(s) for s in np.asarray(jax.device_get(state.members.step))]
+
+  def all_results(params):
+    by_difficulty = {'train': evaluate(params, None)}
+    for difficulty in task.eval_difficulties:
+      by_difficulty[task.difficulty_label(difficulty)] = evaluate(params, difficulty)
+    return [{label: results[i] for label, results in by_difficulty.items()}
+            for i in range(len(seeds))]
+
+  results = all_results(state.evaluated_params)
+  unaveraged = all_results(state.params) if state.ema_params is not None else None
+  records = workdir_lib.MetricsLog.read(workdir)
+  best_costs = _best_costs(records, len(seeds))
+  members = []
+  for index, seed in enumerate(seeds):
+    report = dict(seed=seed, failed=failed[index], step=steps[index],
+                  sequences=steps[index] * config.batch_size,
+                  converged_at_sequences=converged[index], results=results[index])
+    if unaveraged is not None:
+      report['unaveraged_results'] = unaveraged[index]
+    evals = [(r['train']['cost'], r['step']) for r in records
+             if r.get('kind') == 'eval' and r.get('member') == index]
+    if evals:
+      report['best'] = dict(zip(('cost', 'step'), min(evals)))
+    members.append(report)
+  labels = list(results[0])
+  summary = population_lib.summary(members, labels)
+  best_index = population_lib.best_member(best_costs, failed)
+  step = int(state.step)
+  report = dict(task=task.name, model=config.model, seeds=list(seeds), step=step,
+                sequences=step * config.batch_size, wall_seconds=wall_seconds,
+                eval_only=eval_only, checkpoint=checkpoint, members=members,
+                summary=summary,
+                best_member=None if best_index is None else seeds[best_index])
+  with open(os.path.join(workdir, 'report.json'), 'w') as f:
+    json.dump(report, f, indent=2)
+  which = 'each member\'s best evaluation' if checkpoint == 'best' else f'step {step}'
+  print(f'\n{task.name}, {config.model}, population of {len(seeds)}, {which}, evaluated '
+        f'on {config.eval_batch_size} sequences per difficulty:')
+  print(population_lib.format_table(task, members, summary))
+  if best_index is not None:
+    print(f'Best member: seed {seeds[best_index]} (lowest evaluation cost, '
+          f'{best_costs[best_index]:.3f}); --eval_only --member=best evaluates it, '
+          'experiments.tools.ship --member=best ships it.')
+  if config.plots:
+    paths = [os.path.join(workdir, 'learning_curve.png')]
+    plots.learning_curve(workdir, paths[0])
+    if best_index is not None:
+      paths = plots.write_all(workdir, task, model,
+                              state.member(best_index).evaluated_params,
+                              keys=Keys(seeds[best_index]))
+    print('Figures: ' + ', '.join(paths))
+  print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
+  return report
+
+
+def _member_report(config: ExperimentConfig, task: Task, model: nn.Module,
+                   state: Population, member: int | str, wall_seconds: float,
+                   workdir: str, checkpoint: str) -> dict:
+  """Evaluates one member as its single run's workdir would be evaluated: its report,
+  figures and its own metrics.jsonl go into `<workdir>/member_seed<seed>/`."""
+  records = workdir_lib.MetricsLog.read(workdir)
+  failed = [bool(f) for f in np.asarray(jax.device_get(state.failed))]
+  index = _chosen_member(records, config.seeds, failed, member)
+  seed = config.seeds[index]
+  directory = population_lib.member_directory(workdir, seed)
+  os.makedirs(directory, exist_ok=True)
+  own = _write_member_metrics(records, index, directory)
+  single = config.replace(seeds=(), seed=seed, workdir=directory)
+  member_state = state.member(index)
+  evals = [(r['train']['cost'], r['step']) for r in own if r.get('kind') == 'eval']
+  best = dict(zip(('cost', 'step'), min(evals))) if evals else None
+  if failed[index]:
+    print(f'Member seed {seed} failed during training (its loss stopped being finite); '
+          'its state is the last finite one.', flush=True)
+  print(f'Member seed {seed} of the population in {workdir}:', flush=True)
+  evaluate = make_evaluator(model, task, Keys(seed), config.eval_batch_size)
+  return _final_report(single, task, model, member_state, evaluate,
+                       converged_at(records, int(member_state.step), index), wall_seconds,
+                       directory, True, checkpoint, best)
+
+
+def export_member(config: ExperimentConfig, task: Task, member: int | str,
+                  directory: str, checkpoint: str = 'latest') -> int:
+  """Writes one member of the population in `config.workdir` as a single run's workdir.
+
+  `member` is a seed of `config.seeds`, or 'best' for the member whose best evaluation has
+  the lowest cost. `directory` gets that member's state from the latest checkpoint (or,
+  with checkpoint='best', from best/) as its only checkpoint, its config (a single run of
+  its seed) and its own metrics.jsonl: evaluating, resuming or shipping it is evaluating,
+  resuming or shipping run `--seed=<seed>`. Returns the member's seed.
+  """
+  seeds = config.seeds
+  if not seeds:
+    raise ValueError(f'--member: {config.workdir} holds a single run, not a population.')
+  if member != 'best' and member not in seeds:
+    raise ValueError(f'--member must be best or one of the seeds '
+                     f'{",".join(map(str, seeds))}; got {member!r}.')
+  model = build_model(config, task)
+  state = Population(create_population_state(model, make_optimizer(config.optimiser),
+                                             task, seeds, bool(config.ema_decay)),
+                     jnp.zeros(len(seeds), bool))
+  if checkpoint == 'best':
+    if not os.path.isdir(os.path.join(config.workdir, 'best')):
+      raise FileNotFoundError(f'{os.path.join(config.workdir, "best")} does not exist.')
+    source = population_lib.BestMembers(config.workdir, state)
+  else:
+    source = checkpointing.open_saved(config.workdir, 'latest')
+  try:
+    state = _best_state(source, state, config.ema_decay) if checkpoint == 'best' else \
+        _restore(source, state, config.ema_decay)
+  finally:
+    source.close()
+  records = workdir_lib.MetricsLog.read(config.workdir)
+  failed = [bool(f) for f in np.asarray(jax.device_get(state.failed))]
+  index = _chosen_member(records, seeds, failed, member)
+  member_state = state.member(index)
+  os.makedirs(directory, exist_ok=True)
+  single = config.replace(seeds=(), seed=seeds[index], workdir=directory)
+  workdir_lib.record_config(directory, single, task, resuming=False)
+  _write_member_metrics(records, index, directory)
+  saver = checkpointing.Checkpointer(directory)
+  try:
+    saver.save(int(member_state.step), member_state.to_checkpoint())
+  finally:
+    saver.close()
+  return seeds[index]
+
+
+def _write_member_metrics(records: list[dict], index: int, directory: str) -> list[dict]:
+  """Member `index`'s records, as its single run would have logged them, written to
+  `<directory>/metrics.jsonl`; returns them."""
+  own = [{k: v for k, v in r.items() if k not in ('member', 'seed', 'failed')}
+         for r in records if r.get('member') == index]
+  with open(os.path.join(directory, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in own)
+  return own

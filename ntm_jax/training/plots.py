@@ -10,6 +10,7 @@ import os
 
 import jax
 import matplotlib
+import numpy as np
 
 matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
@@ -19,8 +20,37 @@ from ntm_jax.training import metrics as metrics_lib  # noqa: E402
 
 
 def learning_curve(workdir: str, path: str) -> None:
-  """Cost per sequence (training windows) and eval bit errors against sequences seen."""
-  learning_curves({None: workdir}, path)
+  """Cost per sequence (training windows) and eval bit errors against sequences seen.
+
+  For a population (records with a 'member'), every member faintly and their median in
+  bold.
+  """
+  records = metrics_lib.read_log(workdir)
+  if not any('member' in r for r in records):
+    learning_curves({None: workdir}, path)
+    return
+  fig, (ax_cost, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
+  for kind, ax, value in (('train', ax_cost, lambda r: r['cost']),
+                          ('eval', ax_err, lambda r: r['train']['bit_errors'])):
+    by_member = {}
+    for r in records:
+      if r.get('kind') == kind and not r.get('failed'):
+        by_member.setdefault(r['member'], {})[r['sequences']] = value(r)
+    for curve in by_member.values():
+      ax.plot(list(curve), list(curve.values()), color='tab:blue', alpha=0.25, lw=0.8)
+    sequences = sorted({s for curve in by_member.values() for s in curve})
+    median = [np.median([c[s] for c in by_member.values() if s in c]) for s in sequences]
+    ax.plot(sequences, median, color='black', lw=2,
+            label=f'median of {len(by_member)} members')
+    ax.legend()
+  ax_cost.set(xlabel='sequences seen (per member)', ylabel='cost per sequence (bits)',
+              title='training cost', yscale='log')
+  ax_err.set(xlabel='sequences seen (per member)', ylabel='bit errors per sequence',
+             title='evaluation on the training distribution', yscale='symlog')
+  ax_err.axhline(0.1, color='grey', linestyle=':')
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
 
 
 def learning_curves(runs: dict, path: str, title: str | None = None,

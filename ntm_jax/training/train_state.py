@@ -72,12 +72,34 @@ class Keys:
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
                        task: Task, keys: Keys, ema: bool = False) -> TrainState:
   """The state before the first step; with `ema`, the average starts at the parameters."""
-  sample = task.sample_train(keys.data, 1)
-  params = model.init(keys.params, sample.inputs)
-  # A copy: the training step donates every buffer of its state.
-  ema_params = jax.tree.map(jnp.copy, params) if ema else None
-  return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                    opt_state=optimizer.init(params), ema_params=ema_params)
+  return jax.jit(_initial_state(model, optimizer, task, ema))(keys.params, keys.data)
+
+
+def create_population_state(model: nn.Module, optimizer: optax.GradientTransformation,
+                            task: Task, seeds, ema: bool = False) -> TrainState:
+  """The states of the runs with these seeds, stacked along a leading member axis.
+
+  Member k's state is bit for bit `create_train_state(..., Keys(seeds[k]))`: the same
+  function, mapped over the members' keys (random draws do not depend on the mapping).
+  """
+  keys = [Keys(seed) for seed in seeds]
+  init = jax.jit(jax.vmap(_initial_state(model, optimizer, task, ema)))
+  return init(jnp.stack([k.params for k in keys]), jnp.stack([k.data for k in keys]))
+
+
+def _initial_state(model, optimizer, task, ema) -> Callable:
+  """(params key, data key) -> the state before the first step; jitted by the callers
+  (eager initialisation takes seconds, op by op)."""
+
+  def initial_state(params_key, data_key):
+    sample = task.sample_train(data_key, 1)
+    params = model.init(params_key, sample.inputs)
+    # A copy: the training step donates every buffer of its state.
+    ema_params = jax.tree.map(jnp.copy, params) if ema else None
+    return TrainState(step=jnp.array(0, jnp.int32), params=params,
+                      opt_state=optimizer.init(params), ema_params=ema_params)
+
+  return initial_state
 
 
 def make_mesh(batch_size: int) -> jax.sharding.Mesh:
@@ -102,6 +124,26 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
                     micro_batch_size: int = 0, entropy_penalty: float = 0.0,
                     skip_grad_norm: float = 0.0, ema_decay: float = 0.0) -> Callable:
   """A jitted (state) -> (state, metrics) training step that donates its input state.
+
+  It is `step_function`'s step with the run's data key; see there.
+  """
+  step = step_function(model, optimizer, task, batch_size, mesh, micro_batch_size,
+                       entropy_penalty, skip_grad_norm, ema_decay)
+  train_step = lambda state: step(state, data_key)  # noqa: E731
+  if mesh is None:
+    return jax.jit(train_step, donate_argnums=0)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
+
+
+def step_function(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
+                  batch_size: int, mesh: jax.sharding.Mesh | None = None,
+                  micro_batch_size: int = 0, entropy_penalty: float = 0.0,
+                  skip_grad_norm: float = 0.0, ema_decay: float = 0.0) -> Callable:
+  """The (state, data key) -> (state, metrics) training step, not jitted.
+
+  The step draws its batch from fold_in(data key, step), so that it is a function of the
+  run's seed and the step only; a population maps it over its members' states and keys.
 
   With a `mesh`, each device takes its slice of the batch (`shard_map` over the mesh's
   'batch' axis) and the gradients are summed over devices, so the result is that of one
@@ -164,7 +206,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
                                 in_specs=(P(), P('batch'), P()), out_specs=P(),
                                 check_vma=False)
 
-  def train_step(state):
+  def train_step(state, data_key):
     step_key = jax.random.fold_in(data_key, state.step)
     batch = task.sample_train(step_key, batch_size)
     # The step's random starting memories (memory_init='random'; unused otherwise).
@@ -183,7 +225,4 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
       ema_params = optax.incremental_update(params, state.ema_params, 1 - ema_decay)
     return TrainState(state.step + 1, params, opt_state, ema_params), metrics
 
-  if mesh is None:
-    return jax.jit(train_step, donate_argnums=0)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
+  return train_step

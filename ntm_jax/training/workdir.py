@@ -93,6 +93,19 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
   if resuming and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
+    saved_seeds = tuple(saved.get('seeds') or ())
+    if bool(saved_seeds) != bool(config.seeds):
+      held = (f'a population (seeds {_seed_list(saved_seeds)})' if saved_seeds else
+              f'a single run (seed {saved.get("seed", 0)})')
+      wanted = ('a population (--seeds)' if config.seeds else 'a single run (--seed)')
+      raise WorkdirMismatchError(
+          f'--workdir={workdir} holds {held}; it cannot resume as {wanted}. Resume it '
+          'with its own flags or choose a new --workdir.')
+    if saved_seeds != config.seeds:
+      raise WorkdirMismatchError(
+          f'--workdir={workdir} holds a population of seeds {_seed_list(saved_seeds)}, '
+          f'not {_seed_list(config.seeds)}; resume it with --seeds='
+          f'{_seed_list(saved_seeds)} or choose a new --workdir.')
     # Only what the file records is compared: one from before the optimiser fields, the
     # task's widths or its settings were recorded cannot tell about them.
     fixed = dict(current, optimizer=config.optimizer, lr_schedule=config.lr_schedule)
@@ -115,3 +128,7 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
   with open(path, 'w') as f:
     json.dump(dict(current, **{k: v for k, v in vars(config).items()
                                if k not in current}, task_settings=settings), f, indent=2)
+
+
+def _seed_list(seeds) -> str:
+  return ','.join(str(seed) for seed in seeds)

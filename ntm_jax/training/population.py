@@ -1,0 +1,293 @@
+"""A population: K independent runs of one recipe, advanced together by one jitted step.
+
+The population is a leading member axis on every leaf of the training state. Member k is
+the run of `seeds[k]`: its parameters, batches, random memories and evaluation sets come
+from `Keys(seeds[k])` exactly as a single run's do, and its step is the single run's step
+(`train_state.step_function`) mapped over the members with `jax.vmap`. So member k of a
+population follows run `--seed=seeds[k]` up to float32 rounding (a batched matrix product
+may sum in another order), and its data are bit for bit the same.
+
+A member whose training loss stops being finite is frozen (its state is kept as it was
+before that step) and marked failed; the others go on.
+
+Checkpoints: one Orbax checkpoint holds the whole population (`Population.to_checkpoint`:
+the stacked TrainState and the failed flags); best/ holds, per member, the state of that
+member's best evaluation so far, with its cost and step (`BestMembers`).
+"""
+
+import math
+import os
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from ntm_jax.tasks.base import Task
+from ntm_jax.training import checkpointing
+from ntm_jax.training import metrics as metrics_lib
+from ntm_jax.training.evaluation import eval_set
+from ntm_jax.training.train_state import Keys
+from ntm_jax.training.train_state import TrainState
+from ntm_jax.training.train_state import step_function
+
+MEMBER_AXIS = 'members'
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+  """'0-9' or '3,7,11' (or a mix, '0-3,8') as a tuple of distinct seeds, in order.
+
+  Raises ValueError naming what is allowed.
+  """
+  seeds = []
+  try:
+    for part in text.split(','):
+      first, _, last = part.strip().partition('-')
+      first, last = int(first), int(last or first)
+      if last < first:
+        raise ValueError
+      seeds.extend(range(first, last + 1))
+  except ValueError:
+    raise ValueError(f'--seeds must be seeds like 0-9 or 3,7,11 (integers >= 0, ranges '
+                     f'low-high); got {text!r}.') from None
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds names a seed twice: {text!r}.')
+  return tuple(seeds)
+
+
+class Population(NamedTuple):
+  """The training state of K runs and which of them have failed.
+
+  Attributes:
+    members: a TrainState whose every leaf has a leading axis of K members.
+    failed: bool[K], the members whose training loss stopped being finite.
+  """
+  members: TrainState
+  failed: jax.Array
+
+  @property
+  def step(self) -> jax.Array:
+    """The steps taken: the same for every member."""
+    return self.members.step[0]
+
+  @property
+  def params(self) -> Any:
+    return self.members.params
+
+  @property
+  def ema_params(self) -> Any:
+    return self.members.ema_params
+
+  @property
+  def evaluated_params(self) -> Any:
+    return self.members.evaluated_params
+
+  def to_checkpoint(self) -> dict:
+    return dict(members=self.members.to_checkpoint(), failed=self.failed)
+
+  @classmethod
+  def from_checkpoint(cls, tree: dict) -> 'Population':
+    return cls(TrainState.from_checkpoint(tree['members']), tree['failed'])
+
+  def member(self, index: int) -> TrainState:
+    """Member `index`'s state, as its single run would hold it."""
+    return jax.tree.map(lambda x: x[index], self.members)
+
+
+def make_population_mesh(size: int) -> jax.sharding.Mesh:
+  """A mesh over all devices along the member axis: each device trains size/devices."""
+  num_devices = jax.device_count()
+  if size % num_devices:
+    raise ValueError(f'--seeds gives {size} members, which must be divisible by the '
+                     f'number of devices ({num_devices}) for --data_parallel.')
+  return jax.make_mesh((num_devices,), (MEMBER_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def shard_members(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
+  """`tree` (leaves with a leading member axis) split over `mesh`'s devices."""
+  if mesh is None:
+    return tree
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MEMBER_AXIS))
+  return jax.device_put(tree, sharding)
+
+
+def make_population_step(model: nn.Module, optimizer: optax.GradientTransformation,
+                         task: Task, batch_size: int, seeds: Sequence[int],
+                         mesh: jax.sharding.Mesh | None = None,
+                         **step_options) -> Callable:
+  """A jitted (population) -> (population, metrics) step that donates its input.
+
+  Every member takes its single run's step (`step_function` with `step_options`, on its
+  own data key); the metrics have a leading member axis. A member whose cost is not
+  finite keeps its state from before the step and is marked failed. With a `mesh` (over
+  the member axis) each device steps its share of the members.
+  """
+  step = step_function(model, optimizer, task, batch_size, **step_options)
+  data_keys = jnp.stack([Keys(seed).data for seed in seeds])
+  data_keys = shard_members(data_keys, mesh)
+
+  def population_step(population: Population):
+    members, metrics = jax.vmap(step)(population.members, data_keys)
+    failed = population.failed | ~jnp.isfinite(metrics['cost'])
+
+    def keep_failed(new, old):
+      frozen = failed.reshape(failed.shape + (1,) * (new.ndim - 1))
+      return jnp.where(frozen, old, new)
+
+    members = jax.tree.map(keep_failed, members, population.members)
+    members = members._replace(step=population.members.step + 1)
+    return Population(members, failed), metrics
+
+  if mesh is None:
+    return jax.jit(population_step, donate_argnums=0)
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MEMBER_AXIS))
+  return jax.jit(population_step, donate_argnums=0, out_shardings=sharded)
+
+
+def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int],
+                              batch_size: int) -> Callable[[Any, Any], list[dict]]:
+  """(stacked params, difficulty) -> each member's results on its own run's eval set.
+
+  Member k is evaluated on the sequences `evaluation.make_evaluator` gives run
+  `seeds[k]`; the results are those of its single run up to float32 rounding.
+  """
+  keys = [Keys(seed) for seed in seeds]
+  sets = {}
+
+  @jax.jit
+  @jax.vmap
+  def evaluate_batch(params, batch):
+    results = metrics_lib.summarize(model.apply(params, batch.inputs), batch)
+    reference = task.reference_cost(batch)
+    if reference is not None:
+      results['reference_cost'] = jnp.mean(reference)
+    return results
+
+  def evaluate(params, difficulty) -> list[dict]:
+    if difficulty not in sets:  # fixed sets: drawn once
+      sets[difficulty] = jax.tree.map(
+          lambda *xs: jnp.stack(xs),
+          *[eval_set(task, k, difficulty, batch_size) for k in keys])
+    results = jax.device_get(evaluate_batch(params, sets[difficulty]))
+    return [{name: float(values[i]) for name, values in results.items()}
+            for i in range(len(seeds))]
+
+  return evaluate
+
+
+class BestMembers(checkpointing.Checkpointer):
+  """Each member's state at its best evaluation so far, in one checkpoint under best/.
+
+  The checkpoint holds the members' best states (stacked, as in a Population), their
+  costs (infinity for a member never evaluated) and steps. A resumed run restores it
+  and goes on comparing against it. `latest_step` is the step of the newest save.
+  """
+
+  subdirectory = 'best'
+
+  def __init__(self, workdir: str, like: Population):
+    super().__init__(workdir)
+    size = like.failed.shape[0]
+    self.costs = np.full(size, math.inf)
+    self.steps = np.full(size, -1)
+    self.states = None  # until the first evaluation: a training step donates `like`
+    if self.latest_step() is not None:
+      saved = self.restore(self._tree(like.members, self.costs, self.steps))
+      self.states = TrainState.from_checkpoint(saved['members'])
+      self.costs, self.steps = np.asarray(saved['costs']), np.asarray(saved['steps'])
+
+  def _options(self) -> ocp.CheckpointManagerOptions:
+    return ocp.CheckpointManagerOptions(
+        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(1))
+
+  @staticmethod
+  def _tree(members: TrainState, costs, steps) -> dict:
+    return dict(members=members.to_checkpoint(), costs=np.asarray(costs, np.float64),
+                steps=np.asarray(steps, np.int64))
+
+  def update(self, step: int, population: Population, costs: Sequence[float]) -> bool:
+    """Takes every member whose cost is below its best (and finite); saves if any did."""
+    costs = np.asarray(costs, np.float64)
+    improved = (costs < self.costs) & ~np.asarray(population.failed)
+    if not improved.any():
+      return False
+    chosen = jnp.asarray(improved)
+
+    def select(new, old):
+      return jnp.where(chosen.reshape(chosen.shape + (1,) * (new.ndim - 1)), new, old)
+
+    self.states = jax.tree.map(select, population.members,
+                               population.members if self.states is None else self.states)
+    self.costs = np.where(improved, costs, self.costs)
+    self.steps = np.where(improved, step, self.steps)
+    if step == self.latest_step():
+      return True
+    self._manager.save(step, args=ocp.args.StandardSave(
+        self._tree(self.states, self.costs, self.steps)), force=True)
+    return True
+
+  def population(self, failed: jax.Array) -> Population:
+    """The members' best states as a population (for an evaluation of best/)."""
+    if self.states is None:
+      raise FileNotFoundError(f'{self.directory} holds no finished checkpoint.')
+    return Population(self.states, failed)
+
+
+def best_member(costs: Sequence[float], failed: Sequence[bool]) -> int | None:
+  """The index of the member with the lowest cost among those that have not failed."""
+  candidates = [(cost, index) for index, (cost, dead) in enumerate(zip(costs, failed))
+                if not dead and math.isfinite(cost)]
+  return min(candidates)[1] if candidates else None
+
+
+def summary(members: list[dict], labels: Sequence[str]) -> dict:
+  """Over the members' reports: how many converged, the median sequences to converge,
+  and the median, mean and worst bit errors per evaluated difficulty."""
+  converged = [m['converged_at_sequences'] for m in members
+               if m['converged_at_sequences'] is not None and not m['failed']]
+  errors = {label: [m['results'][label]['bit_errors'] for m in members
+                    if not m['failed']] for label in labels}
+  return dict(
+      members=len(members), failed=sum(m['failed'] for m in members),
+      converged=len(converged),
+      median_sequences_to_converge=float(np.median(converged)) if converged else None,
+      bit_errors={label: dict(median=float(np.median(v)), mean=float(np.mean(v)),
+                              worst=float(np.max(v))) if v else None
+                  for label, v in errors.items()})
+
+
+def format_table(task: Task, members: list[dict], summary_: dict) -> str:
+  """One row per member (sequences to converge, bit errors per evaluated difficulty)
+  and the summary rows."""
+  labels = list(members[0]['results'])
+  names = ['train mix' if label == 'train' else label for label in labels]
+  header = (f'{"seed":>6} | {"converged at":>12} | ' +
+            ' | '.join(f'{name:>9}' for name in names))
+  lines = [f'bit errors per sequence by {task.difficulty_name}:', header,
+           '-' * len(header)]
+  for m in members:
+    at = 'failed' if m['failed'] else (
+        '-' if m['converged_at_sequences'] is None else str(m['converged_at_sequences']))
+    lines.append(f'{m["seed"]:>6} | {at:>12} | ' + ' | '.join(
+        f'{m["results"][label]["bit_errors"]:9.3f}' for label in labels))
+  lines.append('-' * len(header))
+  median = summary_['median_sequences_to_converge']
+  converged = f'{summary_["converged"]}/{summary_["members"]}'
+  for row in ('median', 'mean', 'worst'):
+    at = {'median': '-' if median is None else f'{median:.0f}', 'mean': converged,
+          'worst': ''}[row]
+    values = [summary_['bit_errors'][label] for label in labels]
+    lines.append(f'{row:>6} | {at:>12} | ' + ' | '.join(
+        '        -' if v is None else f'{v[row]:9.3f}' for v in values))
+  lines.append(f'(median row: median sequences to converge; mean row: members that '
+               f'converged, of all)')
+  return '\n'.join(lines)
+
+
+def member_directory(workdir: str, seed: int) -> str:
+  """Where an evaluation of one member writes its report and figures."""
+  return os.path.join(workdir, f'member_seed{seed}')
