@@ -6,12 +6,14 @@ Shared by the benchmarks; it defines no flags, so that any script can import it.
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ntm_jax.tasks import Task
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import factory
 from ntm_jax.training import optim
+from ntm_jax.training import population
 from ntm_jax.training import train_state
 
 
@@ -19,6 +21,8 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
             model=None, keep_hlo: bool = False) -> dict:
   """Compile time, median step time and peak memory of the training step.
 
+  With `repeats=0` it returns the compiled step and its first state instead of times
+  (`compiled`, `state`, `compile_seconds`), for callers that interleave variants.
   `model` replaces the one the config builds (a variant of it, e.g. another scan
   `unroll`); with `keep_hlo` the result also holds the compiled step's optimised HLO text.
   `peak_bytes` is the compiler's figure for this step; `device_peak_bytes`, where the
@@ -26,18 +30,36 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
   """
   model = model or factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
-  keys = train_state.Keys(0)
-  state = train_state.create_train_state(model, optimizer, task, keys,
-                                         ema=bool(config.ema_decay))
-  mesh = train_state.make_mesh(config.batch_size) if config.data_parallel else None
-  if mesh is not None:
-    state = train_state.replicate(state, mesh)
-  step = train_state.make_train_step(model, optimizer, task, config.batch_size, keys.data, mesh,
-                              config.micro_batch_size, config.entropy_penalty,
-                              config.skip_grad_norm, config.ema_decay)
+  options = dict(micro_batch_size=config.micro_batch_size,
+                 entropy_penalty=config.entropy_penalty,
+                 skip_grad_norm=config.skip_grad_norm, ema_decay=config.ema_decay)
+  if config.seeds:  # a population's step: every member at once
+    mesh = population.make_population_mesh(len(config.seeds)) \
+        if config.data_parallel else None
+    state = population.Population(
+        train_state.create_population_state(model, optimizer, task, config.seeds,
+                                            ema=bool(config.ema_decay)),
+        jnp.zeros(len(config.seeds), bool))
+    state = population.shard_members(state, mesh)
+    step = population.make_population_step(model, optimizer, task, config.batch_size,
+                                           config.seeds, mesh,
+                                           members_at_once=config.members_at_once,
+                                           **options)
+  else:
+    keys = train_state.Keys(0)
+    state = train_state.create_train_state(model, optimizer, task, keys,
+                                           ema=bool(config.ema_decay))
+    mesh = train_state.make_mesh(config.batch_size) if config.data_parallel else None
+    if mesh is not None:
+      state = train_state.replicate(state, mesh)
+    step = train_state.make_train_step(model, optimizer, task, config.batch_size,
+                                       keys.data, mesh, **options)
+  jax.block_until_ready(state)
   start = time.perf_counter()
   compiled = step.lower(state).compile()
   compile_seconds = time.perf_counter() - start
+  if repeats == 0:  # the caller times it: compiled step, state, compile time
+    return dict(compiled=compiled, state=state, compile_seconds=compile_seconds)
   memory = compiled.memory_analysis()
   peak_bytes = None
   if memory is not None:

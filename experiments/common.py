@@ -98,6 +98,9 @@ CONFIG_FLAGS = {
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),
     'data_parallel': ('devices', 'Split each batch over all devices (of all processes, '
                       'with the multi-host flags); on the CPU, one device per core.'),
+    'members_at_once': ('devices', 'With --seeds: members each device steps at once; '
+                        '0, all (vmap: fastest, also on a CPU); k, k at a time (lax.map: '
+                        'less memory for large populations).'),
     'micro_batch_size': ('devices', 'Go through each device\'s batch in micro-batches of '
                          'this size (0: all at once), summing their gradients: the same '
                          'update in less memory.'),

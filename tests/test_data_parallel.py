@@ -79,3 +79,46 @@ def test_data_parallel_gives_the_single_device_result(tmp_path):
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'DATA PARALLEL OK' in result.stdout
+
+
+POPULATION_SCRIPT = textwrap.dedent('''
+    import sys
+    import jax, numpy as np
+    from ntm_jax.tasks import CopyTask
+    from ntm_jax.training import ExperimentConfig, loop, run
+    assert jax.device_count() == 4, jax.devices()
+    task = CopyTask(bits=3, max_length=3, eval_lengths=(4,))
+    tiny = dict(batch_size=2, memory_size=8, word_size=4, controller_features=16,
+                eval_batch_size=4, plots=False, eval_every=3, checkpoint_every=3,
+                seeds=(0, 1, 2, 3, 4, 5, 6, 7), optimizer='sgd', learning_rate=0.1,
+                memory_init='learned')  # SGD, learned memory: as in SCRIPT, and why
+    one, four = sys.argv[1] + '/one', sys.argv[1] + '/four'
+    run(ExperimentConfig(workdir=one, train_steps=6, **tiny), task)
+    # Split over the four devices (two members each), saved sharded at step 3, resumed.
+    run(ExperimentConfig(workdir=four, train_steps=3, data_parallel=True, **tiny), task)
+    report = run(ExperimentConfig(workdir=four, train_steps=6, data_parallel=True, **tiny),
+                 task)
+    assert report['step'] == 6
+    for seed in tiny['seeds']:
+      a = loop.restore_evaluated_params(ExperimentConfig.load(one)[0], task, member=seed)
+      b = loop.restore_evaluated_params(ExperimentConfig.load(four)[0], task, member=seed)
+      jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4,
+                                                                     atol=2e-6), a[1], b[1])
+    try:
+      run(ExperimentConfig(workdir=sys.argv[1] + '/odd', train_steps=1, data_parallel=True,
+                           **dict(tiny, seeds=(0, 1, 2))), task)
+      raise AssertionError('no error for a population that does not split')
+    except ValueError as error:
+      assert 'gives 3 members, which must be divisible by the number of devices (4)' in \\
+          str(error), error
+    print('POPULATION PARALLEL OK')
+''')
+
+
+def test_a_population_split_over_devices_gives_the_single_device_result(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run([sys.executable, '-c', POPULATION_SCRIPT, str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'POPULATION PARALLEL OK' in result.stdout

@@ -145,6 +145,38 @@ def test_a_run_killed_during_a_save_resumes_from_the_last_complete_checkpoint(tm
   assert report['step'] == 6
 
 
+def _truncate_data_files(checkpoint_dir):
+  """Damages a checkpoint as a full disk or a bad copy would: every data file cut short."""
+  damaged = 0
+  for root, _, files in os.walk(checkpoint_dir):
+    if os.path.basename(root) == 'd':
+      for name in files:
+        path = os.path.join(root, name)
+        os.truncate(path, os.path.getsize(path) // 3)
+        damaged += 1
+  assert damaged
+
+
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+    tmp_path, capsys):
+  workdir, straight = str(tmp_path / 'run'), str(tmp_path / 'straight')
+  run(ExperimentConfig(workdir=straight, train_steps=9, **TINY), tiny_task())
+  run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
+  _truncate_data_files(os.path.join(workdir, 'checkpoints', '6'))
+  capsys.readouterr()
+  report = run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), tiny_task())
+  out = capsys.readouterr().out
+  lines = [line for line in out.splitlines() if 'cannot be read' in line]
+  assert len(lines) == 1 and 'checkpoint at step 6' in lines[0], out
+  assert 'Resumed from the checkpoint at step 3' in out
+  # Kept, out of the way, not deleted.
+  assert os.listdir(os.path.join(workdir, 'damaged')) == ['checkpoints-6']
+  assert report['step'] == 9
+  # The run went on from step 3 exactly as an uninterrupted one.
+  jax.tree_util.tree_map(np.testing.assert_array_equal, _params(workdir)[1],
+                         _params(straight)[1])
+
+
 def test_eval_only_evaluates_the_latest_checkpoint_without_training(tmp_path):
   workdir = str(tmp_path)
   trained = run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
@@ -554,13 +586,18 @@ def test_the_best_checkpoint_keeps_the_lowest_cost_across_reopening(tmp_path):
 
 
 @pytest.mark.slow  # several whole runs
-def test_a_run_that_gets_worse_keeps_its_best_evaluation_for_eval_only(tmp_path):
+def test_a_run_that_gets_worse_keeps_its_best_evaluation_for_eval_only(tmp_path, capsys):
   workdir = str(tmp_path)
   run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
   # Resumed at a rate that wrecks the parameters: its evaluations are all worse, and its
   # latest checkpoints (9, 12, 15) replace every one the good part saved.
+  capsys.readouterr()
   wrecked = run(ExperimentConfig(workdir=workdir, train_steps=15, learning_rate=3.0,
                                  **TINY), tiny_task())
+  # It says so, and report.json records it.
+  assert 'Ended worse than its best evaluation' in capsys.readouterr().out
+  with open(os.path.join(workdir, 'report.json')) as f:
+    assert json.load(f)['ended_worse_than_best'] is True
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     evals = [json.loads(line) for line in f if '"eval"' in line]
   lowest = min(evals, key=lambda record: record['train']['cost'])

@@ -4,9 +4,11 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 run killed during a save still restores from the last complete checkpoint.
 """
 
+import gc
+import logging
 import math
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
@@ -43,23 +45,72 @@ class Checkpointer:
     self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 
   def saved_keys(self, step: int | None = None, path: tuple[str, ...] = ()) -> set[str]:
-    """The keys of the state saved at `step` (the latest if None): its top-level keys,
-    or those of the subtree at `path`."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}.')
-    metadata = self._manager.item_metadata(step)
-    for key in path:
-      metadata = metadata[key]
-    return set(metadata.keys())
+    """The keys of the state saved at `step` (the latest readable one if None): its
+    top-level keys, or those of the subtree at `path`."""
+
+    def keys(candidate):
+      metadata = self._manager.item_metadata(candidate)
+      for key in path:
+        metadata = metadata[key]
+      return set(metadata.keys())
+
+    return keys(step) if step is not None else self._newest_readable(keys)
 
   def restore(self, like: Any, step: int | None = None) -> Any:
-    """Restores the checkpoint at `step` (the latest if None) into `like`'s structure."""
-    step = self.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {self.directory}.')
+    """Restores the checkpoint at `step` (the latest if None) into `like`'s structure.
+
+    With step None, a latest checkpoint that cannot be read while an older one can (a
+    truncated or corrupted file: a full disk, a bad copy) is moved aside into
+    `<workdir>/damaged/`, never deleted, with a line saying which and why, and the
+    newest one that restores is returned. If none restores, the latest one's error is
+    raised: then the fault is not in the files but in `like` (other sizes).
+    """
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
-    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def read(candidate):
+      return self._manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
+
+    return read(step) if step is not None else self._newest_readable(read)
+
+  def _newest_readable(self, read: Callable[[int], Any]) -> Any:
+    """`read` of the newest checkpoint it succeeds on; those it failed on before are set
+    aside. Raises the newest one's error if it fails on all."""
+    steps = sorted(self._manager.all_steps(), reverse=True)
+    if not steps:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}.')
+    failures = []
+    # A damaged checkpoint fails many of Orbax's concurrent reads at once; the first
+    # error is raised, and asyncio would print the others as "never retrieved".
+    asyncio_log = logging.getLogger('asyncio')
+    for candidate in steps:
+      level, asyncio_log.level = asyncio_log.level, logging.CRITICAL + 1
+      try:
+        result = read(candidate)
+      except Exception as error:  # noqa: BLE001 - any reading fault; re-raised below
+        failures.append((candidate, error))
+        continue
+      finally:
+        gc.collect()  # the failed reads' futures report (silently) now
+        asyncio_log.level = level
+      for damaged, error in failures:
+        self._set_aside(damaged, error)
+      return result
+    raise failures[0][1]
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves the unreadable checkpoint at `step` into `<workdir>/damaged/` and says so."""
+    workdir = os.path.dirname(self.directory)
+    target = os.path.join(workdir, 'damaged', f'{self.subdirectory}-{step}')
+    while os.path.exists(target):
+      target += '+'
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    self._manager.wait_until_finished()
+    os.rename(os.path.join(self.directory, str(step)), target)
+    reason = ' '.join(str(error).split())[:200]
+    print(f'Warning: the checkpoint at step {step} in {self.directory} cannot be read '
+          f'({type(error).__name__}: {reason}); moved it to {target} and restored the '
+          'newest one that reads.', flush=True)
+    self._manager.reload()
 
   def close(self) -> None:
     """Waits for saves in flight to complete."""

@@ -110,6 +110,8 @@ class ExperimentConfig:
       make one device per core.
     micro_batch_size: 0, or go through each device's batch in micro-batches of this
       size, summing their gradients: the same update in less memory.
+    members_at_once: with seeds: 0 steps all of a device's members at once (vmap); k > 0,
+      k at a time, holding fewer intermediates (population.make_population_step).
   """
   workdir: str
   seed: int = 0
@@ -148,6 +150,7 @@ class ExperimentConfig:
   remat_chunk: int = 1
   data_parallel: bool = False
   micro_batch_size: int = 0
+  members_at_once: int = 0
 
   def __post_init__(self):
     if not self.workdir:
@@ -167,6 +170,9 @@ class ExperimentConfig:
     if (isinstance(self.remat_chunk, bool) or not isinstance(self.remat_chunk, int) or
         self.remat_chunk < 0):
       raise ValueError(f'remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
+    if not isinstance(self.members_at_once, int) or self.members_at_once < 0:
+      raise ValueError(
+          f'members_at_once must be an integer >= 0, got {self.members_at_once!r}.')
     if not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 0:
       raise ValueError(
           f'micro_batch_size must be an integer >= 0, got {self.micro_batch_size!r}.')

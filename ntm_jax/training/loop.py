@@ -26,6 +26,7 @@ import optax
 from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
 from ntm_jax.training import plots
+from ntm_jax.training import resources
 from ntm_jax.training import workdir as workdir_lib
 from ntm_jax.training.config import CHECKPOINTS
 from ntm_jax.training.config import ExperimentConfig
@@ -80,8 +81,7 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
     if member != 'best' and member not in config.seeds:
       raise ValueError(f'--member must be best or one of the seeds '
                        f'{",".join(map(str, config.seeds))}; got {member!r}.')
-  workdir = os.path.abspath(config.workdir)
-  os.makedirs(workdir, exist_ok=True)
+  workdir = workdir_lib.prepare(config.workdir, eval_only)
   with contextlib.nullcontext() if eval_only else workdir_lib.lock(workdir):
     return _run(config, task, eval_only, checkpoint, workdir, member)
 
@@ -89,6 +89,7 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
 def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
          workdir: str, member: int | str | None) -> dict:
   model = build_model(config, task)
+  resources.check_fits(config, task, model)  # before anything is allocated
   optimizer = make_optimizer(config.optimiser)
   ema = bool(config.ema_decay)
   if config.seeds:
@@ -255,7 +256,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
                  skip_grad_norm=config.skip_grad_norm, ema_decay=config.ema_decay)
   if seeds:
     train_step = population_lib.make_population_step(
-        model, optimizer, task, loop.batch_size, seeds, mesh, **options)
+        model, optimizer, task, loop.batch_size, seeds, mesh,
+        members_at_once=config.members_at_once, **options)
   else:
     train_step = make_train_step(model, optimizer, task, loop.batch_size,
                                  Keys(config.seed).data, mesh, **options)
@@ -415,9 +417,20 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
     print(f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
           f'{converged} sequences.')
   if 'best' in report and report['best']['step'] != step:
-    print(f'The best evaluation was at step {report["best"]["step"]} (cost '
-          f'{report["best"]["cost"]:.3f} on the training difficulties); --eval_only '
-          '--checkpoint=best evaluates its checkpoint.')
+    # A run can end inside a late cost spike: say so, and which state each tool uses.
+    report['ended_worse_than_best'] = results['train']['cost'] > report['best']['cost']
+    if report['ended_worse_than_best']:
+      print(f'Ended worse than its best evaluation: cost {results["train"]["cost"]:.3f} '
+            f'on the training mix at step {step}, against {report["best"]["cost"]:.3f} '
+            f'at step {report["best"]["step"]} (the star in learning_curve.png). This '
+            'report, --eval_only and experiments.tools.ship use the final state; '
+            '--checkpoint=best uses the best one.')
+    else:
+      print(f'The best evaluation was at step {report["best"]["step"]} (cost '
+            f'{report["best"]["cost"]:.3f} on the training mix); --eval_only '
+            '--checkpoint=best evaluates its checkpoint.')
+    with open(os.path.join(workdir, 'report.json'), 'w') as f:
+      json.dump(report, f, indent=2)
   if config.plots:
     paths = plots.write_all(workdir, task, model, state.evaluated_params,
                             keys=Keys(config.seed))

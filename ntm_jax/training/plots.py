@@ -69,8 +69,12 @@ def learning_curves(runs: dict, path: str, title: str | None = None,
     train = [r for r in records if r.get('kind') == 'train']
     evals = [r for r in records if r.get('kind') == 'eval']
     ax_cost.plot([r['sequences'] for r in train], [r['cost'] for r in train], label=label)
-    ax_err.plot([r['sequences'] for r in evals],
-                [r['train']['bit_errors'] for r in evals], marker='.', label=label)
+    lines = ax_err.plot([r['sequences'] for r in evals],
+                        [r['train']['bit_errors'] for r in evals], marker='.', label=label)
+    if evals:  # the evaluation that best/ holds: the lowest cost
+      best = min(evals, key=lambda r: r['train']['cost'])
+      ax_err.plot([best['sequences']], [best['train']['bit_errors']], marker='*',
+                  markersize=12, color=lines[0].get_color(), linestyle='none')
   if reference_cost is not None:
     ax_cost.axhline(reference_cost, color='black', linestyle='--', label='optimal')
   ax_cost.set(xlabel='sequences seen', ylabel='cost per sequence (bits)',

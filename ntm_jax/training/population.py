@@ -118,34 +118,48 @@ def shard_members(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
 def make_population_step(model: nn.Module, optimizer: optax.GradientTransformation,
                          task: Task, batch_size: int, seeds: Sequence[int],
                          mesh: jax.sharding.Mesh | None = None,
-                         **step_options) -> Callable:
+                         members_at_once: int = 0, **step_options) -> Callable:
   """A jitted (population) -> (population, metrics) step that donates its input.
 
   Every member takes its single run's step (`step_function` with `step_options`, on its
   own data key); the metrics have a leading member axis. A member whose cost is not
   finite keeps its state from before the step and is marked failed. With a `mesh` (over
   the member axis) each device steps its share of the members.
+
+  `members_at_once`: 0 steps all of a device's members at once (`vmap`: what fills an
+  accelerator, and on a CPU as fast or faster than one at a time, BUILD_NOTES.md,
+  "Populations"); k > 0 goes through them k at a time (`lax.map`), which holds only k
+  members' intermediates at once.
   """
   step = step_function(model, optimizer, task, batch_size, **step_options)
-  data_keys = jnp.stack([Keys(seed).data for seed in seeds])
-  data_keys = shard_members(data_keys, mesh)
+  data_keys = shard_members(jnp.stack([Keys(seed).data for seed in seeds]), mesh)
+
+  def advance(members: TrainState, failed: jax.Array, keys: jax.Array):
+    if members_at_once and members_at_once < keys.shape[0]:
+      new, metrics = jax.lax.map(lambda args: step(*args), (members, keys),
+                                 batch_size=members_at_once)
+    else:
+      new, metrics = jax.vmap(step)(members, keys)
+    failed = failed | ~jnp.isfinite(metrics['cost'])
+
+    def keep_failed(updated, old):
+      frozen = failed.reshape(failed.shape + (1,) * (updated.ndim - 1))
+      return jnp.where(frozen, old, updated)
+
+    new = jax.tree.map(keep_failed, new, members)
+    return new._replace(step=members.step + 1), failed, metrics
+
+  if mesh is not None:
+    # Each device advances its own members: no communication between devices.
+    spec = jax.sharding.PartitionSpec(MEMBER_AXIS)
+    advance = jax.shard_map(advance, mesh=mesh, in_specs=(spec, spec, spec),
+                            out_specs=(spec, spec, spec), check_vma=False)
 
   def population_step(population: Population):
-    members, metrics = jax.vmap(step)(population.members, data_keys)
-    failed = population.failed | ~jnp.isfinite(metrics['cost'])
-
-    def keep_failed(new, old):
-      frozen = failed.reshape(failed.shape + (1,) * (new.ndim - 1))
-      return jnp.where(frozen, old, new)
-
-    members = jax.tree.map(keep_failed, members, population.members)
-    members = members._replace(step=population.members.step + 1)
+    members, failed, metrics = advance(population.members, population.failed, data_keys)
     return Population(members, failed), metrics
 
-  if mesh is None:
-    return jax.jit(population_step, donate_argnums=0)
-  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MEMBER_AXIS))
-  return jax.jit(population_step, donate_argnums=0, out_shardings=sharded)
+  return jax.jit(population_step, donate_argnums=0)
 
 
 def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int],
@@ -283,8 +297,8 @@ def format_table(task: Task, members: list[dict], summary_: dict) -> str:
     values = [summary_['bit_errors'][label] for label in labels]
     lines.append(f'{row:>6} | {at:>12} | ' + ' | '.join(
         '        -' if v is None else f'{v[row]:9.3f}' for v in values))
-  lines.append(f'(median row: median sequences to converge; mean row: members that '
-               f'converged, of all)')
+  lines.append('(converged at: median row, the median over members that converged; '
+               'mean row, how many converged)')
   return '\n'.join(lines)
 
 

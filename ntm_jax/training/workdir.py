@@ -24,6 +24,28 @@ class WorkdirBusyError(RuntimeError):
   """Another training run holds the workdir: the two would overwrite each other's saves."""
 
 
+class WorkdirError(ValueError):
+  """The workdir cannot hold a run: it is a file, or cannot be written."""
+
+
+def prepare(workdir: str, eval_only: bool = False) -> str:
+  """The workdir as an absolute path, created if needed; a WorkdirError, naming the flag,
+  if it is a file or (for training) cannot be written."""
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose a '
+                       'directory (it is created if missing).')
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as error:
+    raise WorkdirError(f'--workdir={workdir} cannot be created ({error.strerror}); '
+                       'choose a directory you can write to.') from None
+  if not eval_only and not os.access(path, os.W_OK | os.X_OK):
+    raise WorkdirError(f'--workdir={workdir} cannot be written; choose a directory you '
+                       'can write to.')
+  return path
+
+
 @contextlib.contextmanager
 def lock(workdir: str):
   """An exclusive lock on the workdir for as long as this process trains in it.

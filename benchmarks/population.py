@@ -1,0 +1,131 @@
+"""Populations against separate runs: aggregate sequences per second of the copy default.
+
+`python -m benchmarks.population` prints, for K = 1, 2, 4, 8, 16, 64 members of the copy
+experiment's default recipe (batch 1): the population's step time and aggregate
+sequences per second on one device and, with as many devices as cores, split over them
+(`--data_parallel`), each with its members stepped one at a time and all at once
+(`members_at_once`); and, as the bar, K separate single runs on the same cores (a single
+run's step, timed in the same process, min(K, devices) of them at a time). `--output=FILE` writes the rows as
+JSON. Times drift on a shared machine: the table is one process's interleaved sample.
+"""
+
+import argparse
+import faulthandler
+import json
+import os
+import subprocess
+import sys
+
+def _copy_config(**changes):
+  from experiments import common
+  from experiments import copy as copy_experiment
+  from ntm_jax.training import ExperimentConfig
+  values = common.recipe(copy_experiment.DEFAULTS, 'ntm', copy_experiment.MODEL_DEFAULTS)
+  values.update(changes)
+  return ExperimentConfig(**dict(values, workdir='/unused'))
+
+
+def interleaved_step_seconds(compiled: list[dict], repeats: int) -> list[float]:
+  """Median step time of each compiled step, timed in turn (one step of each per round)
+  so that the machine's drift falls on all of them alike."""
+  import time
+
+  import jax
+  import numpy as np
+  states = [c['state'] for c in compiled]
+  for _ in range(5):  # warm-up
+    states = [c['compiled'](state)[0] for c, state in zip(compiled, states)]
+  jax.block_until_ready(states)
+  times = [[] for _ in compiled]
+  for _ in range(repeats):
+    for index, c in enumerate(compiled):
+      start = time.perf_counter()
+      states[index], metrics = c['compiled'](states[index])
+      jax.block_until_ready(metrics)
+      times[index].append(time.perf_counter() - start)
+  return [float(np.median(t)) for t in times]
+
+
+def population_rows(sizes: list[int], devices: int, repeats: int) -> list[dict]:
+  """Step times of the populations, in this process with `devices` CPU devices: on one
+  device, or split over all of them (then K must divide); one at a time and all at
+  once; each interleaved with a single run's step, whose time is the bar: K separate
+  runs, min(K, devices) at a time, one per device."""
+  from ntm_jax import training
+  training.tune_cpu_compiler()
+  training.select_accelerator('cpu', cpu_devices=devices)
+  from benchmarks.measure import measure
+  from ntm_jax.tasks import CopyTask
+  rows = []
+  for size in sizes:
+    if size % devices:
+      continue
+    variants = sorted({1, size // devices})
+    compiled = [measure(_copy_config(seeds=tuple(range(size)), data_parallel=devices > 1,
+                                     members_at_once=at_once), CopyTask(), 0)
+                for at_once in variants]
+    compiled.append(measure(_copy_config(), CopyTask(), 0))  # a single run
+    *times, single = interleaved_step_seconds(compiled, repeats)
+    separate = min(size, devices) / single
+    for at_once, seconds, result in zip(variants, times, compiled):
+      rows.append(dict(population=size, devices=devices, members_at_once=at_once,
+                       step_seconds=seconds, sequences_per_second=size / seconds,
+                       single_run_step_seconds=single,
+                       separate_runs_sequences_per_second=separate,
+                       compile_seconds=result['compile_seconds']))
+  return rows
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--sizes', default='1,2,4,8,16,64',
+                      help='Population sizes K, comma-separated.')
+  parser.add_argument('--repeats', type=int, default=20, help='Timed steps per row.')
+  parser.add_argument('--output', default=None, help='Also write the rows as JSON here.')
+  parser.add_argument('--stall_seconds', type=int, default=1800,
+                      help='Dump its stack and exit if one measurement process takes '
+                      'longer.')
+  parser.add_argument('--devices', type=int, default=0,
+                      help='Internal: measure with this many devices and print JSON rows.')
+  args = parser.parse_args()
+  sizes = [int(k) for k in args.sizes.split(',')]
+  if args.devices:
+    faulthandler.dump_traceback_later(args.stall_seconds, exit=True)
+    print(json.dumps(population_rows(sizes, args.devices, args.repeats)))
+    return
+
+  from ntm_jax.training import backend
+  cores = backend.usable_cores()
+  print(f'copy default (batch 1), {cores} cores. Bar: K separate single runs, one per '
+        'device at a time, timed in the same process.', flush=True)
+  print(f'{"K":>4} | {"devices":>7} | {"at once":>7} | {"step ms":>8} | '
+        f'{"seq/s (all)":>11} | {"per member":>10} | {"separate runs":>13} | '
+        f'{"ratio":>6}')
+  rows = []
+  # A process per device count and size: the one-device rows in a process with one
+  # device, and no process runs long (BUILD_NOTES.md, "Open problems": a CPU process
+  # that compiles many population steps has hung in XLA's execution semaphore).
+  for devices, size in [(d, k) for d in sorted({1, cores}) for k in sizes if k % d == 0]:
+    child = subprocess.run(
+        [sys.executable, '-m', 'benchmarks.population', f'--sizes={size}',
+         f'--repeats={args.repeats}', f'--devices={devices}',
+         f'--stall_seconds={args.stall_seconds}'],
+        env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True)
+    if child.returncode:
+      sys.exit(f'error: the {devices}-device measurement of K={size} failed:\n'
+               f'{child.stderr[-3000:]}')
+    for row in json.loads(child.stdout.strip().splitlines()[-1]):
+      rows.append(row)
+      size, aggregate = row['population'], row['sequences_per_second']
+      bar = row['separate_runs_sequences_per_second']
+      print(f'{size:>4} | {devices:>7} | {row["members_at_once"]:>7} | '
+            f'{1e3 * row["step_seconds"]:8.2f} | {aggregate:11.1f} | '
+            f'{aggregate / size:10.1f} | {bar:13.1f} | {aggregate / bar:5.2f}x',
+            flush=True)
+  if args.output:
+    with open(args.output, 'w') as f:
+      json.dump(dict(cores=cores, rows=rows), f, indent=1)
+
+
+if __name__ == '__main__':
+  main()
