@@ -222,7 +222,8 @@ def main(build_task: Callable, task_name: str, defaults: dict,
           else f'seed {config.seed}')
   print(f'{task_name}: model={config.model}, {runs}, on {devices[0].platform} '
         f'({len(devices)} device(s)), workdir={config.workdir}', flush=True)
-  signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)  # preemption saves too
+  # Preemption saves too: training stops at the next step boundary, as after Ctrl-C.
+  signal.signal(signal.SIGTERM, lambda signum, frame: training.loop.STOP_REQUESTED.set())
   try:
     training.run(config, task, eval_only=FLAGS.eval_only, checkpoint=FLAGS.checkpoint,
                  member=member)
@@ -233,11 +234,6 @@ def main(build_task: Callable, task_name: str, defaults: dict,
     sys.exit(f'error: {error}')
   except KeyboardInterrupt:
     sys.exit(130)
-
-
-def _raise_keyboard_interrupt(signum, frame):
-  del signum, frame
-  raise KeyboardInterrupt
 
 
 def run(main_fn: Callable) -> None:

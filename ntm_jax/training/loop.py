@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import threading
 import time
 from typing import Any, Callable
 
@@ -51,6 +52,12 @@ from ntm_jax.training.train_state import replicate
 
 class NonFiniteLossError(FloatingPointError):
   """The training loss stopped being finite; the last good checkpoint is kept."""
+
+
+# Set (e.g. by a SIGTERM handler) to stop training at the next step boundary as Ctrl-C
+# does: saving the state, then raising KeyboardInterrupt. Unlike an exception raised by
+# the handler itself, it never lands inside an Orbax save.
+STOP_REQUESTED = threading.Event()
 
 
 def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
@@ -324,6 +331,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
   step = start_step
   try:
     while step < loop.train_steps:
+      if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt
       state, step_metrics = train_step(state)
       step += 1
       pending.append(step_metrics)
