@@ -31,7 +31,19 @@ def make_evaluator(model: nn.Module, task: Task, keys: Keys,
   its mean cost, `reference_cost`, on the same sequences.
   """
 
-  @jax.jit
+  evaluate_batch = jax.jit(batch_evaluation(model, task))
+
+  def evaluate(params, difficulty):
+    batch = eval_set(task, keys, difficulty, batch_size)
+    return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
+
+  return evaluate
+
+
+def batch_evaluation(model: nn.Module, task: Task) -> Callable[[Any, Batch], dict]:
+  """(params, batch) -> mean cost and bit errors (and the reference predictor's cost,
+  where the task has one), not jitted: single runs jit it, populations vmap it too."""
+
   def evaluate_batch(params, batch):
     results = metrics_lib.summarize(model.apply(params, batch.inputs), batch)
     reference = task.reference_cost(batch)
@@ -39,11 +51,7 @@ def make_evaluator(model: nn.Module, task: Task, keys: Keys,
       results['reference_cost'] = jnp.mean(reference)
     return results
 
-  def evaluate(params, difficulty):
-    batch = eval_set(task, keys, difficulty, batch_size)
-    return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
-
-  return evaluate
+  return evaluate_batch
 
 
 def evaluate_all(evaluate: Callable, params, task: Task) -> dict:

@@ -28,7 +28,7 @@ import orbax.checkpoint as ocp
 
 from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
-from ntm_jax.training import metrics as metrics_lib
+from ntm_jax.training.evaluation import batch_evaluation
 from ntm_jax.training.evaluation import eval_set
 from ntm_jax.training.train_state import Keys
 from ntm_jax.training.train_state import TrainState
@@ -172,14 +172,7 @@ def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int]
   keys = [Keys(seed) for seed in seeds]
   sets = {}
 
-  @jax.jit
-  @jax.vmap
-  def evaluate_batch(params, batch):
-    results = metrics_lib.summarize(model.apply(params, batch.inputs), batch)
-    reference = task.reference_cost(batch)
-    if reference is not None:
-      results['reference_cost'] = jnp.mean(reference)
-    return results
+  evaluate_batch = jax.jit(jax.vmap(batch_evaluation(model, task)))
 
   def evaluate(params, difficulty) -> list[dict]:
     if difficulty not in sets:  # fixed sets: drawn once
