@@ -8,6 +8,7 @@ loop) lives here or in the library.
 """
 
 import dataclasses
+import os
 import signal
 import sys
 from typing import Callable
@@ -93,6 +94,9 @@ CONFIG_FLAGS = {
     'target_bit_errors': ('training loop', 'Stop once the evaluation on training '
                           'difficulties is below this many bit errors per sequence; 0: '
                           'never.'),
+    'restart_after': ('training loop', 'Restart from a fresh initialisation (new '
+                      'parameters, the data going on) any attempt that has not converged '
+                      'within this many steps; 0: never.'),
     'eval_every': ('evaluation', 'Evaluate every this many steps.'),
     'eval_batch_size': ('evaluation', 'Sequences per evaluated difficulty.'),
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),
@@ -185,12 +189,12 @@ def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> 
   The baseline sees the same number of sequences in batches of 16 with Adam 1e-3 and
   global-norm clipping: at batch 1 its wide layers run as matrix-vector products that
   re-read the weights at every step, several times slower per sequence on a CPU. The
-  NTM's extras (entropy penalty, spike skipping, parameter averaging) are off: the
-  baseline's recorded results were measured without them.
+  NTM's extras (entropy penalty, spike skipping, parameter averaging, restarts) are
+  off: the baseline's recorded results were measured without them.
   """
   return dict(lstm_features=features, lstm_layers=3, batch_size=16, entropy_penalty=0.0,
               skip_grad_norm=0.0, ema_decay=0.0, carry_grad_clip=0.0,
-              write_advance_bias=0.0,
+              write_advance_bias=0.0, restart_after=0,
               train_steps=sequences // 16, learning_rate=1e-3, optimizer='adam',
               clip_mode='global_norm', eval_every=eval_every, checkpoint_every=250,
               log_every=50)
@@ -218,6 +222,9 @@ def main(build_task: Callable, task_name: str, defaults: dict,
         cpu_devices=training.usable_cores() if FLAGS.data_parallel else None)
   except (ValueError, training.AcceleratorUnavailableError) as error:
     sys.exit(f'error: {error}')
+  import jax  # noqa: PLC0415 - after the backend is chosen
+  if jax.process_index() > 0:  # every process prints the same: process 0 speaks for all
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the C++ logs too
   runs = (f'population of {len(config.seeds)} (seeds {FLAGS.seeds})' if config.seeds
           else f'seed {config.seed}')
   print(f'{task_name}: model={config.model}, {runs}, on {devices[0].platform} '

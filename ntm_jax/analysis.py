@@ -1,7 +1,8 @@
-"""Analyses of trained models, on the host (NumPy): how a priority-sort NTM sorts.
+"""Analyses of trained models and their training logs, on the host (NumPy): how a
+priority-sort NTM sorts, and the cost spikes of converged runs.
 
-Used by `python -m experiments.tools.priority_sort_heads`; the tasks themselves only sample
-data.
+Used by `python -m experiments.tools.priority_sort_heads` and `experiments.tools.spikes`;
+the tasks themselves only sample data.
 """
 
 import numpy as np
@@ -103,3 +104,51 @@ def bit_errors_by_priority_gap(logits: np.ndarray, batch: Batch, num_inputs: int
     result[f'{low:g}-{high:g}'] = (float(output_errors[selected].mean()) if selected.any()
                                    else float('nan'))
   return result
+
+
+def cost_spikes(records: list[dict], member: int | None = None,
+                bit_errors: float = 0.2) -> tuple[float | None, list[dict]]:
+  """The cost spikes of a converged run, from its metrics log (metrics.jsonl).
+
+  After the run's first evaluation below 0.1 bit errors per sequence (in its last
+  attempt, after any restart), a spike is a stretch of consecutive logged training
+  windows whose mean bit errors per sequence exceed `bit_errors`. Returns the median
+  gradient norm of the windows after convergence (None if the run never converged) and,
+  per spike, its first and peak steps, the peak window's mean bit errors and gradient
+  norm, the gradient norms of the windows just before and after the spike and the
+  largest step gradient in it (where the log records it), each as a multiple of that
+  median. `member` picks a population's member.
+  """
+  mine = [r for r in records if r.get('member') == member]
+  restarts = [r['step'] for r in mine if r.get('kind') == 'restart']
+  start = restarts[-1] if restarts else 0
+  converged = next((r['step'] for r in mine if r.get('kind') == 'eval' and
+                    r['step'] > start and r['train']['bit_errors'] < 0.1), None)
+  if converged is None:
+    return None, []
+  windows = [r for r in mine if r.get('kind') == 'train' and r['step'] > converged]
+  if not windows:
+    return None, []
+  baseline = float(np.median([w['grad_norm'] for w in windows]))
+  spikes, index = [], 0
+  while index < len(windows):
+    if windows[index]['bit_errors'] <= bit_errors:
+      index += 1
+      continue
+    end = index
+    while end + 1 < len(windows) and windows[end + 1]['bit_errors'] > bit_errors:
+      end += 1
+    peak = max(windows[index:end + 1], key=lambda w: w['bit_errors'])
+    before = windows[index - 1]['grad_norm'] if index > 0 else None
+    after = windows[end + 1]['grad_norm'] if end + 1 < len(windows) else None
+    ratio = lambda norm: None if norm is None else norm / baseline  # noqa: E731
+    spikes.append(dict(
+        step=windows[index]['step'], peak_step=peak['step'],
+        bit_errors=peak['bit_errors'], grad_norm=peak['grad_norm'],
+        grad_norm_ratio=ratio(max(w['grad_norm'] for w in windows[index:end + 1])),
+        before_ratio=ratio(before), after_ratio=ratio(after),
+        # Logs that record each window's largest step gradient: that step's.
+        largest_step_ratio=ratio(max((w['grad_norm_max'] for w in windows[index:end + 1]
+                                      if 'grad_norm_max' in w), default=None))))
+    index = end + 1
+  return baseline, spikes

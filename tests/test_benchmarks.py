@@ -148,3 +148,14 @@ def test_the_gpu_smoke_script_runs_every_part_on_the_cpu(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == [
       'children.log', 'results.json', 'step_time.json']
   assert '===== copy_resume: 0 =====' in (tmp_path / 'children.log').read_text()
+
+
+@pytest.mark.slow
+def test_the_population_command_benchmark_times_both_ways(tmp_path):
+  output = tmp_path / 'commands.json'
+  stdout = _run_benchmark('population_commands', '--seeds=0-1', '--train_steps=2',
+                          f'--output={output}')
+  assert 'the population takes' in stdout
+  row = json.loads(output.read_text())
+  assert row['members'] == 2 and row['population_seconds'] > 0
+  assert row['single_runs_seconds'] > 0

@@ -42,6 +42,7 @@ def _run(*args, timeout=300):
     (['--write_advance_bias=-4'], 'write_advance_bias must be a finite number >= 0'),
     (['--ema_decay=1'], 'ema_decay must be in [0, 1), got 1.0'),
     (['--skip_grad_norm=-1'], 'skip_grad_norm must be a finite number >= 0, got -1.0'),
+    (['--restart_after=-5'], 'restart_after must be an integer >= 0, got -5'),
     (['--checkpoint=best'], 'checkpoint=best (--checkpoint=best) needs eval_only'),
     (['--eval_only', '--checkpoint=best'], '--checkpoint=best needs'),
     (['--checkpoint=first'], 'value should be one of <latest|best>'),
@@ -214,3 +215,4 @@ def test_the_default_flags_build_the_shipped_runs_config_and_lstm_flags_its_reci
   assert lstm['batch_size'] == 8  # given: the flag wins
   assert (lstm['learning_rate'], lstm['optimizer'], lstm['entropy_penalty']) == (
       1e-3, 'adam', 0.0)  # not given: the baseline's recipe
+  assert lstm['restart_after'] == 0 and config['restart_after'] == 16000

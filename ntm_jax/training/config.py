@@ -49,6 +49,7 @@ class LoopConfig:
   eval_every: int
   eval_batch_size: int
   target_bit_errors: float
+  restart_after: int
   plots: bool
 
 
@@ -92,6 +93,12 @@ class ExperimentConfig:
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
       fewer bit errors per sequence than this (0 disables early stopping).
+    restart_after: 0, or restart from a fresh initialisation every attempt that has not
+      converged (no evaluation on the training mix below evaluation.CONVERGED_BIT_ERRORS)
+      within this many steps: new parameters (from the seed and the step) and a new
+      optimiser state, while the step count and the data stream go on. Some
+      initialisations settle on a plateau they do not leave within any budget (copy:
+      about 1 seed in 20); a run's report lists its restarts.
     entropy_penalty: NTM only: add this many bits of cost per bit of entropy of the
       heads' weightings (summed over heads and steps) to the training cost, which favours
       sharp addressing; 0 trains on the paper's cost alone. Logged costs are the paper's.
@@ -133,6 +140,7 @@ class ExperimentConfig:
   log_every: int = 50
   eval_batch_size: int = 128
   target_bit_errors: float = 0.0
+  restart_after: int = 0
   entropy_penalty: float = 0.0
   memory_size: int = 128
   word_size: int = 20
@@ -170,6 +178,10 @@ class ExperimentConfig:
     if (isinstance(self.remat_chunk, bool) or not isinstance(self.remat_chunk, int) or
         self.remat_chunk < 0):
       raise ValueError(f'remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
+    if isinstance(self.restart_after, bool) or not isinstance(self.restart_after, int) or \
+        self.restart_after < 0:
+      raise ValueError(
+          f'restart_after must be an integer >= 0, got {self.restart_after!r}.')
     if not isinstance(self.members_at_once, int) or self.members_at_once < 0:
       raise ValueError(
           f'members_at_once must be an integer >= 0, got {self.members_at_once!r}.')
@@ -245,7 +257,8 @@ class ExperimentConfig:
         train_steps=self.train_steps, batch_size=self.batch_size,
         log_every=self.log_every, checkpoint_every=self.checkpoint_every,
         eval_every=self.eval_every, eval_batch_size=self.eval_batch_size,
-        target_bit_errors=self.target_bit_errors, plots=self.plots)
+        target_bit_errors=self.target_bit_errors, restart_after=self.restart_after,
+        plots=self.plots)
 
   def replace(self, **changes) -> 'ExperimentConfig':
     return dataclasses.replace(self, **changes)

@@ -70,3 +70,23 @@ def converged_at(records: list[dict], up_to_step: int,
                if r.get('kind') == 'eval' and r['step'] <= up_to_step
                and r.get('member') == member
                and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
+
+
+def restarts_in(records: list[dict], up_to_step: int,
+                member: int | None = None) -> list[dict]:
+  """The logged restarts (ExperimentConfig.restart_after) up to a step, of the
+  population member with that index if given."""
+  return [r for r in records if r.get('kind') == 'restart' and r['step'] <= up_to_step
+          and r.get('member') == member]
+
+
+def current_attempt(records: list[dict], up_to_step: int,
+                    member: int | None = None) -> tuple[int, bool]:
+  """The step the current attempt started at (0, or its last restart) and whether any
+  of its evaluations up to `up_to_step` was below CONVERGED_BIT_ERRORS."""
+  restarts = restarts_in(records, up_to_step, member)
+  start = restarts[-1]['step'] if restarts else 0
+  converged = any(r.get('kind') == 'eval' and start < r['step'] <= up_to_step
+                  and r.get('member') == member
+                  and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS for r in records)
+  return start, converged

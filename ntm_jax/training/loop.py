@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
@@ -33,6 +34,8 @@ from ntm_jax.training.config import CHECKPOINTS
 from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.evaluation import CONVERGED_BIT_ERRORS
 from ntm_jax.training.evaluation import converged_at
+from ntm_jax.training.evaluation import current_attempt
+from ntm_jax.training.evaluation import restarts_in
 from ntm_jax.training.evaluation import evaluate_all
 from ntm_jax.training.evaluation import make_evaluator
 from ntm_jax.training.factory import build_model
@@ -41,6 +44,7 @@ from ntm_jax.training.reporting import Progress
 from ntm_jax.training.reporting import format_report
 from ntm_jax.training import population as population_lib
 from ntm_jax.training.population import Population
+from ntm_jax.training import train_state as train_state_lib
 from ntm_jax.training.train_state import Keys
 from ntm_jax.training.train_state import TrainState
 from ntm_jax.training.train_state import create_population_state
@@ -147,6 +151,7 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
     if not eval_only:
       state, converged = _train(config, task, model, optimizer, state, checkpointer,
                                 best, evaluate, mesh, converged)
+      _sync('trained')  # the reports read the log process 0 has written
     wall_seconds = time.time() - wall_start
     if member is not None:
       report = _member_report(config, task, model, state, member, wall_seconds, workdir,
@@ -257,7 +262,11 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
   seeds = config.seeds
   workdir = os.path.abspath(config.workdir)
   start_step = int(state.step)
+  # Process 0 rewrites the log (MetricsLog) that every process reads: not while another
+  # still reads it.
+  _sync('read the log')
   log = workdir_lib.MetricsLog(workdir, start_step)
+  _sync('rewrote the log')
   options = dict(micro_batch_size=config.micro_batch_size,
                  entropy_penalty=config.entropy_penalty,
                  skip_grad_norm=config.skip_grad_norm, ema_decay=config.ema_decay)
@@ -270,9 +279,23 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
                                  Keys(config.seed).data, mesh, **options)
   progress = Progress(loop.train_steps)
   pending, window_start = [], time.time()
-  failed = list(np.asarray(jax.device_get(state.failed))) if seeds else [False]
+  failed = list(population_lib.fetch(state.failed)) if seeds else [False]
   if start_step >= loop.train_steps:
     return state, converged
+  # Each member's current attempt (ExperimentConfig.restart_after): where it started and
+  # whether it has converged, from the log up to the checkpoint resumed from.
+  records = workdir_lib.MetricsLog.read(workdir)
+  attempts = [list(current_attempt(records, start_step, index if seeds else None))
+              for index in range(len(seeds) or 1)]
+  initialize = train_state_lib.initializer(model, optimizer, task,
+                                           state.ema_params is not None)
+
+  def restart(state, indices, step):
+    """`state` with the attempts of these members begun afresh at `step`."""
+    if not seeds:
+      fresh = initialize(Keys(config.seed), step)
+      return fresh if mesh is None else replicate(fresh, mesh)
+    return state.replace_members({i: initialize(Keys(seeds[i]), step) for i in indices})
 
   def flush(step):
     """Fetches and logs the pending metrics; a single run raises if a loss is not
@@ -280,10 +303,10 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     nonlocal pending, window_start
     if not pending:
       return
-    values = jax.device_get(pending)
+    values = population_lib.fetch(pending)
     first_step = step - len(values) + 1
     if seeds:
-      now_failed = list(np.asarray(jax.device_get(state.failed)))
+      now_failed = list(population_lib.fetch(state.failed))
       per_member = [[{k: v[i] for k, v in r.items()} for r in values]
                     for i in range(len(seeds))]
     else:
@@ -310,8 +333,11 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     for index, member_values in enumerate(per_member):
       means = {k: sum(float(r[k]) for r in member_values) / len(member_values)
                for k in member_values[0]}
+      # The window's largest step gradient: a spike's is orders above the mean's.
+      largest = max(float(r['grad_norm']) for r in member_values)
       record = dict(kind='train', step=step, sequences=step * loop.batch_size,
-                    sequences_per_second=sequences_per_second, **means)
+                    sequences_per_second=sequences_per_second, **means,
+                    grad_norm_max=largest)
       if seeds:
         record.update(member=index, seed=seeds[index], failed=failed[index])
       log.write(record)
@@ -328,6 +354,37 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
                     float(np.median([m['bit_errors'] for m in live])))
     pending, window_start = [], time.time()
 
+  def restart_stalled(state, step, train_evals):
+    """Restarts every live member whose attempt has not converged within
+    `restart_after` steps, logging and printing each restart. A new attempt needs
+    `restart_after` steps of its own: with fewer left, the stalled one trains on."""
+    stalled = []
+    for index, train_eval in enumerate(train_evals):
+      attempts[index][1] |= train_eval['bit_errors'] < CONVERGED_BIT_ERRORS
+      started, attempt_converged = attempts[index]
+      if not (failed[index] or attempt_converged) and \
+          step - started >= loop.restart_after and \
+          step + loop.restart_after <= loop.train_steps:
+        stalled.append(index)
+    if not stalled:
+      return state
+    state = restart(state, stalled, step)
+    progress.newline()
+    for index in stalled:
+      errors = train_evals[index]['bit_errors']
+      record = dict(kind='restart', step=step, sequences=step * loop.batch_size,
+                    attempt_started=attempts[index][0], train_bit_errors=errors)
+      if seeds:
+        record.update(member=index, seed=seeds[index])
+      log.write(record)
+      who = f'Member seed {seeds[index]}' if seeds else 'The run'
+      print(f'{who}: not converged after {step - attempts[index][0]} steps of this '
+            f'attempt ({errors:.3f} bit errors per sequence on the training mix); '
+            f'restarted from a fresh initialisation at step {step} (restart_after='
+            f'{loop.restart_after}).', flush=True)
+      attempts[index] = [step, False]
+    return state
+
   step = start_step
   try:
     while step < loop.train_steps:
@@ -341,8 +398,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
       if boundary(loop.log_every) or boundary(loop.checkpoint_every) or boundary(
           loop.eval_every):
         flush(step)
-      if boundary(loop.checkpoint_every):
-        checkpointer.save(step, state.to_checkpoint())
+      stop = False
+      # Evaluating before saving: a restart decided at this step is in its checkpoint.
       if boundary(loop.eval_every):
         eval_start = time.time()
         train_evals = evaluate(state.evaluated_params, None)
@@ -363,17 +420,20 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
           best.update(step, state, costs)
         else:
           best.save(step, state.to_checkpoint(), costs[0])
+        if loop.restart_after:
+          state = restart_stalled(state, step, train_evals)
         window_start += time.time() - eval_start  # evaluations don't count as training
         reached = [e['bit_errors'] < loop.target_bit_errors
                    for e, dead in zip(train_evals, failed) if not dead]
-        if 0 < loop.target_bit_errors and reached and all(reached):
-          checkpointer.save(step, state.to_checkpoint())
-          progress.newline()
-          errors = max(e['bit_errors'] for e, dead in zip(train_evals, failed) if not dead)
-          print(f'Reached {errors:.3f} bit errors per sequence '
-                f'(target {loop.target_bit_errors}) at step {step}; stopping.',
-                flush=True)
-          break
+        stop = 0 < loop.target_bit_errors and reached and all(reached)
+      if boundary(loop.checkpoint_every) or stop:
+        checkpointer.save(step, state.to_checkpoint())
+      if stop:
+        progress.newline()
+        errors = max(e['bit_errors'] for e, dead in zip(train_evals, failed) if not dead)
+        print(f'Reached {errors:.3f} bit errors per sequence '
+              f'(target {loop.target_bit_errors}) at step {step}; stopping.', flush=True)
+        break
   except KeyboardInterrupt:
     progress.newline()
     if any(leaf.is_deleted() for leaf in jax.tree_util.tree_leaves(state)):
@@ -412,8 +472,10 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
     report['unaveraged_results'] = evaluate_all(evaluate, state.params, task)
   if best is not None:
     report['best'] = best
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=2)
+  restarts = restarts_in(workdir_lib.MetricsLog.read(workdir), step)
+  if restarts:
+    report['restarts'] = [r['step'] for r in restarts]
+  _write_report(workdir, report)
   which = 'the best evaluation\'s checkpoint' if checkpoint == 'best' else 'step'
   print(f'\n{task.name}, {config.model}, {which} {step} ({step * config.batch_size} '
         f'sequences), evaluated on {config.eval_batch_size} sequences per row:')
@@ -422,8 +484,14 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
     print(f'Averaged parameters (ema_decay={config.ema_decay}); the parameters '
           'themselves:')
     print(format_report(task, report['unaveraged_results']))
+  if restarts:
+    print(f'Restarted from a fresh initialisation at step(s) '
+          f'{", ".join(str(r["step"]) for r in restarts)} (restart_after): this report is '
+          'of the last attempt.')
   if converged is not None:
     print(f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
+          f'{converged} sequences in all.' if restarts else
+          f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
           f'{converged} sequences.')
   if 'best' in report and report['best']['step'] != step:
     # A run can end inside a late cost spike: say so, and which state each tool uses.
@@ -438,14 +506,33 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
       print(f'The best evaluation was at step {report["best"]["step"]} (cost '
             f'{report["best"]["cost"]:.3f} on the training mix); --eval_only '
             '--checkpoint=best evaluates its checkpoint.')
-    with open(os.path.join(workdir, 'report.json'), 'w') as f:
-      json.dump(report, f, indent=2)
-  if config.plots:
-    paths = plots.write_all(workdir, task, model, state.evaluated_params,
+    _write_report(workdir, report)
+  params = _on_host(state.evaluated_params) if config.plots else None
+  if config.plots and workdir_lib.is_writer():
+    paths = plots.write_all(workdir, task, model, params,
                             keys=Keys(config.seed))
     print('Figures: ' + ', '.join(paths))
   print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
   return report
+
+
+def _sync(name: str) -> None:
+  """In a multi-process run, waits until every process has got here."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def _on_host(tree: Any) -> Any:
+  """`tree` whole on this host, for the figures, which process 0 alone draws. In a
+  multi-process run the arrays span the processes' devices, and every process must call
+  this (it gathers)."""
+  return tree if jax.process_count() == 1 else population_lib.fetch(tree)
+
+
+def _write_report(workdir: str, report: dict) -> None:
+  if workdir_lib.is_writer():
+    with open(os.path.join(workdir, 'report.json'), 'w') as f:
+      json.dump(report, f, indent=2)
 
 
 def _best_costs(records: list[dict], size: int) -> list[float]:
@@ -477,8 +564,8 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
   report, the summary over members, the best member) and the figures; prints the
   table over seeds."""
   seeds = config.seeds
-  failed = [bool(f) for f in np.asarray(jax.device_get(state.failed))]
-  steps = [int(s) for s in np.asarray(jax.device_get(state.members.step))]
+  failed = [bool(f) for f in population_lib.fetch(state.failed)]
+  steps = [int(s) for s in population_lib.fetch(state.members.step)]
 
   def all_results(params):
     by_difficulty = {'train': evaluate(params, None)}
@@ -502,6 +589,9 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
              if r.get('kind') == 'eval' and r.get('member') == index]
     if evals:
       report['best'] = dict(zip(('cost', 'step'), min(evals)))
+    restarts = restarts_in(records, steps[index], index)
+    if restarts:
+      report['restarts'] = [r['step'] for r in restarts]
     members.append(report)
   labels = list(results[0])
   summary = population_lib.summary(members, labels)
@@ -512,8 +602,7 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
                 eval_only=eval_only, checkpoint=checkpoint, members=members,
                 summary=summary,
                 best_member=None if best_index is None else seeds[best_index])
-  with open(os.path.join(workdir, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=2)
+  _write_report(workdir, report)
   which = 'each member\'s best evaluation' if checkpoint == 'best' else f'step {step}'
   print(f'\n{task.name}, {config.model}, population of {len(seeds)}, {which}, evaluated '
         f'on {config.eval_batch_size} sequences per difficulty:')
@@ -522,12 +611,13 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
     print(f'Best member: seed {seeds[best_index]} (lowest evaluation cost, '
           f'{best_costs[best_index]:.3f}); --eval_only --member=best evaluates it, '
           'experiments.tools.ship --member=best ships it.')
-  if config.plots:
+  params = _on_host(state.member(best_index).evaluated_params) \
+      if config.plots and best_index is not None else None
+  if config.plots and workdir_lib.is_writer():
     paths = [os.path.join(workdir, 'learning_curve.png')]
     plots.learning_curve(workdir, paths[0])
     if best_index is not None:
-      paths = plots.write_all(workdir, task, model,
-                              state.member(best_index).evaluated_params,
+      paths = plots.write_all(workdir, task, model, params,
                               keys=Keys(seeds[best_index]))
     print('Figures: ' + ', '.join(paths))
   print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
@@ -540,7 +630,7 @@ def _member_report(config: ExperimentConfig, task: Task, model: nn.Module,
   """Evaluates one member as its single run's workdir would be evaluated: its report,
   figures and its own metrics.jsonl go into `<workdir>/member_seed<seed>/`."""
   records = workdir_lib.MetricsLog.read(workdir)
-  failed = [bool(f) for f in np.asarray(jax.device_get(state.failed))]
+  failed = [bool(f) for f in population_lib.fetch(state.failed)]
   index = _chosen_member(records, config.seeds, failed, member)
   seed = config.seeds[index]
   directory = population_lib.member_directory(workdir, seed)
@@ -592,7 +682,7 @@ def export_member(config: ExperimentConfig, task: Task, member: int | str,
   finally:
     source.close()
   records = workdir_lib.MetricsLog.read(config.workdir)
-  failed = [bool(f) for f in np.asarray(jax.device_get(state.failed))]
+  failed = [bool(f) for f in population_lib.fetch(state.failed)]
   index = _chosen_member(records, seeds, failed, member)
   member_state = state.member(index)
   os.makedirs(directory, exist_ok=True)
@@ -612,6 +702,8 @@ def _write_member_metrics(records: list[dict], index: int, directory: str) -> li
   `<directory>/metrics.jsonl`; returns them."""
   own = [{k: v for k, v in r.items() if k not in ('member', 'seed', 'failed')}
          for r in records if r.get('member') == index]
+  if not workdir_lib.is_writer():
+    return own
   with open(os.path.join(directory, 'metrics.jsonl'), 'w') as f:
     f.writelines(json.dumps(r) + '\n' for r in own)
   return own

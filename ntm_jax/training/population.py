@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
@@ -96,6 +97,25 @@ class Population(NamedTuple):
     """Member `index`'s state, as its single run would hold it."""
     return jax.tree.map(lambda x: x[index], self.members)
 
+  def replace_members(self, states: dict[int, TrainState]) -> 'Population':
+    """This population with member i's state replaced by `states[i]` (a restart); the
+    arrays keep their placement."""
+    members = self.members
+    for index, state in states.items():
+      members = jax.tree.map(lambda stacked, new: stacked.at[index].set(new), members,
+                             state)
+    members = jax.tree.map(lambda new, old: _placed(new, old.sharding), members,
+                           self.members)
+    return self._replace(members=members)
+
+
+def fetch(tree: Any) -> Any:
+  """`tree`'s arrays as NumPy arrays on this host. In a multi-process run a member-split
+  array spans every process's devices: all of them call this, and each gets the whole."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
+
 
 def make_population_mesh(size: int) -> jax.sharding.Mesh:
   """A mesh over all devices along the member axis: each device trains size/devices."""
@@ -108,11 +128,24 @@ def make_population_mesh(size: int) -> jax.sharding.Mesh:
 
 
 def shard_members(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
-  """`tree` (leaves with a leading member axis) split over `mesh`'s devices."""
+  """`tree` (leaves with a leading member axis, the same in every process) split over
+  `mesh`'s devices, those of other processes included."""
   if mesh is None:
     return tree
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MEMBER_AXIS))
-  return jax.device_put(tree, sharding)
+  return jax.tree.map(lambda x: _placed(x, sharding), tree)
+
+
+def _placed(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+  """`x`, the same in every process, as an array with `sharding`: each process places
+  the parts its own devices hold (jax.device_put takes only this process's devices)."""
+  if getattr(x, 'sharding', None) == sharding:
+    return x
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: their data
+    return jax.random.wrap_key_data(_placed(jax.random.key_data(x), sharding),
+                                    impl=jax.random.key_impl(x))
+  host = np.asarray(x)
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def make_population_step(model: nn.Module, optimizer: optax.GradientTransformation,
@@ -155,11 +188,13 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
     advance = jax.shard_map(advance, mesh=mesh, in_specs=(spec, spec, spec),
                             out_specs=(spec, spec, spec), check_vma=False)
 
-  def population_step(population: Population):
-    members, failed, metrics = advance(population.members, population.failed, data_keys)
+  def population_step(population: Population, keys: jax.Array):
+    members, failed, metrics = advance(population.members, population.failed, keys)
     return Population(members, failed), metrics
 
-  return jax.jit(population_step, donate_argnums=0)
+  # The keys an argument, not a constant: split over processes, no process holds them all.
+  step_population = jax.jit(population_step, donate_argnums=0)
+  return lambda population: step_population(population, data_keys)
 
 
 def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int],
@@ -179,7 +214,7 @@ def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int]
       sets[difficulty] = jax.tree.map(
           lambda *xs: jnp.stack(xs),
           *[eval_set(task, k, difficulty, batch_size) for k in keys])
-    results = jax.device_get(evaluate_batch(params, sets[difficulty]))
+    results = fetch(evaluate_batch(params, sets[difficulty]))
     return [{name: float(values[i]) for name, values in results.items()}
             for i in range(len(seeds))]
 
@@ -219,7 +254,7 @@ class BestMembers(checkpointing.Checkpointer):
   def update(self, step: int, population: Population, costs: Sequence[float]) -> bool:
     """Takes every member whose cost is below its best (and finite); saves if any did."""
     costs = np.asarray(costs, np.float64)
-    improved = (costs < self.costs) & ~np.asarray(population.failed)
+    improved = (costs < self.costs) & ~fetch(population.failed)
     if not improved.any():
       return False
     chosen = jnp.asarray(improved)
@@ -260,7 +295,7 @@ def summary(members: list[dict], labels: Sequence[str]) -> dict:
                     if not m['failed']] for label in labels}
   return dict(
       members=len(members), failed=sum(m['failed'] for m in members),
-      converged=len(converged),
+      converged=len(converged), restarted=sum(bool(m.get('restarts')) for m in members),
       median_sequences_to_converge=float(np.median(converged)) if converged else None,
       bit_errors={label: dict(median=float(np.median(v)), mean=float(np.mean(v)),
                               worst=float(np.max(v))) if v else None
@@ -279,6 +314,8 @@ def format_table(task: Task, members: list[dict], summary_: dict) -> str:
   for m in members:
     at = 'failed' if m['failed'] else (
         '-' if m['converged_at_sequences'] is None else str(m['converged_at_sequences']))
+    if m.get('restarts'):  # sequences counted from the run's start, restarts included
+      at = f'{"r" * len(m["restarts"])} {at}'
     lines.append(f'{m["seed"]:>6} | {at:>12} | ' + ' | '.join(
         f'{m["results"][label]["bit_errors"]:9.3f}' for label in labels))
   lines.append('-' * len(header))
@@ -291,7 +328,7 @@ def format_table(task: Task, members: list[dict], summary_: dict) -> str:
     lines.append(f'{row:>6} | {at:>12} | ' + ' | '.join(
         '        -' if v is None else f'{v[row]:9.3f}' for v in values))
   lines.append('(converged at: median row, the median over members that converged; '
-               'mean row, how many converged)')
+               'mean row, how many converged; r: a restart from a fresh initialisation)')
   return '\n'.join(lines)
 
 

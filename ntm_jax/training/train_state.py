@@ -59,6 +59,10 @@ class Keys:
     self.eval = jax.random.fold_in(base, 2)
     self.figures = jax.random.fold_in(base, 3)
 
+  def restart_params(self, step: int) -> jax.Array:
+    """The parameters' key of an attempt that restarts at `step` (>= 1)."""
+    return jax.random.fold_in(self.params, step)
+
   def eval_batch(self, difficulty) -> jax.Array:
     """A fixed evaluation set per difficulty (None: the training distribution)."""
     if difficulty is None:
@@ -72,7 +76,24 @@ class Keys:
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
                        task: Task, keys: Keys, ema: bool = False) -> TrainState:
   """The state before the first step; with `ema`, the average starts at the parameters."""
-  return jax.jit(_initial_state(model, optimizer, task, ema))(keys.params, keys.data)
+  return initializer(model, optimizer, task, ema)(keys, 0)
+
+
+def initializer(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
+                ema: bool = False) -> Callable[[Keys, int], TrainState]:
+  """(keys, step) -> the state of an attempt starting at `step`, compiled once.
+
+  Step 0 is the run's start (`create_train_state`); a later step is a restart
+  (ExperimentConfig.restart_after): fresh parameters from `keys.restart_params(step)`, a
+  fresh optimiser state (its schedule starting again), the step count kept.
+  """
+  init = jax.jit(_initial_state(model, optimizer, task, ema))
+
+  def initialize(keys: Keys, step: int) -> TrainState:
+    state = init(keys.restart_params(step) if step else keys.params, keys.data)
+    return state._replace(step=jnp.array(step, jnp.int32)) if step else state
+
+  return initialize
 
 
 def create_population_state(model: nn.Module, optimizer: optax.GradientTransformation,
@@ -84,8 +105,8 @@ def create_population_state(model: nn.Module, optimizer: optax.GradientTransform
   same values, but on a 2-core CPU its batched orthogonal initialisation has hung XLA's
   thread pool.)
   """
-  init = jax.jit(_initial_state(model, optimizer, task, ema))
-  states = [init(keys.params, keys.data) for keys in map(Keys, seeds)]
+  init = initializer(model, optimizer, task, ema)
+  states = [init(keys, 0) for keys in map(Keys, seeds)]
   return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 

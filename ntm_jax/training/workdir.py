@@ -28,6 +28,13 @@ class WorkdirError(ValueError):
   """The workdir cannot hold a run: it is a file, or cannot be written."""
 
 
+def is_writer() -> bool:
+  """Whether this process writes the run's files (metrics, config, report, figures): in
+  a multi-process run process 0 alone, since every process computes the same values.
+  Orbax coordinates the checkpoints' writes itself."""
+  return jax.process_index() == 0
+
+
 def prepare(workdir: str, eval_only: bool = False) -> str:
   """The workdir as an absolute path, created if needed; a WorkdirError, naming the flag,
   if it is a file or (for training) cannot be written."""
@@ -81,6 +88,8 @@ class MetricsLog:
 
   def __init__(self, workdir: str, resume_step: int):
     self.path = os.path.join(workdir, metrics_lib.LOG_NAME)
+    if not is_writer():
+      return
     # A resumed run repeats the steps after its checkpoint: drop what they logged before.
     kept = [record for record in self.read(workdir) if record['step'] <= resume_step]
     with open(self.path, 'w') as f:
@@ -95,6 +104,8 @@ class MetricsLog:
       return []
 
   def write(self, record: dict) -> None:
+    if not is_writer():
+      return
     with open(self.path, 'a') as f:
       f.write(json.dumps(record) + '\n')
 
@@ -147,6 +158,8 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
       if changed:
         print(f'Note: resuming with other task settings than {path} records '
               f'({changed}); training goes on with the new ones.', flush=True)
+  if not is_writer():
+    return
   with open(path, 'w') as f:
     json.dump(dict(current, **{k: v for k, v in vars(config).items()
                                if k not in current}, task_settings=settings), f, indent=2)

@@ -1,0 +1,137 @@
+"""Restarting a stalled attempt from a fresh initialisation (ExperimentConfig.restart_after)."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ntm_jax.tasks import CopyTask
+from ntm_jax.training import ExperimentConfig
+from ntm_jax.training import checkpointing
+from ntm_jax.training import evaluation
+from ntm_jax.training import factory
+from ntm_jax.training import loop
+from ntm_jax.training import optim
+from ntm_jax.training import run
+from ntm_jax.training import train_state
+
+# Nothing converges in 10 steps of this: every attempt stalls.
+TINY = dict(batch_size=2, memory_size=8, word_size=4, controller_features=16,
+            eval_batch_size=4, plots=False, log_every=5, eval_every=10,
+            checkpoint_every=10, train_steps=30, restart_after=10)
+
+
+def tiny_task():
+  return CopyTask(bits=3, min_length=1, max_length=3, eval_lengths=(2, 5))
+
+
+def _records(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def _state_at(config, task, step):
+  model = factory.build_model(config, task)
+  optimizer = optim.make_optimizer(config)
+  like = train_state.create_train_state(model, optimizer, task,
+                                        train_state.Keys(config.seed))
+  checkpointer = checkpointing.Checkpointer(config.workdir)
+  try:
+    return train_state.TrainState.from_checkpoint(
+        checkpointer.restore(like.to_checkpoint(), step=step))
+  finally:
+    checkpointer.close()
+
+
+def test_a_stalled_attempt_restarts_afresh_while_steps_and_data_go_on(tmp_path, capsys):
+  task = tiny_task()
+  config = ExperimentConfig(workdir=str(tmp_path), seed=3, **TINY)
+  report = run(config, task)
+  # Every 10 steps, while a new attempt still has its 10 steps: not at 30, the end.
+  assert report['restarts'] == [10, 20]
+  assert report['step'] == 30 and report['converged_at_sequences'] is None
+  restarts = [r for r in _records(config.workdir) if r['kind'] == 'restart']
+  assert [(r['step'], r['attempt_started']) for r in restarts] == [(10, 0), (20, 10)]
+  assert 'restarted from a fresh initialisation at step 10' in capsys.readouterr().out
+  # The checkpoint at a restart holds the new attempt: the parameters and optimiser state
+  # of an initialisation from the seed and that step, and the step count kept.
+  model = factory.build_model(config, task)
+  fresh = train_state.initializer(model, optim.make_optimizer(config), task)(
+      train_state.Keys(3), 20)
+  saved = _state_at(config, task, 20)
+  assert int(saved.step) == 20
+  jax.tree.map(np.testing.assert_array_equal, saved.params, fresh.params)
+  jax.tree.map(np.testing.assert_array_equal, saved.opt_state, fresh.opt_state)
+  first = train_state.create_train_state(model, optim.make_optimizer(config), task,
+                                         train_state.Keys(3))
+  assert not all(np.array_equal(a, b) for a, b in
+                 zip(jax.tree.leaves(fresh.params), jax.tree.leaves(first.params)))
+
+
+def test_a_converged_attempt_is_never_restarted(tmp_path, monkeypatch):
+  # Every evaluation counts as converged.
+  monkeypatch.setattr(loop, 'CONVERGED_BIT_ERRORS', 1e9)
+  report = run(ExperimentConfig(workdir=str(tmp_path), **TINY), tiny_task())
+  assert 'restarts' not in report
+  assert not [r for r in _records(str(tmp_path)) if r['kind'] == 'restart']
+
+
+class _StopAt:
+  """STOP_REQUESTED, set once the loop has checked it `calls` times (a Ctrl-C then)."""
+
+  def __init__(self, calls):
+    self.calls = calls
+
+  def is_set(self):
+    self.calls -= 1
+    return self.calls < 0
+
+
+@pytest.mark.parametrize('interrupted_at', [10, 14])
+def test_a_run_interrupted_around_a_restart_resumes_as_if_uninterrupted(
+    tmp_path, monkeypatch, interrupted_at):
+  task = tiny_task()
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  run(ExperimentConfig(workdir=straight, **TINY), task)
+  monkeypatch.setattr(loop, 'STOP_REQUESTED', _StopAt(interrupted_at))
+  with pytest.raises(KeyboardInterrupt):
+    run(ExperimentConfig(workdir=resumed, **TINY), task)
+  monkeypatch.undo()
+  report = run(ExperimentConfig(workdir=resumed, **TINY), task)
+  assert report['restarts'] == [10, 20]
+  a = _state_at(ExperimentConfig(workdir=straight, **TINY), task, 30)
+  b = _state_at(ExperimentConfig(workdir=resumed, **TINY), task, 30)
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+  # (Training windows differ: an interrupted run logs the part window it ran.)
+  kept = lambda records: [r for r in records if r['kind'] != 'train']  # noqa: E731
+  assert kept(_records(straight)) == kept(_records(resumed))
+
+
+def test_each_member_restarts_as_its_single_run_does(tmp_path):
+  task = tiny_task()
+  population = run(ExperimentConfig(workdir=str(tmp_path / 'population'), seeds=(4, 9),
+                                    **TINY), task)
+  single = run(ExperimentConfig(workdir=str(tmp_path / 'single'), seed=9, **TINY), task)
+  member = population['members'][1]
+  assert member['restarts'] == single['restarts'] == [10, 20]
+  assert population['summary']['restarted'] == 2
+  for label, results in single['results'].items():
+    np.testing.assert_allclose(member['results'][label]['cost'], results['cost'],
+                               rtol=1e-4)
+
+
+def test_the_current_attempt_is_read_from_the_log():
+  records = [
+      dict(kind='eval', step=10, train=dict(bit_errors=0.05)),  # converged, then stalled?
+      dict(kind='restart', step=20),
+      dict(kind='eval', step=20, train=dict(bit_errors=3.0)),   # the old attempt's
+      dict(kind='eval', step=30, train=dict(bit_errors=0.01)),
+      dict(kind='eval', step=10, member=1, train=dict(bit_errors=0.0)),
+  ]
+  assert evaluation.current_attempt(records, 25) == (20, False)
+  assert evaluation.current_attempt(records, 30) == (20, True)
+  assert evaluation.current_attempt(records, 15) == (0, True)
+  assert evaluation.current_attempt(records, 30, member=1) == (0, True)
+  assert evaluation.current_attempt(records, 30, member=2) == (0, False)
