@@ -17,6 +17,9 @@ the others' results:
              time loop (COMMAND_BUFFERS below names the XLA_FLAGS); for each, the
              kernels the compiled step launches per time step, forward and backward,
              counted in its optimised HLO;
+  population the copy default's population step (`--seeds`, all members at once) for K =
+             1, 16 and 256 members of batch 1: step time, aggregate sequences per
+             second, compile time, peak memory;
   copy       `python -m experiments.copy --accelerator=...` for a fixed number of steps,
              then resumed for a few more: its sequences per second, against
              `--cpu_reference` (the same command's figures on a CPU).
@@ -37,7 +40,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ('versions', 'tests', 'copy', 'loop', 'step_time')  # the order they run in
+PARTS = ('versions', 'tests', 'copy', 'loop', 'population', 'step_time')  # in this order
 PLATFORMS = {'cpu': 'cpu', 'gpu': 'cuda', 'tpu': 'tpu'}
 
 # XLA's command buffers record a sequence of kernels once as a CUDA graph and replay it
@@ -192,6 +195,24 @@ def loop_worker(args) -> None:
       print(json.dumps(row), flush=True)
 
 
+def population_worker(args) -> None:
+  """The `population` part's child: the copy default's population step per size."""
+  from ntm_jax.training import backend
+  if os.environ.get('JAX_PLATFORMS') == 'cpu':
+    backend.tune_cpu_compiler()
+  import jax
+  from benchmarks.measure import measure
+  from ntm_jax.tasks import CopyTask
+
+  task = CopyTask(max_length=args.max_length, eval_lengths=(args.max_length,))
+  for members in args.population_sizes:
+    config = copy_default_config(1).replace(seeds=tuple(range(members)))
+    row = measure(config, task, args.repeats)
+    row.update(members=members, sequences_per_second=members / row['step_seconds'],
+               platform=jax.default_backend())
+    print(json.dumps(row), flush=True)
+
+
 class Smoke:
   """Runs the parts as child processes and gathers their results."""
 
@@ -310,6 +331,22 @@ class Smoke:
             f'{k["command_buffers"]:6d}')
     return dict(status=statuses, rows=rows)
 
+  def population(self) -> dict:
+    status, output = self.child('population', [
+        sys.executable, '-m', 'benchmarks.gpu_smoke', '--worker=population',
+        f'--max_length={self.args.max_length}', f'--repeats={self.args.repeats}',
+        '--population_sizes=' + ','.join(map(str, self.args.population_sizes))],
+        self.args.part_timeout)
+    rows = [json.loads(line) for line in output.splitlines() if line.startswith('{')]
+    print(f'Copy default population step (batch 1 each, T = {2 * self.args.max_length + 1})')
+    print(f'{"members":>8} {"step ms":>9} {"seq/s":>9} {"compile s":>9} {"peak MiB":>9}')
+    for row in rows:
+      peak = row['device_peak_bytes'] or row['peak_bytes'] or 0
+      print(f'{row["members"]:>8} {1e3 * row["step_seconds"]:9.2f} '
+            f'{row["sequences_per_second"]:9.1f} {row["compile_seconds"]:9.1f} '
+            f'{peak / 2**20:9.1f}')
+    return dict(status=status, rows=rows)
+
   def copy(self) -> dict:
     steps, more = self.args.copy_steps, self.args.copy_steps // 10
     with tempfile.TemporaryDirectory(dir=self.output_dir) as workdir:
@@ -394,11 +431,13 @@ def parse_args(argv=None):
   parser.add_argument('--test_timeout', type=float, default=120)
   parser.add_argument('--part_timeout', type=float, default=150,
                       help='seconds for each child process')
-  parser.add_argument('--worker', choices=('loop',), help=argparse.SUPPRESS)
+  parser.add_argument('--population_sizes', type=_ints, default=None)
+  parser.add_argument('--worker', choices=('loop', 'population'), help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   quick = args.quick
   for name, full, small in (('unrolls', [1, 4, 16], [1, 2]),
                             ('batch_sizes', [1, 128], [1, 4]),
+                            ('population_sizes', [1, 16, 256], [1, 2]),
                             ('max_length', 20, 3), ('repeats', 10, 2),
                             ('copy_steps', 2000, 20)):
     if getattr(args, name) is None:
@@ -413,6 +452,8 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   if args.worker == 'loop':
     loop_worker(args)
+  elif args.worker == 'population':
+    population_worker(args)
   else:
     Smoke(args).run()
 

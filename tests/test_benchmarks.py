@@ -140,6 +140,9 @@ def test_the_gpu_smoke_script_runs_every_part_on_the_cpu(tmp_path):
   for row in loop_rows:  # the copy default's forward and backward time scans were found
     assert row['kernels']['forward_per_step'] > 10
     assert row['kernels']['backward_per_step'] > 10
+  population = results['population']
+  assert population['status'] == 0 and [r['members'] for r in population['rows']] == [1, 2]
+  assert all(r['sequences_per_second'] > 0 for r in population['rows'])
   copy = results['copy']
   assert copy['status'] == 0 and copy['resumed'] and copy['resumed_to'] == 22
   assert copy['sequences_per_second'] > 0 and copy['cpu_reference']['sequences_per_second']

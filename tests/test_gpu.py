@@ -1,4 +1,5 @@
-"""The GPU computes what the CPU computes: the equations, a training step and a run.
+"""The GPU computes what the CPU computes: the equations, a training step, a population's
+step and a run.
 
 Every test here is marked `gpu` and skipped without a GPU (conftest.py). They need both
 backends in one process, `JAX_PLATFORMS=cuda,cpu`, as `benchmarks.gpu_smoke` runs them.
@@ -19,6 +20,7 @@ from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import checkpointing
 from ntm_jax.training import factory
 from ntm_jax.training import optim
+from ntm_jax.training import population
 from ntm_jax.training import train_state
 from ntm_jax.training import run
 
@@ -81,6 +83,31 @@ def test_training_steps_on_the_gpu_match_the_cpu(batch_size):
         state, metrics = step(state)
         costs.append(float(metrics['cost']))
       results[platform] = costs, jax.device_get(state.params)
+  (gpu_costs, gpu_params), (cpu_costs, cpu_params) = results['gpu'], results['cpu']
+  np.testing.assert_allclose(gpu_costs, cpu_costs, rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               gpu_params, cpu_params)
+
+
+def test_a_population_step_on_the_gpu_matches_the_cpu():
+  """Four copy-default members stepped together (vmap) on each backend: the same
+  updates, member by member."""
+  config, task, seeds = _copy_default(1), CopyTask(), (0, 1, 2, 3)
+  model, optimizer = factory.build_model(config, task), optim.make_optimizer(config)
+  results = {}
+  for platform in ('gpu', 'cpu'):
+    with jax.default_device(jax.devices(platform)[0]), \
+        jax.default_matmul_precision('highest'):
+      state = population.Population(
+          train_state.create_population_state(model, optimizer, task, seeds),
+          jnp.zeros(len(seeds), bool))
+      step = population.make_population_step(model, optimizer, task, 1, seeds,
+                                             entropy_penalty=config.entropy_penalty)
+      costs = []
+      for _ in range(5):
+        state, metrics = step(state)
+        costs.append(np.asarray(metrics['cost']))
+      results[platform] = costs, jax.device_get(state.members.params)
   (gpu_costs, gpu_params), (cpu_costs, cpu_params) = results['gpu'], results['cpu']
   np.testing.assert_allclose(gpu_costs, cpu_costs, rtol=1e-4)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),

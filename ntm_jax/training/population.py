@@ -141,9 +141,6 @@ def _placed(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
   the parts its own devices hold (jax.device_put takes only this process's devices)."""
   if getattr(x, 'sharding', None) == sharding:
     return x
-  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # typed keys: their data
-    return jax.random.wrap_key_data(_placed(jax.random.key_data(x), sharding),
-                                    impl=jax.random.key_impl(x))
   host = np.asarray(x)
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
@@ -165,7 +162,10 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
   members' intermediates at once.
   """
   step = step_function(model, optimizer, task, batch_size, **step_options)
-  data_keys = shard_members(jnp.stack([Keys(seed).data for seed in seeds]), mesh)
+  # On the host, a constant of the compiled step that shard_map splits: an array placed
+  # on devices of several processes could not be one.
+  key_data = np.stack([jax.random.key_data(Keys(seed).data) for seed in seeds])
+  key_impl = jax.random.key_impl(Keys(seeds[0]).data)
 
   def advance(members: TrainState, failed: jax.Array, keys: jax.Array):
     if members_at_once and members_at_once < keys.shape[0]:
@@ -188,13 +188,12 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
     advance = jax.shard_map(advance, mesh=mesh, in_specs=(spec, spec, spec),
                             out_specs=(spec, spec, spec), check_vma=False)
 
-  def population_step(population: Population, keys: jax.Array):
+  def population_step(population: Population):
+    keys = jax.random.wrap_key_data(jnp.asarray(key_data), impl=key_impl)
     members, failed, metrics = advance(population.members, population.failed, keys)
     return Population(members, failed), metrics
 
-  # The keys an argument, not a constant: split over processes, no process holds them all.
-  step_population = jax.jit(population_step, donate_argnums=0)
-  return lambda population: step_population(population, data_keys)
+  return jax.jit(population_step, donate_argnums=0)
 
 
 def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int],
