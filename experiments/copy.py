@@ -25,10 +25,10 @@ FLAGS = flags.FLAGS
 # sequence makes wandering rare, N(0, 0.3^2) rarer still, and a small entropy penalty on
 # the weightings removes the blur (length 120: mean 0.47 bit errors over seeds 0-19,
 # against 137 over a constant memory). BUILD_NOTES.md, "Decisions"; measurements in the
-# history, "Copy: choosing the defaults". About 1 initialisation in 20 never leaves the
-# plateau of memorising in the controller (14 bit errors per sequence after 64,000
-# sequences), while every other one converges within 12,800: an attempt not converged
-# after 16,000 starts afresh (docs/RESULTS.md, "Copy").
+# history, "Copy: choosing the defaults". Some initialisations (1 of the 44 seeds
+# measured) never leave the plateau of memorising in the controller (14 bit errors per
+# sequence after 64,000 sequences), while every other one converges within 12,800: an
+# attempt not converged after 16,000 starts afresh (docs/RESULTS.md, "Copy").
 DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,
