@@ -16,6 +16,17 @@ import orbax.checkpoint as ocp
 KEEP_LATEST = 3
 
 
+def _save_in_background() -> bool:
+  """Whether saves finish in Orbax's background thread: in one process only.
+
+  With several processes, a save's finalisation runs barriers that are device
+  collectives; from a background thread they interleave with the training step's
+  collectives in an order that differs between processes, and the CPU collectives abort
+  or hang. Saving in the main thread keeps every process's collectives in one order.
+  """
+  return jax.process_count() == 1
+
+
 class Checkpointer:
   """Saves and restores a training-state pytree under `<workdir>/checkpoints`.
 
@@ -33,7 +44,8 @@ class Checkpointer:
 
   def _options(self) -> ocp.CheckpointManagerOptions:
     return ocp.CheckpointManagerOptions(
-        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST))
+        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST),
+        enable_async_checkpointing=_save_in_background())
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -139,7 +151,8 @@ class BestCheckpointer(Checkpointer):
   def _options(self) -> ocp.CheckpointManagerOptions:
     return ocp.CheckpointManagerOptions(
         create=True, max_to_keep=1, best_fn=lambda metrics: metrics['cost'],
-        best_mode='min', keep_checkpoints_without_metrics=False)
+        best_mode='min', keep_checkpoints_without_metrics=False,
+        enable_async_checkpointing=_save_in_background())
 
   def latest_step(self) -> int | None:
     return self._manager.best_step()
