@@ -95,8 +95,8 @@ CONFIG_FLAGS = {
                           'difficulties is below this many bit errors per sequence; 0: '
                           'never.'),
     'restart_after': ('training loop', 'Restart from a fresh initialisation (new '
-                      'parameters, the data going on) any attempt that has not converged '
-                      'within this many steps; 0: never.'),
+                      'parameters, the data going on) any attempt with no evaluation below '
+                      '1 bit error per sequence within this many steps; 0: never.'),
     'eval_every': ('evaluation', 'Evaluate every this many steps.'),
     'eval_batch_size': ('evaluation', 'Sequences per evaluated difficulty.'),
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),

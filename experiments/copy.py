@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 # history, "Copy: choosing the defaults". Some initialisations (1 of the 44 seeds
 # measured) never leave the plateau of memorising in the controller (14 bit errors per
 # sequence after 64,000 sequences), while every other one converges within 12,800: an
-# attempt not converged after 16,000 starts afresh (docs/RESULTS.md, "Copy").
+# attempt with no evaluation below 1 bit error after 16,000 starts afresh (RESULTS.md).
 DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,

@@ -70,9 +70,9 @@ def test_a_stalled_attempt_restarts_afresh_while_steps_and_data_go_on(tmp_path, 
                  zip(jax.tree.leaves(fresh.params), jax.tree.leaves(first.params)))
 
 
-def test_a_converged_attempt_is_never_restarted(tmp_path, monkeypatch):
-  # Every evaluation counts as converged.
-  monkeypatch.setattr(loop, 'CONVERGED_BIT_ERRORS', 1e9)
+def test_a_learning_attempt_is_never_restarted(tmp_path, monkeypatch):
+  # Every evaluation counts as learning.
+  monkeypatch.setattr(loop, 'LEARNING_BIT_ERRORS', 1e9)
   report = run(ExperimentConfig(workdir=str(tmp_path), **TINY), tiny_task())
   assert 'restarts' not in report
   assert not [r for r in _records(str(tmp_path)) if r['kind'] == 'restart']
@@ -129,9 +129,14 @@ def test_the_current_attempt_is_read_from_the_log():
       dict(kind='eval', step=20, train=dict(bit_errors=3.0)),   # the old attempt's
       dict(kind='eval', step=30, train=dict(bit_errors=0.01)),
       dict(kind='eval', step=10, member=1, train=dict(bit_errors=0.0)),
+      # Learning, not converged: on its way down.
+      dict(kind='eval', step=10, member=3, train=dict(bit_errors=0.5)),
+      dict(kind='eval', step=10, member=4, train=dict(bit_errors=1.5)),
   ]
   assert evaluation.current_attempt(records, 25) == (20, False)
   assert evaluation.current_attempt(records, 30) == (20, True)
   assert evaluation.current_attempt(records, 15) == (0, True)
   assert evaluation.current_attempt(records, 30, member=1) == (0, True)
   assert evaluation.current_attempt(records, 30, member=2) == (0, False)
+  assert evaluation.current_attempt(records, 30, member=3) == (0, True)
+  assert evaluation.current_attempt(records, 30, member=4) == (0, False)

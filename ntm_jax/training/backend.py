@@ -17,7 +17,7 @@ _INSTALL_HINTS = {
 # XLA's CPU compiler in jaxlib 0.10 hands small multiply-and-reduce fusions to YNNPACK;
 # for the NTM's (batch, N, M) backward reductions those run several times slower than
 # XLA's own loops, and turning them off makes a copy training step about 1.6x faster at
-# batch 16-32 (BUILD_NOTES.md, "Speed on this CPU"). The flag is only set for the jaxlib
+# batch 16-32 (docs/BENCHMARKS.md, "Speed on this CPU"). The flag is only set for the jaxlib
 # versions it was measured with: XLA aborts on a flag it does not know.
 _CPU_XLA_FLAGS = {(0, 10): ('--xla_cpu_experimental_ynn_fusion_type=',)}
 

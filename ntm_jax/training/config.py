@@ -93,8 +93,8 @@ class ExperimentConfig:
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
       fewer bit errors per sequence than this (0 disables early stopping).
-    restart_after: 0, or restart from a fresh initialisation every attempt that has not
-      converged (no evaluation on the training mix below evaluation.CONVERGED_BIT_ERRORS)
+    restart_after: 0, or restart from a fresh initialisation every attempt that is not
+      learning (no evaluation on the training mix below evaluation.LEARNING_BIT_ERRORS)
       within this many steps: new parameters (from the seed and the step) and a new
       optimiser state, while the step count and the data stream go on. Some
       initialisations settle on a plateau they do not leave within any budget (copy: 1

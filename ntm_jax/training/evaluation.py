@@ -13,6 +13,11 @@ from ntm_jax.training.train_state import Keys
 
 # The first evaluation with fewer bit errors per sequence than this counts as converged.
 CONVERGED_BIT_ERRORS = 0.1
+# An attempt with an evaluation below this is learning the task, not on a plateau, and
+# is never restarted (ExperimentConfig.restart_after): plateaus sit well above it (copy
+# 20-36, associative recall 3-5 per sequence) and converging attempts pass it on their
+# way down, sometimes just before restart_after steps.
+LEARNING_BIT_ERRORS = 1.0
 
 
 def eval_set(task: Task, keys: Keys, difficulty, batch_size: int) -> Batch:
@@ -72,6 +77,15 @@ def converged_at(records: list[dict], up_to_step: int,
                and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
 
 
+def best_evaluation(records: list[dict], member: int | None = None) -> dict | None:
+  """{'cost', 'step'} of the logged evaluation with the lowest cost on the training mix
+  (of the population member with that index, if given; a failed member's records do not
+  count), or None if there is none."""
+  evals = [(r['train']['cost'], r['step']) for r in records
+           if r.get('kind') == 'eval' and r.get('member') == member and not r.get('failed')]
+  return dict(zip(('cost', 'step'), min(evals))) if evals else None
+
+
 def restarts_in(records: list[dict], up_to_step: int,
                 member: int | None = None) -> list[dict]:
   """The logged restarts (ExperimentConfig.restart_after) up to a step, of the
@@ -83,10 +97,10 @@ def restarts_in(records: list[dict], up_to_step: int,
 def current_attempt(records: list[dict], up_to_step: int,
                     member: int | None = None) -> tuple[int, bool]:
   """The step the current attempt started at (0, or its last restart) and whether any
-  of its evaluations up to `up_to_step` was below CONVERGED_BIT_ERRORS."""
+  of its evaluations up to `up_to_step` was below LEARNING_BIT_ERRORS."""
   restarts = restarts_in(records, up_to_step, member)
   start = restarts[-1]['step'] if restarts else 0
-  converged = any(r.get('kind') == 'eval' and start < r['step'] <= up_to_step
-                  and r.get('member') == member
-                  and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS for r in records)
-  return start, converged
+  learning = any(r.get('kind') == 'eval' and start < r['step'] <= up_to_step
+                 and r.get('member') == member
+                 and r['train']['bit_errors'] < LEARNING_BIT_ERRORS for r in records)
+  return start, learning

@@ -33,6 +33,8 @@ from ntm_jax.training import workdir as workdir_lib
 from ntm_jax.training.config import CHECKPOINTS
 from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.evaluation import CONVERGED_BIT_ERRORS
+from ntm_jax.training.evaluation import LEARNING_BIT_ERRORS
+from ntm_jax.training.evaluation import best_evaluation
 from ntm_jax.training.evaluation import converged_at
 from ntm_jax.training.evaluation import current_attempt
 from ntm_jax.training.evaluation import restarts_in
@@ -283,7 +285,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
   if start_step >= loop.train_steps:
     return state, converged
   # Each member's current attempt (ExperimentConfig.restart_after): where it started and
-  # whether it has converged, from the log up to the checkpoint resumed from.
+  # whether it is learning, from the log up to the checkpoint resumed from.
   records = workdir_lib.MetricsLog.read(workdir)
   attempts = [list(current_attempt(records, start_step, index if seeds else None))
               for index in range(len(seeds) or 1)]
@@ -355,14 +357,14 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     pending, window_start = [], time.time()
 
   def restart_stalled(state, step, train_evals):
-    """Restarts every live member whose attempt has not converged within
-    `restart_after` steps, logging and printing each restart. A new attempt needs
+    """Restarts every live member whose attempt has not come below LEARNING_BIT_ERRORS
+    within `restart_after` steps, logging and printing each restart. A new attempt needs
     `restart_after` steps of its own: with fewer left, the stalled one trains on."""
     stalled = []
     for index, train_eval in enumerate(train_evals):
-      attempts[index][1] |= train_eval['bit_errors'] < CONVERGED_BIT_ERRORS
-      started, attempt_converged = attempts[index]
-      if not (failed[index] or attempt_converged) and \
+      attempts[index][1] |= train_eval['bit_errors'] < LEARNING_BIT_ERRORS
+      started, learning = attempts[index]
+      if not (failed[index] or learning) and \
           step - started >= loop.restart_after and \
           step + loop.restart_after <= loop.train_steps:
         stalled.append(index)
@@ -378,8 +380,9 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
         record.update(member=index, seed=seeds[index])
       log.write(record)
       who = f'Member seed {seeds[index]}' if seeds else 'The run'
-      print(f'{who}: not converged after {step - attempts[index][0]} steps of this '
-            f'attempt ({errors:.3f} bit errors per sequence on the training mix); '
+      print(f'{who}: no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence '
+            f'in {step - attempts[index][0]} steps of this attempt (now {errors:.3f} on '
+            'the training mix); '
             f'restarted from a fresh initialisation at step {step} (restart_after='
             f'{loop.restart_after}).', flush=True)
       attempts[index] = [step, False]
@@ -537,11 +540,8 @@ def _write_report(workdir: str, report: dict) -> None:
 
 def _best_costs(records: list[dict], size: int) -> list[float]:
   """Each member's lowest evaluation cost on the training mix in the metrics log."""
-  costs = [math.inf] * size
-  for r in records:
-    if r.get('kind') == 'eval' and 'member' in r and not r.get('failed'):
-      costs[r['member']] = min(costs[r['member']], r['train']['cost'])
-  return costs
+  return [best['cost'] if best else math.inf
+          for best in (best_evaluation(records, index) for index in range(size))]
 
 
 def _chosen_member(records: list[dict], seeds, failed, member) -> int:
@@ -585,10 +585,9 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
                   converged_at_sequences=converged[index], results=results[index])
     if unaveraged is not None:
       report['unaveraged_results'] = unaveraged[index]
-    evals = [(r['train']['cost'], r['step']) for r in records
-             if r.get('kind') == 'eval' and r.get('member') == index]
-    if evals:
-      report['best'] = dict(zip(('cost', 'step'), min(evals)))
+    best = best_evaluation(records, index)
+    if best:
+      report['best'] = best
     restarts = restarts_in(records, steps[index], index)
     if restarts:
       report['restarts'] = [r['step'] for r in restarts]
@@ -635,11 +634,10 @@ def _member_report(config: ExperimentConfig, task: Task, model: nn.Module,
   seed = config.seeds[index]
   directory = population_lib.member_directory(workdir, seed)
   os.makedirs(directory, exist_ok=True)
-  own = _write_member_metrics(records, index, directory)
+  _write_member_metrics(records, index, directory)
   single = config.replace(seeds=(), seed=seed, workdir=directory)
   member_state = state.member(index)
-  evals = [(r['train']['cost'], r['step']) for r in own if r.get('kind') == 'eval']
-  best = dict(zip(('cost', 'step'), min(evals))) if evals else None
+  best = best_evaluation(records, index)
   if failed[index]:
     print(f'Member seed {seed} failed during training (its loss stopped being finite); '
           'its state is the last finite one.', flush=True)
