@@ -544,11 +544,20 @@ def _best_costs(records: list[dict], size: int) -> list[float]:
           for best in (best_evaluation(records, index) for index in range(size))]
 
 
-def _chosen_member(records: list[dict], seeds, failed, member) -> int:
-  """The index of `member` (a seed), or with 'best', of the member whose best
-  evaluation has the lowest cost."""
+def _chosen_member(workdir: str, records: list[dict], seeds, failed, member) -> int:
+  """The index of `member` (a seed), or with 'best', of the best member named by the
+  population's report.json (population.overall_cost); with no report to go by (a run
+  stopped before its end), of the member whose best evaluation on the training mix has
+  the lowest cost."""
   if member != 'best':
     return seeds.index(member)
+  try:
+    with open(os.path.join(workdir, 'report.json')) as f:
+      named = json.load(f).get('best_member')
+  except (OSError, ValueError):
+    named = None
+  if named in seeds and not failed[seeds.index(named)]:
+    return seeds.index(named)
   index = population_lib.best_member(_best_costs(records, len(seeds)), failed)
   if index is None:
     raise ValueError('--member=best: no member of this population has a finite '
@@ -577,7 +586,6 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
   results = all_results(state.evaluated_params)
   unaveraged = all_results(state.params) if state.ema_params is not None else None
   records = workdir_lib.MetricsLog.read(workdir)
-  best_costs = _best_costs(records, len(seeds))
   members = []
   for index, seed in enumerate(seeds):
     report = dict(seed=seed, failed=failed[index], step=steps[index],
@@ -594,7 +602,8 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
     members.append(report)
   labels = list(results[0])
   summary = population_lib.summary(members, labels)
-  best_index = population_lib.best_member(best_costs, failed)
+  overall = [population_lib.overall_cost(m) for m in members]
+  best_index = population_lib.best_member(overall, failed)
   step = int(state.step)
   report = dict(task=task.name, model=config.model, seeds=list(seeds), step=step,
                 sequences=step * config.batch_size, wall_seconds=wall_seconds,
@@ -607,9 +616,9 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
         f'on {config.eval_batch_size} sequences per difficulty:')
   print(population_lib.format_table(task, members, summary))
   if best_index is not None:
-    print(f'Best member: seed {seeds[best_index]} (lowest evaluation cost, '
-          f'{best_costs[best_index]:.3f}); --eval_only --member=best evaluates it, '
-          'experiments.tools.ship --member=best ships it.')
+    print(f'Best member: seed {seeds[best_index]} (lowest cost summed over the training '
+          f'mix and every difficulty above, {overall[best_index]:.3f}); --eval_only '
+          '--member=best evaluates it, experiments.tools.ship --member=best ships it.')
   params = _on_host(state.member(best_index).evaluated_params) \
       if config.plots and best_index is not None else None
   if config.plots and workdir_lib.is_writer():
@@ -630,7 +639,7 @@ def _member_report(config: ExperimentConfig, task: Task, model: nn.Module,
   figures and its own metrics.jsonl go into `<workdir>/member_seed<seed>/`."""
   records = workdir_lib.MetricsLog.read(workdir)
   failed = [bool(f) for f in population_lib.fetch(state.failed)]
-  index = _chosen_member(records, config.seeds, failed, member)
+  index = _chosen_member(workdir, records, config.seeds, failed, member)
   seed = config.seeds[index]
   directory = population_lib.member_directory(workdir, seed)
   os.makedirs(directory, exist_ok=True)
@@ -681,7 +690,7 @@ def export_member(config: ExperimentConfig, task: Task, member: int | str,
     source.close()
   records = workdir_lib.MetricsLog.read(config.workdir)
   failed = [bool(f) for f in population_lib.fetch(state.failed)]
-  index = _chosen_member(records, seeds, failed, member)
+  index = _chosen_member(config.workdir, records, seeds, failed, member)
   member_state = state.member(index)
   os.makedirs(directory, exist_ok=True)
   single = config.replace(seeds=(), seed=seeds[index], workdir=directory)

@@ -278,6 +278,14 @@ class BestMembers(checkpointing.Checkpointer):
     return Population(self.states, failed)
 
 
+def overall_cost(report: dict) -> float:
+  """A member report's cost summed over its evaluated sets: the training mix and every
+  generalisation difficulty. The best member is ranked by it, so that it is the member
+  that generalises: members that fit the training mix equally well (copy: about 0.001
+  bits each) can differ by hundreds of bits at the longest lengths."""
+  return float(sum(result['cost'] for result in report['results'].values()))
+
+
 def best_member(costs: Sequence[float], failed: Sequence[bool]) -> int | None:
   """The index of the member with the lowest cost among those that have not failed."""
   candidates = [(cost, index) for index, (cost, dead) in enumerate(zip(costs, failed))
