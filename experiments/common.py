@@ -24,8 +24,9 @@ FLAGS = flags.FLAGS
 
 # The flags of the run itself, whatever the experiment.
 flags.DEFINE_enum('accelerator', 'cpu', config_lib.ACCELERATORS,
-                  'JAX backend to run on; gpu and tpu need the matching JAX build.',
-                  module_name='devices')
+                  'JAX backend to run on; gpu and tpu need the matching JAX build. On gpu '
+                  'or tpu, without --seed or --seeds, the run is the population of seeds '
+                  '0-7 (the accelerator recipe).', module_name='devices')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '
                     'for jax.distributed.initialize.', module_name='devices')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.',
@@ -117,6 +118,21 @@ CONFIG_FLAGS = {
 EXPERIMENT_DEFAULTS = dict(remat_chunk=0)
 
 
+# The accelerator recipe: on a GPU or TPU a batch-1 step is bound by kernel launches, not
+# arithmetic, so several independent runs in one step (a population) cost about what one
+# does, and the best of several seeds answers NTM training's lottery over seeds (the best
+# member: the one with the lowest cost over every generalisation set).
+ACCELERATOR_POPULATION = 8
+
+
+def accelerator_seeds() -> str:
+  """--seeds as the accelerator recipe sets it: the population of seeds 0-7 on a GPU or
+  TPU when neither --seed nor --seeds is given; otherwise as given."""
+  if FLAGS.accelerator == 'cpu' or FLAGS.seeds or FLAGS['seed'].present:
+    return FLAGS.seeds
+  return f'0-{ACCELERATOR_POPULATION - 1}'
+
+
 def recipe(defaults: dict, model: str = 'ntm', model_defaults: dict | None = None) -> dict:
   """The config values an experiment uses for `model`, flags aside: the library's
   defaults, overridden by the experiment's and, for the LSTM baseline, by its own."""
@@ -162,11 +178,12 @@ def make_config(task_name: str, defaults: dict,
   for name in CONFIG_FLAGS:
     if FLAGS[name].present or name not in (model_defaults or {}).get(FLAGS.model, {}):
       values[name] = getattr(FLAGS, name)
-  seeds = parse_seeds(FLAGS.seeds) if FLAGS.seeds else ()
+  seeds_text = accelerator_seeds()
+  seeds = parse_seeds(seeds_text) if seeds_text else ()
   if seeds and FLAGS['seed'].present:
     raise ValueError('--seed and --seeds exclude each other: --seeds=S trains the '
                      'population of the runs --seed=S.')
-  name = f'seeds{FLAGS.seeds}' if seeds else f'seed{FLAGS.seed}'
+  name = f'seeds{seeds_text}' if seeds else f'seed{FLAGS.seed}'
   workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_{name}'
   values.update(workdir=workdir, seed=FLAGS.seed, seeds=seeds)
   return config_lib.ExperimentConfig(**values)
@@ -225,8 +242,12 @@ def main(build_task: Callable, task_name: str, defaults: dict,
   import jax  # noqa: PLC0415 - after the backend is chosen
   if jax.process_index() > 0:  # every process prints the same: process 0 speaks for all
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the C++ logs too
-  runs = (f'population of {len(config.seeds)} (seeds {FLAGS.seeds})' if config.seeds
-          else f'seed {config.seed}')
+  if config.seeds and not FLAGS.seeds:
+    print(f'Accelerator recipe (--accelerator={FLAGS.accelerator}): the population of '
+          f'seeds {accelerator_seeds()}, its best member named at the end; --seed=S '
+          'trains one run.', flush=True)
+  runs = (f'population of {len(config.seeds)} (seeds {accelerator_seeds()})'
+          if config.seeds else f'seed {config.seed}')
   print(f'{task_name}: model={config.model}, {runs}, on {devices[0].platform} '
         f'({len(devices)} device(s)), workdir={config.workdir}', flush=True)
   # Preemption saves too: training stops at the next step boundary, as after Ctrl-C.

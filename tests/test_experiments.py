@@ -205,6 +205,15 @@ def _config_from_flags(*args):
   return json.loads(result.stdout)
 
 
+def test_on_an_accelerator_a_bare_command_trains_the_population_of_seeds_0_to_7():
+  config = _config_from_flags('--accelerator=gpu')
+  assert config['seeds'] == list(range(8)) and config['workdir'] == 'runs/copy_ntm_seeds0-7'
+  single = _config_from_flags('--accelerator=gpu', '--seed=3')  # the user's choice wins
+  assert single['seeds'] == [] and single['seed'] == 3
+  assert _config_from_flags('--accelerator=tpu', '--seeds=2,5')['seeds'] == [2, 5]
+  assert _config_from_flags()['seeds'] == []  # the CPU: one run
+
+
 def test_the_default_flags_build_the_shipped_runs_config_and_lstm_flags_its_recipe():
   from ntm_jax.training import ExperimentConfig
   shipped, _ = ExperimentConfig.load(os.path.join(ROOT, 'trained', 'copy_ntm'))
