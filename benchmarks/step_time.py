@@ -38,6 +38,8 @@ from ntm_jax.training import backend
 from ntm_jax.training import train_state
 
 flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
+flags.DEFINE_list('dtypes', ['float32'], 'Dense-layer dtypes of the speed table: float32, '
+                  'bfloat16 (the memory and addressing stay float32).')
 flags.DEFINE_list('parallel_batch_sizes', ['32', '128'],
                   'Batch sizes timed data-parallel over one CPU device per core.')
 flags.DEFINE_integer('parallel_micro_batch_size', 0, 'Micro-batch of the data-parallel '
@@ -195,15 +197,15 @@ def speed_rows(splits, peak: float) -> list[dict]:
   task = CopyTask()
   num_steps = 2 * task.max_length + 1
   rows = []
-  for controller in ('lstm', 'feedforward'):
+  for controller, dtype in [(c, d) for c in ('lstm', 'feedforward') for d in FLAGS.dtypes]:
     for batch_size, data_parallel, micro_batch_size in splits:
-      config = _copy_config(batch_size=batch_size, controller=controller,
+      config = _copy_config(batch_size=batch_size, controller=controller, dtype=dtype,
                             data_parallel=data_parallel, micro_batch_size=micro_batch_size)
       row = measure(config, task, FLAGS.repeats)
       step_flops = model_flops(config, task, batch_size, num_steps)
       flops = step_flops / row['step_seconds']
       devices = jax.device_count() if data_parallel else 1
-      row.update(controller=controller, batch_size=batch_size, devices=devices,
+      row.update(controller=controller, dtype=dtype, batch_size=batch_size, devices=devices,
                  micro_batch_size=micro_batch_size,
                  sequences_per_second=batch_size / row['step_seconds'],
                  model_flops_per_second=flops, fraction_of_matmul=flops / peak,
@@ -214,7 +216,8 @@ def speed_rows(splits, peak: float) -> list[dict]:
             step_flops / row['dense_only_seconds'] / peak)
       rows.append(row)
       peak_mib = (row['device_peak_bytes'] or row['peak_bytes'] or 0) / 2**20
-      print(f'{controller:>11} {batch_size:>6} {devices:>8} {micro_batch_size or "-":>6} '
+      print(f'{controller:>11} {dtype:>8} {batch_size:>6} {devices:>8} '
+            f'{micro_batch_size or "-":>6} '
             f'{1e3 * row["step_seconds"]:9.1f} {row["sequences_per_second"]:9.1f} '
             f'{row["compile_seconds"]:10.2f} {peak_mib:9.1f} {flops / 1e9:8.2f} '
             f'{100 * flops / peak:8.1f}% {_dense_columns(row)}', flush=True)
@@ -236,6 +239,7 @@ def data_parallel_rows(peak: float) -> dict:
                f'--cpu_devices={backend.usable_cores()}', f'--output={output}',
                f'--parallel_batch_sizes={",".join(FLAGS.parallel_batch_sizes)}',
                f'--parallel_micro_batch_size={FLAGS.parallel_micro_batch_size}',
+               f'--dtypes={",".join(FLAGS.dtypes)}',
                f'--repeats={FLAGS.repeats}',
                f'--tune_cpu={FLAGS.tune_cpu}', f'--dense_only={FLAGS.dense_only}',
                f'--matmul_flops_per_second={peak}']
@@ -273,7 +277,8 @@ def main(argv):
         'micro-batches where\nthe micro column says so). The last two columns time the same '
         'step with only its dense layers\n(everything else free): the most its matmuls allow '
         'at these shapes.')
-  print(f'{"controller":>11} {"batch":>6} {"devices":>8} {"micro":>6} {"step ms":>9} '
+  print(f'{"controller":>11} {"dtype":>8} {"batch":>6} {"devices":>8} {"micro":>6} '
+        f'{"step ms":>9} '
         f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9} '
         f'{"dense ms":>9} {"of matmul":>9}', flush=True)
   results['speed'] = speed_rows([(int(b), False, 0) for b in FLAGS.batch_sizes], peak)

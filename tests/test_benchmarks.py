@@ -133,7 +133,10 @@ def test_the_gpu_smoke_script_runs_every_part_on_the_cpu(tmp_path):
   results = json.loads((tmp_path / 'results.json').read_text())['parts']
   assert results['versions']['platform'] == 'cpu' and results['versions']['jax']
   assert results['tests']['status'] == 0 and 'passed' in results['tests']['summary']
-  assert [row['batch_size'] for row in results['step_time']['rows']] == [1, 1]
+  assert [(row['controller'], row['dtype'], row['batch_size'])
+          for row in results['step_time']['rows']] == [
+              ('lstm', 'float32', 1), ('lstm', 'bfloat16', 1),
+              ('feedforward', 'float32', 1), ('feedforward', 'bfloat16', 1)]
   loop_rows = results['loop']['rows']
   assert [(row['unroll'], row['command_buffers']) for row in loop_rows] == [
       (1, 'off'), (2, 'off')]
