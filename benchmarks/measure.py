@@ -18,7 +18,7 @@ from ntm_jax.training import train_state
 
 
 def measure(config: ExperimentConfig, task: Task, repeats: int,
-            model=None, keep_hlo: bool = False) -> dict:
+            model=None, keep_hlo: bool = False, forward: bool = False) -> dict:
   """Compile time, median step time and peak memory of the training step.
 
   With `repeats=0` it returns the compiled step and its first state instead of times
@@ -26,7 +26,8 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
   `model` replaces the one the config builds (a variant of it, e.g. another scan
   `unroll`); with `keep_hlo` the result also holds the compiled step's optimised HLO text.
   `peak_bytes` is the compiler's figure for this step; `device_peak_bytes`, where the
-  device reports it (GPU, TPU), the process's allocator peak so far.
+  device reports it (GPU, TPU), the process's allocator peak so far. With `forward` (a
+  single run's step), `forward_seconds` times the forward pass alone.
   """
   model = model or factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
@@ -75,10 +76,28 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
   result = dict(compile_seconds=compile_seconds, step_seconds=float(np.median(times)),
-                peak_bytes=peak_bytes, device_peak_bytes=device_peak_bytes())
+                peak_bytes=peak_bytes, device_peak_bytes=device_peak_bytes(),
+                forward_seconds=forward_seconds(model, state.params, task,
+                                                config.batch_size, repeats)
+                if forward and not config.seeds else None)
   if keep_hlo:
     result['hlo'] = compiled.as_text()
   return result
+
+
+def forward_seconds(model, params, task: Task, batch_size: int, repeats: int) -> float:
+  """Median time of the model's forward pass alone on a training batch, without the
+  gradient: the step's time less this is its backward pass and update."""
+  inputs = task.sample_train(jax.random.key(1), batch_size).inputs
+  forward = jax.jit(lambda p, x: model.apply(p, x, rngs={'memory': jax.random.key(2)}))
+  compiled = forward.lower(params, inputs).compile()
+  jax.block_until_ready(compiled(params, inputs))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, inputs))
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
 
 
 def device_peak_bytes() -> int | None:

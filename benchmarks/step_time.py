@@ -201,7 +201,7 @@ def speed_rows(splits, peak: float) -> list[dict]:
     for batch_size, data_parallel, micro_batch_size in splits:
       config = _copy_config(batch_size=batch_size, controller=controller, dtype=dtype,
                             data_parallel=data_parallel, micro_batch_size=micro_batch_size)
-      row = measure(config, task, FLAGS.repeats)
+      row = measure(config, task, FLAGS.repeats, forward=True)
       step_flops = model_flops(config, task, batch_size, num_steps)
       flops = step_flops / row['step_seconds']
       devices = jax.device_count() if data_parallel else 1
@@ -218,7 +218,8 @@ def speed_rows(splits, peak: float) -> list[dict]:
       peak_mib = (row['device_peak_bytes'] or row['peak_bytes'] or 0) / 2**20
       print(f'{controller:>11} {dtype:>8} {batch_size:>6} {devices:>8} '
             f'{micro_batch_size or "-":>6} '
-            f'{1e3 * row["step_seconds"]:9.1f} {row["sequences_per_second"]:9.1f} '
+            f'{1e3 * row["step_seconds"]:9.1f} {1e3 * row["forward_seconds"]:8.1f} '
+            f'{row["sequences_per_second"]:9.1f} '
             f'{row["compile_seconds"]:10.2f} {peak_mib:9.1f} {flops / 1e9:8.2f} '
             f'{100 * flops / peak:8.1f}% {_dense_columns(row)}', flush=True)
   return rows
@@ -278,7 +279,7 @@ def main(argv):
         'step with only its dense layers\n(everything else free): the most its matmuls allow '
         'at these shapes.')
   print(f'{"controller":>11} {"dtype":>8} {"batch":>6} {"devices":>8} {"micro":>6} '
-        f'{"step ms":>9} '
+        f'{"step ms":>9} {"fwd ms":>8} '
         f'{"seq/s":>9} {"compile s":>10} {"peak MiB":>9} {"GFLOP/s":>8} {"of matmul":>9} '
         f'{"dense ms":>9} {"of matmul":>9}', flush=True)
   results['speed'] = speed_rows([(int(b), False, 0) for b in FLAGS.batch_sizes], peak)

@@ -43,6 +43,7 @@ def test_step_time_benchmark_prints_its_table_and_writes_json(tmp_path):
   assert 0 < results['speed'][0]['fraction_of_matmul'] < 1
   for row in results['speed']:
     assert row['dense_only_seconds'] > 0 and row['dense_only_fraction_of_matmul'] > 0
+    assert 0 < row['forward_seconds'] < row['step_seconds']
 
 
 @pytest.mark.slow
