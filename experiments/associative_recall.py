@@ -20,12 +20,10 @@ FLAGS = flags.FLAGS
 # The paper's feed-forward variant (4 heads, 256 units) at batch 1: it left the "answer
 # with the last item" plateau (about 5 bit errors) after about 10,000 sequences, where one
 # head with either controller, or batches of 4-16, were still on it at 50,000
-# (docs/history, "Associative recall:
-# choosing the defaults").
-# Some initialisations stay on the plateau of answering with a recent item (3-5 bit
-# errors per query) through the whole budget, while converging ones are below 1 within
-# 13,000 episodes: an attempt with no evaluation below 1 after 16,000 starts afresh, and
-# the budget leaves room for three attempts (docs/RESULTS.md, "Associative recall").
+# (docs/history, "Associative recall: choosing the defaults"). Many initialisations stay
+# on that plateau (3-5 bit errors per query) for good, while learning ones are below 1
+# within about 16,000 episodes: an attempt with no evaluation below 1 after 16,000 starts
+# afresh, up to three attempts in the budget (docs/RESULTS.md, "Associative recall").
 DEFAULTS = dict(batch_size=1, train_steps=50000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=1000, checkpoint_every=5000,
                 log_every=500, eval_batch_size=256, controller='feedforward', num_heads=4,
