@@ -32,8 +32,8 @@ flags.DEFINE_integer('eval_batch_size', 64,
                      'Sequences per evaluated row in expected.json (kept small for CI).')
 flags.DEFINE_string('member', None,
                     'For a population (--seeds): ship this member, a seed of the '
-                    'population or best (the member whose best evaluation has the lowest '
-                    'cost), as the single run of its seed.')
+                    'population or best (the best member its report names: the lowest '
+                    'cost over every evaluated difficulty), as the single run of its seed.')
 flags.DEFINE_bool('record_only', False,
                   'Only re-evaluate the already shipped run --workdir=trained/<task>_<model> '
                   'and rewrite its expected.json in place.')

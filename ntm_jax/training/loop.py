@@ -661,8 +661,8 @@ def export_member(config: ExperimentConfig, task: Task, member: int | str,
                   directory: str, checkpoint: str = 'latest') -> int:
   """Writes one member of the population in `config.workdir` as a single run's workdir.
 
-  `member` is a seed of `config.seeds`, or 'best' for the member whose best evaluation has
-  the lowest cost. `directory` gets that member's state from the latest checkpoint (or,
+  `member` is a seed of `config.seeds`, or 'best' for the best member (`_chosen_member`:
+  the one the population's report names). `directory` gets that member's state from the latest checkpoint (or,
   with checkpoint='best', from best/) as its only checkpoint, its config (a single run of
   its seed) and its own metrics.jsonl: evaluating, resuming or shipping it is evaluating,
   resuming or shipping run `--seed=<seed>`. Returns the member's seed.
