@@ -33,7 +33,7 @@ def main(argv):
   for workdir in workdirs:
     try:
       rows += _rows(workdir)
-    except (FileNotFoundError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError):
       sys.exit(f'error: {workdir} has no readable report.json; name a finished run.')
   tasks = {row['task'] for row in rows}
   labels = {tuple(row['results']) for row in rows}
