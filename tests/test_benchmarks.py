@@ -1,6 +1,6 @@
 """The benchmarks run as the README shows, at toy sizes: their tables and JSON appear.
 
-Nothing here asserts a time (BUILD_NOTES.md holds the measured tables); these tests only
+Nothing here asserts a time (docs/BENCHMARKS.md holds the measured tables); these tests only
 keep the scripts from rotting.
 """
 
