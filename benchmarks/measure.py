@@ -91,11 +91,17 @@ def forward_seconds(model, params, task: Task, batch_size: int, repeats: int) ->
   inputs = task.sample_train(jax.random.key(1), batch_size).inputs
   forward = jax.jit(lambda p, x: model.apply(p, x, rngs={'memory': jax.random.key(2)}))
   compiled = forward.lower(params, inputs).compile()
-  jax.block_until_ready(compiled(params, inputs))
+  return median_seconds(lambda: compiled(params, inputs), repeats, warm_up=1)
+
+
+def median_seconds(call, repeats: int, warm_up: int = 5) -> float:
+  """Median wall time of `call()` until its results are ready, after `warm_up` calls."""
+  for _ in range(warm_up):
+    jax.block_until_ready(call())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    jax.block_until_ready(compiled(params, inputs))
+    jax.block_until_ready(call())
     times.append(time.perf_counter() - start)
   return float(np.median(times))
 

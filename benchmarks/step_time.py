@@ -31,6 +31,7 @@ import jaxlib
 import numpy as np
 
 from benchmarks.measure import measure
+from benchmarks.measure import median_seconds
 from ntm_jax import HeadLayout
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
@@ -173,14 +174,7 @@ def dense_layers_only_seconds(config: ExperimentConfig, task: CopyTask,
         mesh=train_state.make_mesh(batch), in_specs=(P(), P(None, 'batch')), out_specs=P(),
         check_vma=False)
   gradient = jax.jit(gradient)
-  for _ in range(5):
-    jax.block_until_ready(gradient(weights, inputs))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(gradient(weights, inputs))
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  return median_seconds(lambda: gradient(weights, inputs), repeats)
 
 
 def _copy_config(**changes) -> ExperimentConfig:
