@@ -28,7 +28,6 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import jaxlib
-import numpy as np
 
 from benchmarks.measure import measure
 from benchmarks.measure import median_seconds
