@@ -239,6 +239,11 @@ def main(build_task: Callable, task_name: str, defaults: dict,
         cpu_devices=training.usable_cores() if FLAGS.data_parallel else None)
   except (ValueError, training.AcceleratorUnavailableError) as error:
     sys.exit(f'error: {error}')
+  if FLAGS.coordinator_address is not None:
+    # Orbax's save and restore barriers otherwise run as device collectives, which can
+    # interleave with the training step's own collectives differently in each process
+    # (on the CPU, gloo then aborts); the coordination service's barrier cannot.
+    FLAGS.experimental_orbax_use_distributed_barrier = True
   import jax  # noqa: PLC0415 - after the backend is chosen
   if jax.process_index() > 0:  # every process prints the same: process 0 speaks for all
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the C++ logs too
