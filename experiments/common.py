@@ -98,6 +98,10 @@ CONFIG_FLAGS = {
     'restart_after': ('training loop', 'Restart from a fresh initialisation (new '
                       'parameters, the data going on) any attempt with no evaluation below '
                       '1 bit error per sequence within this many steps; 0: never.'),
+    'check_generalisation': ('training loop', 'With --restart_after: also restart, once, '
+                             'an attempt that learns but after restart_after steps has 1 '
+                             'or more bit errors per sequence on the hardest evaluated '
+                             'difficulty (its own check sequences).'),
     'eval_every': ('evaluation', 'Evaluate every this many steps.'),
     'eval_batch_size': ('evaluation', 'Sequences per evaluated difficulty.'),
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),
@@ -211,7 +215,7 @@ def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> 
   """
   return dict(lstm_features=features, lstm_layers=3, batch_size=16, entropy_penalty=0.0,
               skip_grad_norm=0.0, ema_decay=0.0, carry_grad_clip=0.0,
-              write_advance_bias=0.0, restart_after=0,
+              write_advance_bias=0.0, restart_after=0, check_generalisation=False,
               train_steps=sequences // 16, learning_rate=1e-3, optimizer='adam',
               clip_mode='global_norm', eval_every=eval_every, checkpoint_every=250,
               log_every=50)

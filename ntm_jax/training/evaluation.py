@@ -18,19 +18,25 @@ CONVERGED_BIT_ERRORS = 0.1
 # 20-36, associative recall 3-5 per sequence) and converging attempts pass it on their
 # way down, sometimes just before restart_after steps.
 LEARNING_BIT_ERRORS = 1.0
+# The generalisation check (ExperimentConfig.check_generalisation) passes below this on
+# the hardest difficulty: the copy target at length 120.
+GENERALISING_BIT_ERRORS = 1.0
 
 
-def eval_set(task: Task, keys: Keys, difficulty, batch_size: int) -> Batch:
-  """The run's fixed evaluation sequences for a difficulty (None: the training mix)."""
-  key = keys.eval_batch(difficulty)
+def eval_set(task: Task, keys: Keys, difficulty, batch_size: int,
+             check: bool = False) -> Batch:
+  """The run's fixed evaluation sequences for a difficulty (None: the training mix);
+  with `check`, its check sequences instead (Keys.check_batch)."""
+  key = keys.check_batch(difficulty) if check else keys.eval_batch(difficulty)
   if difficulty is None:
     return task.sample_train(key, batch_size)
   return task.sample_eval(key, batch_size, difficulty)
 
 
-def make_evaluator(model: nn.Module, task: Task, keys: Keys,
-                   batch_size: int) -> Callable[[Any, Any], dict[str, float]]:
-  """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set.
+def make_evaluator(model: nn.Module, task: Task, keys: Keys, batch_size: int,
+                   check: bool = False) -> Callable[[Any, Any], dict[str, float]]:
+  """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set
+  (with `check`, on the check set: `eval_set`).
 
   For tasks with a reference predictor (N-grams' optimal estimator) the result also has
   its mean cost, `reference_cost`, on the same sequences.
@@ -39,7 +45,7 @@ def make_evaluator(model: nn.Module, task: Task, keys: Keys,
   evaluate_batch = jax.jit(batch_evaluation(model, task))
 
   def evaluate(params, difficulty):
-    batch = eval_set(task, keys, difficulty, batch_size)
+    batch = eval_set(task, keys, difficulty, batch_size, check)
     return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
 
   return evaluate
@@ -95,12 +101,15 @@ def restarts_in(records: list[dict], up_to_step: int,
 
 
 def current_attempt(records: list[dict], up_to_step: int,
-                    member: int | None = None) -> tuple[int, bool]:
-  """The step the current attempt started at (0, or its last restart) and whether any
-  of its evaluations up to `up_to_step` was below LEARNING_BIT_ERRORS."""
+                    member: int | None = None) -> tuple[int, bool, bool]:
+  """The step the current attempt started at (0, or its last restart), whether any of
+  its evaluations up to `up_to_step` was below LEARNING_BIT_ERRORS, and whether its
+  generalisation check (ExperimentConfig.check_generalisation) has run."""
   restarts = restarts_in(records, up_to_step, member)
   start = restarts[-1]['step'] if restarts else 0
-  learning = any(r.get('kind') == 'eval' and start < r['step'] <= up_to_step
-                 and r.get('member') == member
-                 and r['train']['bit_errors'] < LEARNING_BIT_ERRORS for r in records)
-  return start, learning
+  ours = [r for r in records if start < r.get('step', -1) <= up_to_step
+          and r.get('member') == member]
+  learning = any(r.get('kind') == 'eval' and r['train']['bit_errors'] < LEARNING_BIT_ERRORS
+                 for r in ours)
+  checked = any(r.get('kind') == 'generalisation_check' for r in ours)
+  return start, learning, checked

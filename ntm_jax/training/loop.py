@@ -33,6 +33,7 @@ from ntm_jax.training import workdir as workdir_lib
 from ntm_jax.training.config import CHECKPOINTS
 from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.evaluation import CONVERGED_BIT_ERRORS
+from ntm_jax.training.evaluation import GENERALISING_BIT_ERRORS
 from ntm_jax.training.evaluation import LEARNING_BIT_ERRORS
 from ntm_jax.training.evaluation import best_evaluation
 from ntm_jax.training.evaluation import converged_at
@@ -113,6 +114,8 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
     state = population_lib.shard_members(state, mesh)
     evaluate = population_lib.make_population_evaluator(model, task, config.seeds,
                                                         config.eval_batch_size)
+    check = population_lib.make_population_evaluator(
+        model, task, config.seeds, config.eval_batch_size, check=True)
   else:
     mesh = make_mesh(config.batch_size) if config.data_parallel else None
     state = create_train_state(model, optimizer, task, Keys(config.seed), ema=ema)
@@ -120,6 +123,11 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
       state = replicate(state, mesh)
     evaluate_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size)
     evaluate = lambda params, difficulty: [evaluate_one(params, difficulty)]  # noqa: E731
+    check_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size,
+                               check=True)
+    check = lambda params, difficulty: [check_one(params, difficulty)]  # noqa: E731
+  if not config.check_generalisation:
+    check = None
   if checkpoint == 'best' and not os.path.isdir(os.path.join(workdir, 'best')):
     raise FileNotFoundError(
         f'--checkpoint=best needs {os.path.join(workdir, "best")}, which training writes '
@@ -152,7 +160,7 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
                  for index in range(len(config.seeds) or 1)]
     if not eval_only:
       state, converged = _train(config, task, model, optimizer, state, checkpointer,
-                                best, evaluate, mesh, converged)
+                                best, evaluate, check, mesh, converged)
       _sync('trained')  # the reports read the log process 0 has written
     wall_seconds = time.time() - wall_start
     if member is not None:
@@ -257,9 +265,13 @@ def _best_info(best, index: int) -> dict | None:
 def _train(config: ExperimentConfig, task: Task, model: nn.Module,
            optimizer: optax.GradientTransformation, state: TrainState | Population,
            checkpointer: checkpointing.Checkpointer, best, evaluate: Callable,
-           mesh: jax.sharding.Mesh | None,
+           check: Callable | None, mesh: jax.sharding.Mesh | None,
            converged: list) -> tuple[TrainState | Population, list]:
-  """Trains from `state` to `config.train_steps`, logging, evaluating and saving."""
+  """Trains from `state` to `config.train_steps`, logging, evaluating and saving.
+
+  `evaluate` and `check` (None without check_generalisation) are the run's (params,
+  difficulty) -> per-member results on its evaluation and check sets.
+  """
   loop = config.loop
   seeds = config.seeds
   workdir = os.path.abspath(config.workdir)
@@ -284,20 +296,14 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
   failed = list(population_lib.fetch(state.failed)) if seeds else [False]
   if start_step >= loop.train_steps:
     return state, converged
-  # Each member's current attempt (ExperimentConfig.restart_after): where it started and
-  # whether it is learning, from the log up to the checkpoint resumed from.
+  # Each member's current attempt (ExperimentConfig.restart_after): where it started,
+  # whether it is learning and whether its generalisation check ran, from the log up to
+  # the checkpoint resumed from.
   records = workdir_lib.MetricsLog.read(workdir)
   attempts = [list(current_attempt(records, start_step, index if seeds else None))
               for index in range(len(seeds) or 1)]
   initialize = train_state_lib.initializer(model, optimizer, task,
                                            state.ema_params is not None)
-
-  def restart(state, indices, step):
-    """`state` with the attempts of these members begun afresh at `step`."""
-    if not seeds:
-      fresh = initialize(Keys(config.seed), step)
-      return fresh if mesh is None else replicate(fresh, mesh)
-    return state.replace_members({i: initialize(Keys(seeds[i]), step) for i in indices})
 
   def flush(step):
     """Fetches and logs the pending metrics; a single run raises if a loss is not
@@ -356,36 +362,82 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
                     float(np.median([m['bit_errors'] for m in live])))
     pending, window_start = [], time.time()
 
-  def restart_stalled(state, step, train_evals):
-    """Restarts every live member whose attempt has not come below LEARNING_BIT_ERRORS
-    within `restart_after` steps, logging and printing each restart. A new attempt needs
-    `restart_after` steps of its own: with fewer left, the stalled one trains on."""
-    stalled = []
+  hardest = task.eval_difficulties[-1] if task.eval_difficulties else None
+
+  def attempts_to_restart(state, step, train_evals) -> dict[int, tuple[str, str]]:
+    """The live members whose attempt restarts at this evaluation, with why: no
+    evaluation below LEARNING_BIT_ERRORS within `restart_after` steps, or (with
+    `check`) the generalisation check failed. A new attempt needs `restart_after` steps
+    of its own (2 x after a failed check, to converge and settle): with fewer left, the
+    attempt trains on."""
+    restarting, unchecked = {}, []
     for index, train_eval in enumerate(train_evals):
       attempts[index][1] |= train_eval['bit_errors'] < LEARNING_BIT_ERRORS
-      started, learning = attempts[index]
-      if not (failed[index] or learning) and \
-          step - started >= loop.restart_after and \
-          step + loop.restart_after <= loop.train_steps:
-        stalled.append(index)
-    if not stalled:
-      return state
-    state = restart(state, stalled, step)
+      started, learning, checked = attempts[index]
+      if failed[index] or step - started < loop.restart_after:
+        continue
+      if not learning:
+        if step + loop.restart_after <= loop.train_steps:
+          restarting[index] = ('not learning',
+              f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence in '
+              f'{step - started} steps of this attempt (now '
+              f'{train_eval["bit_errors"]:.3f} on the training mix)')
+      elif check is not None and hardest is not None and not checked:
+        unchecked.append(index)
+    if unchecked:
+      label = task.difficulty_label(hardest)
+      results = check(state.evaluated_params, hardest)
+      for index in unchecked:
+        errors = results[index]['bit_errors']
+        passed = errors < GENERALISING_BIT_ERRORS
+        record = dict(kind='generalisation_check', step=step,
+                      sequences=step * loop.batch_size, difficulty=label,
+                      bit_errors=errors, cost=results[index]['cost'], passed=passed)
+        if seeds:
+          record.update(member=index, seed=seeds[index])
+        log.write(record)
+        attempts[index][2] = True
+        if passed:
+          continue
+        why = (f'{errors:.3f} bit errors per sequence on the hardest evaluated '
+               f'difficulty, {label}, after {step - attempts[index][0]} steps of this '
+               f'attempt (its check sequences; below {GENERALISING_BIT_ERRORS:g} passes)')
+        if step + 2 * loop.restart_after <= loop.train_steps:
+          restarting[index] = ('generalisation', why)
+        else:
+          progress.newline()
+          print(f'{_who(seeds, index)}: {why}; too few steps left for a new attempt, so '
+                'this one trains on.', flush=True)
+    return restarting
+
+  def restart(state, restarting: dict[int, tuple[str, str]], step, train_evals,
+              dropped_best):
+    """`state` with these members' attempts begun afresh at `step`, each logged and
+    printed with why ({index: (reason, explanation)}); `dropped_best` maps a member to
+    the step of the best checkpoint its discarded attempt held."""
+    indices = sorted(restarting)
+    if not seeds:
+      fresh = initialize(Keys(config.seed), step)
+      state = fresh if mesh is None else replicate(fresh, mesh)
+    else:
+      state = state.replace_members({i: initialize(Keys(seeds[i]), step) for i in indices})
     progress.newline()
-    for index in stalled:
-      errors = train_evals[index]['bit_errors']
+    for index in indices:
       record = dict(kind='restart', step=step, sequences=step * loop.batch_size,
-                    attempt_started=attempts[index][0], train_bit_errors=errors)
+                    attempt_started=attempts[index][0],
+                    train_bit_errors=train_evals[index]['bit_errors'],
+                    reason=restarting[index][0])
       if seeds:
         record.update(member=index, seed=seeds[index])
       log.write(record)
-      who = f'Member seed {seeds[index]}' if seeds else 'The run'
-      print(f'{who}: no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence '
-            f'in {step - attempts[index][0]} steps of this attempt (now {errors:.3f} on '
-            'the training mix); '
-            f'restarted from a fresh initialisation at step {step} (restart_after='
-            f'{loop.restart_after}).', flush=True)
-      attempts[index] = [step, False]
+      dropped = dropped_best.get(index)
+      reason, why = restarting[index]
+      print(f'{_who(seeds, index)}: {why}; restarted from a fresh '
+            f'initialisation at step {step} (restart_after={loop.restart_after}'
+            f'{", check_generalisation" if reason == "generalisation" else ""})'
+            f'{f"; dropped its best checkpoint (step {dropped})" if dropped else ""}.',
+            flush=True)
+      attempts[index] = [step, False, False]
     return state
 
   step = start_step
@@ -418,13 +470,18 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
           if converged[index] is None and not failed[index] and \
               train_eval['bit_errors'] < CONVERGED_BIT_ERRORS:
             converged[index] = step * loop.batch_size
+        restarting = attempts_to_restart(state, step, train_evals) \
+            if loop.restart_after else {}
         costs = [e['cost'] for e in train_evals]
         if seeds:
-          best.update(step, state, costs)
+          dropped_best = {i: int(best.steps[i]) for i in restarting if best.steps[i] >= 0}
+          best.update(step, state, costs, forget=list(restarting))
+        elif restarting:
+          dropped_best = {0: best.forget()}
         else:
           best.save(step, state.to_checkpoint(), costs[0])
-        if loop.restart_after:
-          state = restart_stalled(state, step, train_evals)
+        if restarting:
+          state = restart(state, restarting, step, train_evals, dropped_best)
         window_start += time.time() - eval_start  # evaluations don't count as training
         reached = [e['bit_errors'] < loop.target_bit_errors
                    for e, dead in zip(train_evals, failed) if not dead]
@@ -517,6 +574,10 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
     print('Figures: ' + ', '.join(paths))
   print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
   return report
+
+
+def _who(seeds, index: int) -> str:
+  return f'Member seed {seeds[index]}' if seeds else 'The run'
 
 
 def _sync(name: str) -> None:

@@ -197,8 +197,10 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
 
 
 def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int],
-                              batch_size: int) -> Callable[[Any, Any], list[dict]]:
-  """(stacked params, difficulty) -> each member's results on its own run's eval set.
+                              batch_size: int,
+                              check: bool = False) -> Callable[[Any, Any], list[dict]]:
+  """(stacked params, difficulty) -> each member's results on its own run's eval set
+  (with `check`, its check set).
 
   Member k is evaluated on the sequences `evaluation.make_evaluator` gives run
   `seeds[k]`; the results are those of its single run up to float32 rounding.
@@ -212,7 +214,7 @@ def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int]
     if difficulty not in sets:  # fixed sets: drawn once
       sets[difficulty] = jax.tree.map(
           lambda *xs: jnp.stack(xs),
-          *[eval_set(task, k, difficulty, batch_size) for k in keys])
+          *[eval_set(task, k, difficulty, batch_size, check) for k in keys])
     results = fetch(evaluate_batch(params, sets[difficulty]))
     return [{name: float(values[i]) for name, values in results.items()}
             for i in range(len(seeds))]
@@ -250,11 +252,17 @@ class BestMembers(checkpointing.Checkpointer):
     return dict(members=members.to_checkpoint(), costs=np.asarray(costs, np.float64),
                 steps=np.asarray(steps, np.int64))
 
-  def update(self, step: int, population: Population, costs: Sequence[float]) -> bool:
-    """Takes every member whose cost is below its best (and finite); saves if any did."""
+  def update(self, step: int, population: Population, costs: Sequence[float],
+             forget: Sequence[int] = ()) -> bool:
+    """Takes every member whose cost is below its best (and finite), and drops the best
+    of the members in `forget` (restarted: best/ holds each member's current attempt's
+    best); saves if anything changed."""
     costs = np.asarray(costs, np.float64)
-    improved = (costs < self.costs) & ~fetch(population.failed)
-    if not improved.any():
+    dropped = np.isin(np.arange(len(costs)), list(forget))
+    self.costs = np.where(dropped, math.inf, self.costs)
+    self.steps = np.where(dropped, -1, self.steps)
+    improved = (costs < self.costs) & ~fetch(population.failed) & ~dropped
+    if not (improved.any() or dropped.any()):
       return False
     chosen = jnp.asarray(improved)
 

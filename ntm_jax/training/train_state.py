@@ -58,6 +58,7 @@ class Keys:
     self.data = jax.random.fold_in(base, 1)
     self.eval = jax.random.fold_in(base, 2)
     self.figures = jax.random.fold_in(base, 3)
+    self.check = jax.random.fold_in(base, 4)
 
   def restart_params(self, step: int) -> jax.Array:
     """The parameters' key of an attempt that restarts at `step` (>= 1)."""
@@ -65,12 +66,20 @@ class Keys:
 
   def eval_batch(self, difficulty) -> jax.Array:
     """A fixed evaluation set per difficulty (None: the training distribution)."""
-    if difficulty is None:
-      return jax.random.fold_in(self.eval, 0)
-    key = self.eval
-    for part in difficulty if isinstance(difficulty, tuple) else (difficulty,):
-      key = jax.random.fold_in(key, 1 + part)
-    return key
+    return _per_difficulty(self.eval, difficulty)
+
+  def check_batch(self, difficulty) -> jax.Array:
+    """A fixed set per difficulty for decisions during training (the generalisation
+    check), apart from the reported evaluation sets so that those stay unbiased."""
+    return _per_difficulty(self.check, difficulty)
+
+
+def _per_difficulty(key: jax.Array, difficulty) -> jax.Array:
+  if difficulty is None:
+    return jax.random.fold_in(key, 0)
+  for part in difficulty if isinstance(difficulty, tuple) else (difficulty,):
+    key = jax.random.fold_in(key, 1 + part)
+  return key
 
 
 def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
