@@ -161,7 +161,7 @@ def test_an_attempt_that_fails_its_generalisation_check_restarts(tmp_path, monke
   report = run(config, tiny_task())
   # Checked once per attempt, restart_after steps in: at 10 (restarted, 20 steps left)
   # and at 20 (failed, but a new attempt would have only 10 steps: it trains on).
-  assert report['restarts'] == [10]
+  assert report['restarts'] == [10] and report['restart_reasons'] == ['generalisation']
   records = _records(config.workdir)
   checks = [r for r in records if r['kind'] == 'generalisation_check']
   assert [(r['step'], r['difficulty'], r['passed']) for r in checks] == [
@@ -242,3 +242,15 @@ def test_a_run_interrupted_around_a_check_resumes_as_if_uninterrupted(
   jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
   kept = lambda records: [r for r in records if r['kind'] != 'train']  # noqa: E731
   assert kept(_records(straight)) == kept(_records(resumed))
+
+
+def test_a_discarded_attempts_convergence_does_not_count():
+  records = [
+      dict(kind='eval', step=10, sequences=10, train=dict(bit_errors=0.05)),
+      dict(kind='restart', step=20),  # converged, but failed its check
+      dict(kind='eval', step=30, sequences=30, train=dict(bit_errors=0.5)),
+      dict(kind='eval', step=40, sequences=40, train=dict(bit_errors=0.01)),
+  ]
+  assert evaluation.converged_at(records, 15) == 10
+  assert evaluation.converged_at(records, 30) is None
+  assert evaluation.converged_at(records, 40) == 40

@@ -75,10 +75,13 @@ def evaluate_all(evaluate: Callable, params, task: Task) -> dict:
 
 def converged_at(records: list[dict], up_to_step: int,
                  member: int | None = None) -> int | None:
-  """Sequences seen at the first logged evaluation below CONVERGED_BIT_ERRORS (of the
-  population member with that index, if given)."""
+  """Sequences seen (from the run's start) at the current attempt's first logged
+  evaluation below CONVERGED_BIT_ERRORS (of the population member with that index, if
+  given): an attempt discarded by a restart does not count, even if it converged."""
+  restarts = restarts_in(records, up_to_step, member)
+  start = restarts[-1]['step'] if restarts else 0
   return next((r['sequences'] for r in records
-               if r.get('kind') == 'eval' and r['step'] <= up_to_step
+               if r.get('kind') == 'eval' and start < r['step'] <= up_to_step
                and r.get('member') == member
                and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
 

@@ -438,6 +438,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
             f'{f"; dropped its best checkpoint (step {dropped})" if dropped else ""}.',
             flush=True)
       attempts[index] = [step, False, False]
+      converged[index] = None  # the discarded attempt's convergence does not count
     return state
 
   step = start_step
@@ -535,6 +536,7 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
   restarts = restarts_in(workdir_lib.MetricsLog.read(workdir), step)
   if restarts:
     report['restarts'] = [r['step'] for r in restarts]
+    report['restart_reasons'] = [r.get('reason', 'not learning') for r in restarts]
   _write_report(workdir, report)
   which = 'the best evaluation\'s checkpoint' if checkpoint == 'best' else 'step'
   print(f'\n{task.name}, {config.model}, {which} {step} ({step * config.batch_size} '
@@ -545,9 +547,9 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
           'themselves:')
     print(format_report(task, report['unaveraged_results']))
   if restarts:
-    print(f'Restarted from a fresh initialisation at step(s) '
-          f'{", ".join(str(r["step"]) for r in restarts)} (restart_after): this report is '
-          'of the last attempt.')
+    print('Restarted from a fresh initialisation at step(s) ' + ', '.join(
+        f'{r["step"]} ({r.get("reason", "not learning")})' for r in restarts) +
+        ': this report is of the last attempt.')
   if converged is not None:
     print(f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
           f'{converged} sequences in all.' if restarts else
@@ -660,6 +662,7 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
     restarts = restarts_in(records, steps[index], index)
     if restarts:
       report['restarts'] = [r['step'] for r in restarts]
+      report['restart_reasons'] = [r.get('reason', 'not learning') for r in restarts]
     members.append(report)
   labels = list(results[0])
   summary = population_lib.summary(members, labels)
