@@ -96,8 +96,9 @@ CONFIG_FLAGS = {
                           'difficulties is below this many bit errors per sequence; 0: '
                           'never.'),
     'restart_after': ('training loop', 'Restart from a fresh initialisation (new '
-                      'parameters, the data going on) any attempt with no evaluation below '
-                      '1 bit error per sequence within this many steps; 0: never.'),
+                      'parameters, the data going on) any attempt that goes this many '
+                      'steps without an evaluation below 1 bit error per sequence (never '
+                      'learned, or collapsed); 0: never.'),
     'check_generalisation': ('training loop', 'With --restart_after: also restart, once, '
                              'an attempt that learns but after restart_after steps has 1 '
                              'or more bit errors per sequence on the hardest evaluated '

@@ -78,6 +78,33 @@ def test_a_learning_attempt_is_never_restarted(tmp_path, monkeypatch):
   assert not [r for r in _records(str(tmp_path)) if r['kind'] == 'restart']
 
 
+class _LearningOnlyAtFirst:
+  """A LEARNING_BIT_ERRORS that the first evaluation is below and every later one is
+  not: an attempt that learns, then collapses back onto a plateau."""
+
+  def __init__(self):
+    self.calls = 0
+
+  def __gt__(self, bit_errors):  # `bit_errors < LEARNING_BIT_ERRORS`
+    self.calls += 1
+    return self.calls == 1
+
+  def __format__(self, spec):
+    return format(1.0, spec)
+
+
+def test_an_attempt_that_collapses_back_onto_a_plateau_restarts(tmp_path, monkeypatch,
+                                                                capsys):
+  monkeypatch.setattr(loop, 'LEARNING_BIT_ERRORS', _LearningOnlyAtFirst())
+  report = run(ExperimentConfig(workdir=str(tmp_path), **dict(TINY, eval_every=5)),
+               tiny_task())
+  # Below 1 at step 5 only: 10 steps later, at 15, it restarts; the new attempt never
+  # learns, but at 25 it would have fewer than 10 steps left.
+  assert report['restarts'] == [15] and report['restart_reasons'] == ['not learning']
+  assert 'no evaluation below 1 bit errors per sequence since step 5' in \
+      capsys.readouterr().out
+
+
 class _StopAt:
   """STOP_REQUESTED, set once the loop has checked it `calls` times (a Ctrl-C then)."""
 
@@ -132,16 +159,21 @@ def test_the_current_attempt_is_read_from_the_log():
       # Learning, not converged: on its way down.
       dict(kind='eval', step=10, member=3, train=dict(bit_errors=0.5)),
       dict(kind='eval', step=10, member=4, train=dict(bit_errors=1.5)),
+      dict(kind='eval', step=10, member=5, train=dict(bit_errors=0.5)),
+      dict(kind='eval', step=20, member=5, train=dict(bit_errors=3.0)),
+      dict(kind='eval', step=30, member=5, train=dict(bit_errors=3.0)),
       dict(kind='generalisation_check', step=10),  # the discarded attempt's
       dict(kind='generalisation_check', step=30),
   ]
-  assert evaluation.current_attempt(records, 25) == (20, False, False)
-  assert evaluation.current_attempt(records, 30) == (20, True, True)
-  assert evaluation.current_attempt(records, 15) == (0, True, True)
-  assert evaluation.current_attempt(records, 30, member=1) == (0, True, False)
-  assert evaluation.current_attempt(records, 30, member=2) == (0, False, False)
-  assert evaluation.current_attempt(records, 30, member=3) == (0, True, False)
-  assert evaluation.current_attempt(records, 30, member=4) == (0, False, False)
+  assert evaluation.current_attempt(records, 25) == (20, None, False)
+  assert evaluation.current_attempt(records, 30) == (20, 30, True)
+  assert evaluation.current_attempt(records, 15) == (0, 10, True)
+  assert evaluation.current_attempt(records, 30, member=1) == (0, 10, False)
+  assert evaluation.current_attempt(records, 30, member=2) == (0, None, False)
+  assert evaluation.current_attempt(records, 30, member=3) == (0, 10, False)
+  assert evaluation.current_attempt(records, 30, member=4) == (0, None, False)
+  # Learned, then collapsed: its last evaluation below 1 counts.
+  assert evaluation.current_attempt(records, 30, member=5) == (0, 10, False)
 
 
 # The generalisation check (check_generalisation): an evaluation every 5 steps, so that

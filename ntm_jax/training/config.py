@@ -94,12 +94,13 @@ class ExperimentConfig:
     eval_batch_size: sequences per difficulty in each evaluation.
     target_bit_errors: stop early once the evaluation on training difficulties has
       fewer bit errors per sequence than this (0 disables early stopping).
-    restart_after: 0, or restart from a fresh initialisation every attempt that is not
-      learning (no evaluation on the training mix below evaluation.LEARNING_BIT_ERRORS)
-      within this many steps: new parameters (from the seed and the step) and a new
-      optimiser state, while the step count and the data stream go on. Some
-      initialisations settle on a plateau they do not leave within any budget (copy: 1
-      of the 44 seeds measured); a run's report lists its restarts.
+    restart_after: 0, or restart from a fresh initialisation every attempt that has
+      gone this many steps without an evaluation on the training mix below
+      evaluation.LEARNING_BIT_ERRORS (it never learned, or collapsed back onto a
+      plateau): new parameters (from the seed and the step) and a new optimiser state,
+      while the step count and the data stream go on. Some initialisations settle on a
+      plateau they do not leave within any budget (copy: 1 of the 44 seeds measured); a
+      run's report lists its restarts and why.
     check_generalisation: with restart_after > 0 (without, it does nothing): an
       attempt that is learning after restart_after steps is also evaluated once on the
       task's hardest difficulty, on its own check sequences (never the reported ones);

@@ -104,15 +104,15 @@ def restarts_in(records: list[dict], up_to_step: int,
 
 
 def current_attempt(records: list[dict], up_to_step: int,
-                    member: int | None = None) -> tuple[int, bool, bool]:
-  """The step the current attempt started at (0, or its last restart), whether any of
-  its evaluations up to `up_to_step` was below LEARNING_BIT_ERRORS, and whether its
-  generalisation check (ExperimentConfig.check_generalisation) has run."""
+                    member: int | None = None) -> tuple[int, int | None, bool]:
+  """The step the current attempt started at (0, or its last restart), the step of its
+  last evaluation up to `up_to_step` below LEARNING_BIT_ERRORS (None: none yet), and
+  whether its generalisation check (ExperimentConfig.check_generalisation) has run."""
   restarts = restarts_in(records, up_to_step, member)
   start = restarts[-1]['step'] if restarts else 0
   ours = [r for r in records if start < r.get('step', -1) <= up_to_step
           and r.get('member') == member]
-  learning = any(r.get('kind') == 'eval' and r['train']['bit_errors'] < LEARNING_BIT_ERRORS
-                 for r in ours)
+  learned_at = max((r['step'] for r in ours if r.get('kind') == 'eval'
+                    and r['train']['bit_errors'] < LEARNING_BIT_ERRORS), default=None)
   checked = any(r.get('kind') == 'generalisation_check' for r in ours)
-  return start, learning, checked
+  return start, learned_at, checked

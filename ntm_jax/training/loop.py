@@ -297,8 +297,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
   if start_step >= loop.train_steps:
     return state, converged
   # Each member's current attempt (ExperimentConfig.restart_after): where it started,
-  # whether it is learning and whether its generalisation check ran, from the log up to
-  # the checkpoint resumed from.
+  # its last evaluation below LEARNING_BIT_ERRORS and whether its generalisation check
+  # ran, from the log up to the checkpoint resumed from.
   records = workdir_lib.MetricsLog.read(workdir)
   attempts = [list(current_attempt(records, start_step, index if seeds else None))
               for index in range(len(seeds) or 1)]
@@ -366,23 +366,26 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
 
   def attempts_to_restart(state, step, train_evals) -> dict[int, tuple[str, str]]:
     """The live members whose attempt restarts at this evaluation, with why: no
-    evaluation below LEARNING_BIT_ERRORS within `restart_after` steps, or (with
-    `check`) the generalisation check failed. A new attempt needs `restart_after` steps
-    of its own (2 x after a failed check, to converge and settle): with fewer left, the
-    attempt trains on."""
+    evaluation below LEARNING_BIT_ERRORS in the last `restart_after` steps of the
+    attempt (it never learned, or it collapsed back onto a plateau), or (with `check`)
+    the generalisation check failed. A new attempt needs `restart_after` steps of its
+    own (2 x after a failed check, to converge and settle): with fewer left, the attempt
+    trains on."""
     restarting, unchecked = {}, []
     for index, train_eval in enumerate(train_evals):
-      attempts[index][1] |= train_eval['bit_errors'] < LEARNING_BIT_ERRORS
-      started, learning, checked = attempts[index]
+      if train_eval['bit_errors'] < LEARNING_BIT_ERRORS:
+        attempts[index][1] = step
+      started, learned_at, checked = attempts[index]
       if failed[index] or step - started < loop.restart_after:
         continue
-      if not learning:
+      if step - (learned_at or started) >= loop.restart_after:
         if step + loop.restart_after <= loop.train_steps:
+          since = (f'since step {learned_at}' if learned_at else
+                   f'in {step - started} steps of this attempt')
           restarting[index] = ('not learning',
-              f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence in '
-              f'{step - started} steps of this attempt (now '
-              f'{train_eval["bit_errors"]:.3f} on the training mix)')
-      elif check is not None and hardest is not None and not checked:
+              f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence '
+              f'{since} (now {train_eval["bit_errors"]:.3f} on the training mix)')
+      elif check is not None and hardest is not None and not checked and learned_at:
         unchecked.append(index)
     if unchecked:
       label = task.difficulty_label(hardest)
@@ -437,7 +440,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
             f'{", check_generalisation" if reason == "generalisation" else ""})'
             f'{f"; dropped its best checkpoint (step {dropped})" if dropped else ""}.',
             flush=True)
-      attempts[index] = [step, False, False]
+      attempts[index] = [step, None, False]
       converged[index] = None  # the discarded attempt's convergence does not count
     return state
 
