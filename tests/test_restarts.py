@@ -100,7 +100,7 @@ def test_an_attempt_that_collapses_back_onto_a_plateau_restarts(tmp_path, monkey
                tiny_task())
   # Below 1 at step 5 only: 10 steps later, at 15, it restarts; the new attempt never
   # learns, but at 25 it would have fewer than 10 steps left.
-  assert report['restarts'] == [15] and report['restart_reasons'] == ['not learning']
+  assert report['restarts'] == [15] and report['restart_reasons'] == ['collapsed']
   assert 'no evaluation below 1 bit errors per sequence since step 5' in \
       capsys.readouterr().out
 

@@ -382,7 +382,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
         if step + loop.restart_after <= loop.train_steps:
           since = (f'since step {learned_at}' if learned_at else
                    f'in {step - started} steps of this attempt')
-          restarting[index] = ('not learning',
+          restarting[index] = ('collapsed' if learned_at else 'not learning',
               f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence '
               f'{since} (now {train_eval["bit_errors"]:.3f} on the training mix)')
       elif check is not None and hardest is not None and not checked and learned_at:
