@@ -101,8 +101,9 @@ def test_an_attempt_that_collapses_back_onto_a_plateau_restarts(tmp_path, monkey
   # Below 1 at step 5 only: 10 steps later, at 15, it restarts; the new attempt never
   # learns, but at 25 it would have fewer than 10 steps left.
   assert report['restarts'] == [15] and report['restart_reasons'] == ['collapsed']
-  assert 'no evaluation below 1 bit errors per sequence since step 5' in \
-      capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert 'no evaluation below 1 bit errors per sequence since step 5' in out
+  assert 'dropped' not in out  # best/ keeps the collapsed attempt's best
 
 
 class _StopAt:

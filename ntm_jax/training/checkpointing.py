@@ -175,8 +175,8 @@ class BestCheckpointer(Checkpointer):
     return True
 
   def forget(self) -> int | None:
-    """Drops the saved best (a restart discards its attempt: best/ holds the current
-    attempt's best); returns the step it held, or None."""
+    """Drops the saved best (its attempt failed the generalisation check and was
+    discarded); returns the step it held, or None."""
     step = self.latest_step()
     if step is not None:
       self._manager.wait_until_finished()

@@ -477,12 +477,16 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
         restarting = attempts_to_restart(state, step, train_evals) \
             if loop.restart_after else {}
         costs = [e['cost'] for e in train_evals]
+        # An attempt that fails its generalisation check leaves no best/ behind: its
+        # best state does not generalise. Other restarts keep best/, the best so far.
+        dropped = [i for i, (reason, _) in restarting.items() if reason == 'generalisation']
         if seeds:
-          dropped_best = {i: int(best.steps[i]) for i in restarting if best.steps[i] >= 0}
-          best.update(step, state, costs, forget=list(restarting))
-        elif restarting:
+          dropped_best = {i: int(best.steps[i]) for i in dropped if best.steps[i] >= 0}
+          best.update(step, state, costs, forget=dropped)
+        elif dropped:
           dropped_best = {0: best.forget()}
         else:
+          dropped_best = {}
           best.save(step, state.to_checkpoint(), costs[0])
         if restarting:
           state = restart(state, restarting, step, train_evals, dropped_best)

@@ -255,8 +255,8 @@ class BestMembers(checkpointing.Checkpointer):
   def update(self, step: int, population: Population, costs: Sequence[float],
              forget: Sequence[int] = ()) -> bool:
     """Takes every member whose cost is below its best (and finite), and drops the best
-    of the members in `forget` (restarted: best/ holds each member's current attempt's
-    best); saves if anything changed."""
+    of the members in `forget` (restarted after failing the generalisation check); saves
+    if anything changed."""
     costs = np.asarray(costs, np.float64)
     dropped = np.isin(np.arange(len(costs)), list(forget))
     self.costs = np.where(dropped, math.inf, self.costs)
