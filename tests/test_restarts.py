@@ -225,7 +225,8 @@ def test_a_passed_generalisation_check_runs_once(tmp_path, monkeypatch):
   model = factory.build_model(config, task)
   params = _state_at(config, task, 10).params
   on = lambda check: evaluation.make_evaluator(  # noqa: E731
-      model, task, train_state.Keys(config.seed), config.eval_batch_size, check)(params, 5)
+      model, task, train_state.Keys(config.seed), evaluation.CHECK_SEQUENCES if check
+      else config.eval_batch_size, check)(params, 5)
   np.testing.assert_allclose(checks[0]['cost'], on(True)['cost'], rtol=1e-5)
   assert abs(checks[0]['cost'] - on(False)['cost']) > 1e-3
 

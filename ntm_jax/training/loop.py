@@ -32,6 +32,7 @@ from ntm_jax.training import resources
 from ntm_jax.training import workdir as workdir_lib
 from ntm_jax.training.config import CHECKPOINTS
 from ntm_jax.training.config import ExperimentConfig
+from ntm_jax.training.evaluation import CHECK_SEQUENCES
 from ntm_jax.training.evaluation import CONVERGED_BIT_ERRORS
 from ntm_jax.training.evaluation import GENERALISING_BIT_ERRORS
 from ntm_jax.training.evaluation import LEARNING_BIT_ERRORS
@@ -115,7 +116,7 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
     evaluate = population_lib.make_population_evaluator(model, task, config.seeds,
                                                         config.eval_batch_size)
     check = population_lib.make_population_evaluator(
-        model, task, config.seeds, config.eval_batch_size, check=True)
+        model, task, config.seeds, CHECK_SEQUENCES, check=True)
   else:
     mesh = make_mesh(config.batch_size) if config.data_parallel else None
     state = create_train_state(model, optimizer, task, Keys(config.seed), ema=ema)
@@ -123,7 +124,7 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
       state = replicate(state, mesh)
     evaluate_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size)
     evaluate = lambda params, difficulty: [evaluate_one(params, difficulty)]  # noqa: E731
-    check_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size,
+    check_one = make_evaluator(model, task, Keys(config.seed), CHECK_SEQUENCES,
                                check=True)
     check = lambda params, difficulty: [check_one(params, difficulty)]  # noqa: E731
   if not config.check_generalisation:
@@ -404,7 +405,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
           continue
         why = (f'{errors:.3f} bit errors per sequence on the hardest evaluated '
                f'difficulty, {label}, after {step - attempts[index][0]} steps of this '
-               f'attempt (its check sequences; below {GENERALISING_BIT_ERRORS:g} passes)')
+               f'attempt ({CHECK_SEQUENCES} check sequences; below '
+               f'{GENERALISING_BIT_ERRORS:g} passes)')
         if step + 2 * loop.restart_after <= loop.train_steps:
           restarting[index] = ('generalisation', why)
         else:
