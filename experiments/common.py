@@ -100,9 +100,9 @@ CONFIG_FLAGS = {
                       'steps without an evaluation below 1 bit error per sequence (never '
                       'learned, or collapsed); 0: never.'),
     'check_generalisation': ('training loop', 'With --restart_after: also restart, once, '
-                             'an attempt that learns but after restart_after steps has 1 '
-                             'or more bit errors per sequence on the hardest evaluated '
-                             'difficulty (its own check sequences).'),
+                             'an attempt that learns but after restart_after steps has '
+                             '0.25 or more bit errors per sequence on 2,048 sequences of '
+                             'the hardest evaluated difficulty (its own check sequences).'),
     'eval_every': ('evaluation', 'Evaluate every this many steps.'),
     'eval_batch_size': ('evaluation', 'Sequences per evaluated difficulty.'),
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),

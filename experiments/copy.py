@@ -30,14 +30,14 @@ FLAGS = flags.FLAGS
 # sequence after 64,000 sequences), while every other one converges within 12,800: an
 # attempt with no evaluation below 1 bit error after 16,000 starts afresh (RESULTS.md).
 # About 1 converged initialisation in 5 still fails length 120 (its parked read head
-# slips during long inputs), and at 16,000 sequences length 120 already tells them
-# apart: an attempt with 1 or more bit errors there (on its own check sequences) starts
-# afresh too, while 32,000 sequences are left (BUILD_NOTES.md, "Decisions").
+# slips during long inputs, spoiling a sequence in a few hundred). Restarting attempts
+# that slip at 16,000 (`--check_generalisation`) did not help: BUILD_NOTES.md, "Open
+# problems".
 DEFAULTS = dict(batch_size=1, train_steps=64000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,
                 controller='lstm', memory_init='random', memory_stddev=0.3,
-                entropy_penalty=0.005, restart_after=16000, check_generalisation=True)
+                entropy_penalty=0.005, restart_after=16000)
 # The paper's LSTM baseline for copy: 3 x 256 (trained with RMSProp 3e-5; Adam 1e-3 here),
 # in batches of 16: at batch 1 it trains at about 35 sequences per second on one core of
 # this CPU, against about 80 at batch 16.
