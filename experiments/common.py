@@ -216,7 +216,7 @@ def lstm_baseline_in_batches(features: int, sequences: int, eval_every: int) -> 
   """
   return dict(lstm_features=features, lstm_layers=3, batch_size=16, entropy_penalty=0.0,
               skip_grad_norm=0.0, ema_decay=0.0, carry_grad_clip=0.0,
-              write_advance_bias=0.0, restart_after=0, check_generalisation=False,
+              write_advance_bias=0.0, restart_after=0,
               train_steps=sequences // 16, learning_rate=1e-3, optimizer='adam',
               clip_mode='global_norm', eval_every=eval_every, checkpoint_every=250,
               log_every=50)

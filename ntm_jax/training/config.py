@@ -50,7 +50,6 @@ class LoopConfig:
   eval_batch_size: int
   target_bit_errors: float
   restart_after: int
-  check_generalisation: bool
   plots: bool
 
 
@@ -268,7 +267,7 @@ class ExperimentConfig:
         log_every=self.log_every, checkpoint_every=self.checkpoint_every,
         eval_every=self.eval_every, eval_batch_size=self.eval_batch_size,
         target_bit_errors=self.target_bit_errors, restart_after=self.restart_after,
-        check_generalisation=self.check_generalisation, plots=self.plots)
+        plots=self.plots)
 
   def replace(self, **changes) -> 'ExperimentConfig':
     return dataclasses.replace(self, **changes)

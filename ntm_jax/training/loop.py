@@ -116,7 +116,8 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
     evaluate = population_lib.make_population_evaluator(model, task, config.seeds,
                                                         config.eval_batch_size)
     check = population_lib.make_population_evaluator(
-        model, task, config.seeds, CHECK_SEQUENCES, check=True)
+        model, task, config.seeds, CHECK_SEQUENCES, check=True) \
+        if config.check_generalisation else None
   else:
     mesh = make_mesh(config.batch_size) if config.data_parallel else None
     state = create_train_state(model, optimizer, task, Keys(config.seed), ema=ema)
@@ -124,11 +125,11 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
       state = replicate(state, mesh)
     evaluate_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size)
     evaluate = lambda params, difficulty: [evaluate_one(params, difficulty)]  # noqa: E731
-    check_one = make_evaluator(model, task, Keys(config.seed), CHECK_SEQUENCES,
-                               check=True)
-    check = lambda params, difficulty: [check_one(params, difficulty)]  # noqa: E731
-  if not config.check_generalisation:
     check = None
+    if config.check_generalisation:
+      check_one = make_evaluator(model, task, Keys(config.seed), CHECK_SEQUENCES,
+                                 check=True)
+      check = lambda params, difficulty: [check_one(params, difficulty)]  # noqa: E731
   if checkpoint == 'best' and not os.path.isdir(os.path.join(workdir, 'best')):
     raise FileNotFoundError(
         f'--checkpoint=best needs {os.path.join(workdir, "best")}, which training writes '
