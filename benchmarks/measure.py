@@ -6,7 +6,6 @@ Shared by the benchmarks; it defines no flags, so that any script can import it.
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ntm_jax.tasks import Task
@@ -37,10 +36,9 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
   if config.seeds:  # a population's step: every member at once
     mesh = population.make_population_mesh(len(config.seeds)) \
         if config.data_parallel else None
-    state = population.Population(
+    state = population.Population.start(
         train_state.create_population_state(model, optimizer, task, config.seeds,
-                                            ema=bool(config.ema_decay)),
-        jnp.zeros(len(config.seeds), bool))
+                                            ema=bool(config.ema_decay)))
     state = population.shard_members(state, mesh)
     step = population.make_population_step(model, optimizer, task, config.batch_size,
                                            config.seeds, mesh,

@@ -99,10 +99,10 @@ CONFIG_FLAGS = {
                       'parameters, the data going on) any attempt that goes this many '
                       'steps without an evaluation below 1 bit error per sequence (never '
                       'learned, or collapsed); 0: never.'),
-    'check_generalisation': ('training loop', 'With --restart_after: also restart, once, '
-                             'an attempt that learns but after restart_after steps has '
-                             '0.25 or more bit errors per sequence on 2,048 sequences of '
-                             'the hardest evaluated difficulty (its own check sequences).'),
+    'stop_when_generalising': ('training loop', 'Stop once an evaluation has converged '
+                               '(< 0.1 bit errors per sequence on the training mix) and '
+                               'makes < 0.1 on 2,048 check sequences of the hardest '
+                               'evaluated difficulty.'),
     'eval_every': ('evaluation', 'Evaluate every this many steps.'),
     'eval_batch_size': ('evaluation', 'Sequences per evaluated difficulty.'),
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),

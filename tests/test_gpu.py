@@ -98,9 +98,8 @@ def test_a_population_step_on_the_gpu_matches_the_cpu():
   for platform in ('gpu', 'cpu'):
     with jax.default_device(jax.devices(platform)[0]), \
         jax.default_matmul_precision('highest'):
-      state = population.Population(
-          train_state.create_population_state(model, optimizer, task, seeds),
-          jnp.zeros(len(seeds), bool))
+      state = population.Population.start(
+          train_state.create_population_state(model, optimizer, task, seeds))
       step = population.make_population_step(model, optimizer, task, 1, seeds,
                                              entropy_penalty=config.entropy_penalty)
       costs = []

@@ -79,7 +79,7 @@ def test_each_member_starts_as_and_draws_the_batches_of_its_single_run():
     single = train_state.create_train_state(model, optimizer, task, train_state.Keys(seed))
     jax.tree.map(np.testing.assert_array_equal, single,
                  jax.tree.map(lambda x, i=index: x[i], members))
-  state = population.Population(members, jnp.zeros(len(SEEDS), bool))
+  state = population.Population.start(members)
   step = population.make_population_step(model, optimizer, task, 2, SEEDS)
   jax.effects_barrier()
   _RecordingCopy.drawn.clear()

@@ -163,125 +163,22 @@ def test_the_current_attempt_is_read_from_the_log():
       dict(kind='eval', step=10, member=5, train=dict(bit_errors=0.5)),
       dict(kind='eval', step=20, member=5, train=dict(bit_errors=3.0)),
       dict(kind='eval', step=30, member=5, train=dict(bit_errors=3.0)),
-      dict(kind='generalisation_check', step=10),  # the discarded attempt's
-      dict(kind='generalisation_check', step=30),
   ]
-  assert evaluation.current_attempt(records, 25) == (20, None, False)
-  assert evaluation.current_attempt(records, 30) == (20, 30, True)
-  assert evaluation.current_attempt(records, 15) == (0, 10, True)
-  assert evaluation.current_attempt(records, 30, member=1) == (0, 10, False)
-  assert evaluation.current_attempt(records, 30, member=2) == (0, None, False)
-  assert evaluation.current_attempt(records, 30, member=3) == (0, 10, False)
-  assert evaluation.current_attempt(records, 30, member=4) == (0, None, False)
+  assert evaluation.current_attempt(records, 25) == (20, None)
+  assert evaluation.current_attempt(records, 30) == (20, 30)
+  assert evaluation.current_attempt(records, 15) == (0, 10)
+  assert evaluation.current_attempt(records, 30, member=1) == (0, 10)
+  assert evaluation.current_attempt(records, 30, member=2) == (0, None)
+  assert evaluation.current_attempt(records, 30, member=3) == (0, 10)
+  assert evaluation.current_attempt(records, 30, member=4) == (0, None)
   # Learned, then collapsed: its last evaluation below 1 counts.
-  assert evaluation.current_attempt(records, 30, member=5) == (0, 10, False)
-
-
-# The generalisation check (check_generalisation): an evaluation every 5 steps, so that
-# the first attempt has a best checkpoint (step 5) before its check at step 10.
-CHECKED = dict(TINY, eval_every=5, check_generalisation=True)
-
-
-def _fail_every_check(monkeypatch):
-  monkeypatch.setattr(loop, 'LEARNING_BIT_ERRORS', 1e9)  # every attempt is learning
-  monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', 0.0)  # and fails its check
-
-
-def test_an_attempt_that_fails_its_generalisation_check_restarts(tmp_path, monkeypatch,
-                                                                capsys):
-  _fail_every_check(monkeypatch)
-  config = ExperimentConfig(workdir=str(tmp_path), seed=3, **CHECKED)
-  report = run(config, tiny_task())
-  # Checked once per attempt, restart_after steps in: at 10 (restarted, 20 steps left)
-  # and at 20 (failed, but a new attempt would have only 10 steps: it trains on).
-  assert report['restarts'] == [10] and report['restart_reasons'] == ['generalisation']
-  records = _records(config.workdir)
-  checks = [r for r in records if r['kind'] == 'generalisation_check']
-  assert [(r['step'], r['difficulty'], r['passed']) for r in checks] == [
-      (10, '5', False), (20, '5', False)]
-  assert [(r['step'], r['reason']) for r in records if r['kind'] == 'restart'] == [
-      (10, 'generalisation')]
-  out = capsys.readouterr().out
-  assert 'restarted from a fresh initialisation at step 10' in out
-  assert 'dropped its best checkpoint (step 5)' in out
-  assert 'too few steps left for a new attempt' in out
-  # best/ holds the new attempt's best, not the discarded one's.
-  best = checkpointing.open_saved(config.workdir, 'best')
-  try:
-    assert best.latest_step() > 10
-  finally:
-    best.close()
-
-
-def test_a_passed_generalisation_check_runs_once(tmp_path, monkeypatch):
-  monkeypatch.setattr(loop, 'LEARNING_BIT_ERRORS', 1e9)
-  monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', 1e9)
-  report = run(ExperimentConfig(workdir=str(tmp_path), **CHECKED), tiny_task())
-  assert 'restarts' not in report
-  checks = [r for r in _records(str(tmp_path)) if r['kind'] == 'generalisation_check']
-  assert [(r['step'], r['passed']) for r in checks] == [(10, True)]
-  # It evaluated the state at step 10 on the check sequences, not the reported ones.
-  config, task = ExperimentConfig(workdir=str(tmp_path), **CHECKED), tiny_task()
-  model = factory.build_model(config, task)
-  params = _state_at(config, task, 10).params
-  on = lambda check: evaluation.make_evaluator(  # noqa: E731
-      model, task, train_state.Keys(config.seed), evaluation.CHECK_SEQUENCES if check
-      else config.eval_batch_size, check)(params, 5)
-  np.testing.assert_allclose(checks[0]['cost'], on(True)['cost'], rtol=1e-5)
-  assert abs(checks[0]['cost'] - on(False)['cost']) > 1e-3
-
-
-def test_the_check_uses_its_own_sequences_not_the_reported_ones():
-  task, keys = tiny_task(), train_state.Keys(0)
-  reported = evaluation.eval_set(task, keys, 5, 4)
-  checked = evaluation.eval_set(task, keys, 5, 4, check=True)
-  assert reported.inputs.shape == checked.inputs.shape
-  assert not np.array_equal(reported.inputs, checked.inputs)
-  np.testing.assert_array_equal(evaluation.eval_set(task, keys, 5, 4, check=True).inputs,
-                                checked.inputs)  # fixed
-
-
-def test_each_member_is_checked_as_its_single_run_is(tmp_path, monkeypatch):
-  _fail_every_check(monkeypatch)
-  task = tiny_task()
-  population = run(ExperimentConfig(workdir=str(tmp_path / 'population'), seeds=(4, 9),
-                                    **CHECKED), task)
-  single = run(ExperimentConfig(workdir=str(tmp_path / 'single'), seed=9, **CHECKED),
-               task)
-  assert population['members'][1]['restarts'] == single['restarts'] == [10]
-  member_checks = [r for r in _records(str(tmp_path / 'population'))
-                   if r['kind'] == 'generalisation_check' and r['member'] == 1]
-  single_checks = [r for r in _records(str(tmp_path / 'single'))
-                   if r['kind'] == 'generalisation_check']
-  assert [r['step'] for r in member_checks] == [r['step'] for r in single_checks]
-  np.testing.assert_allclose([r['cost'] for r in member_checks],
-                             [r['cost'] for r in single_checks], rtol=1e-4)
-
-
-@pytest.mark.parametrize('interrupted_at', [10, 14])
-def test_a_run_interrupted_around_a_check_resumes_as_if_uninterrupted(
-    tmp_path, monkeypatch, interrupted_at):
-  _fail_every_check(monkeypatch)
-  task = tiny_task()
-  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  run(ExperimentConfig(workdir=straight, **CHECKED), task)
-  with monkeypatch.context() as patch:
-    patch.setattr(loop, 'STOP_REQUESTED', _StopAt(interrupted_at))
-    with pytest.raises(KeyboardInterrupt):
-      run(ExperimentConfig(workdir=resumed, **CHECKED), task)
-  report = run(ExperimentConfig(workdir=resumed, **CHECKED), task)
-  assert report['restarts'] == [10]
-  a = _state_at(ExperimentConfig(workdir=straight, **CHECKED), task, 30)
-  b = _state_at(ExperimentConfig(workdir=resumed, **CHECKED), task, 30)
-  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
-  kept = lambda records: [r for r in records if r['kind'] != 'train']  # noqa: E731
-  assert kept(_records(straight)) == kept(_records(resumed))
+  assert evaluation.current_attempt(records, 30, member=5) == (0, 10)
 
 
 def test_a_discarded_attempts_convergence_does_not_count():
   records = [
       dict(kind='eval', step=10, sequences=10, train=dict(bit_errors=0.05)),
-      dict(kind='restart', step=20),  # converged, but failed its check
+      dict(kind='restart', step=20),  # converged, then collapsed
       dict(kind='eval', step=30, sequences=30, train=dict(bit_errors=0.5)),
       dict(kind='eval', step=40, sequences=40, train=dict(bit_errors=0.01)),
   ]

@@ -174,16 +174,6 @@ class BestCheckpointer(Checkpointer):
     self._cost = cost
     return True
 
-  def forget(self) -> int | None:
-    """Drops the saved best (its attempt failed the generalisation check and was
-    discarded); returns the step it held, or None."""
-    step = self.latest_step()
-    if step is not None:
-      self._manager.wait_until_finished()
-      self._manager.delete(step)
-    self._cost = math.inf
-    return step
-
 
 def open_saved(workdir: str, checkpoint: str = 'latest') -> Checkpointer:
   """A run's saved checkpoints, to read: its latest ones (checkpoint='latest') or best/.

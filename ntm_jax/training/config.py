@@ -100,13 +100,14 @@ class ExperimentConfig:
       while the step count and the data stream go on. Some initialisations settle on a
       plateau they do not leave within any budget (copy: 1 of the 44 seeds measured); a
       run's report lists its restarts and why.
-    check_generalisation: with restart_after > 0 (without, it does nothing): an
-      attempt that is learning after restart_after steps is also evaluated once on the
-      task's hardest difficulty, on its own check sequences (never the reported ones);
-      with evaluation.GENERALISING_BIT_ERRORS or more bit errors per sequence there it
-      restarts too, if 2 x restart_after steps are left for the new attempt to converge
-      and settle. For tasks where a converged model can still fail to generalise (copy:
-      about 1 in 5 initialisations fails length 120).
+    stop_when_generalising: stop at the first evaluation at which the run has
+      converged (fewer than evaluation.CONVERGED_BIT_ERRORS bit errors per sequence on
+      the training mix) and also makes fewer than evaluation.GENERALISING_BIT_ERRORS on
+      evaluation.CHECK_SEQUENCES sequences of the task's hardest difficulty, its own
+      check sequences (never the reported ones). Training on converges and slips in
+      turn at the lengths it never sees (copy: about 1 final model in 5 fails length
+      120); this ends the run at a state verified to generalise. A population stops each
+      member so (member k stops as run k does) and ends when all have stopped.
     entropy_penalty: NTM only: add this many bits of cost per bit of entropy of the
       heads' weightings (summed over heads and steps) to the training cost, which favours
       sharp addressing; 0 trains on the paper's cost alone. Logged costs are the paper's.
@@ -149,7 +150,7 @@ class ExperimentConfig:
   eval_batch_size: int = 128
   target_bit_errors: float = 0.0
   restart_after: int = 0
-  check_generalisation: bool = False
+  stop_when_generalising: bool = False
   entropy_penalty: float = 0.0
   memory_size: int = 128
   word_size: int = 20

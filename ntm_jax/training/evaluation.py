@@ -18,13 +18,13 @@ CONVERGED_BIT_ERRORS = 0.1
 # 20-36, associative recall 3-5 per sequence) and converging attempts pass it on their
 # way down, sometimes just before restart_after steps.
 LEARNING_BIT_ERRORS = 1.0
-# The generalisation check (ExperimentConfig.check_generalisation) passes below this
-# many bit errors per sequence on CHECK_SEQUENCES of the hardest difficulty. A copy
-# model that fails length 120 gets a rare sequence wholly wrong (its read head slips:
-# about 480 bit errors), 1 in a few hundred: 256 sequences miss that often, and a model
-# fit for the target (< 1 on 256 sequences) must slip far more rarely still. So: many
-# sequences, and at most one slip among them.
-GENERALISING_BIT_ERRORS = 0.25
+# The generalisation check (ExperimentConfig.stop_when_generalising) passes below this
+# many bit errors per sequence on CHECK_SEQUENCES of the hardest difficulty: not one
+# sequence wholly wrong among them. A copy model that fails length 120 gets rare
+# sequences wholly wrong (its read head slips: about 480 bit errors each), the same
+# sequences at every checkpoint, 1 in 500-1,000 for most models: 256 sequences often
+# miss that, and one slip among 2,048 is already 0.23 per sequence.
+GENERALISING_BIT_ERRORS = 0.1
 CHECK_SEQUENCES = 2048
 
 
@@ -109,15 +109,22 @@ def restarts_in(records: list[dict], up_to_step: int,
 
 
 def current_attempt(records: list[dict], up_to_step: int,
-                    member: int | None = None) -> tuple[int, int | None, bool]:
-  """The step the current attempt started at (0, or its last restart), the step of its
-  last evaluation up to `up_to_step` below LEARNING_BIT_ERRORS (None: none yet), and
-  whether its generalisation check (ExperimentConfig.check_generalisation) has run."""
+                    member: int | None = None) -> tuple[int, int | None]:
+  """The step the current attempt started at (0, or its last restart) and the step of
+  its last evaluation up to `up_to_step` below LEARNING_BIT_ERRORS (None: none yet)."""
   restarts = restarts_in(records, up_to_step, member)
   start = restarts[-1]['step'] if restarts else 0
-  ours = [r for r in records if start < r.get('step', -1) <= up_to_step
-          and r.get('member') == member]
-  learned_at = max((r['step'] for r in ours if r.get('kind') == 'eval'
+  learned_at = max((r['step'] for r in records if r.get('kind') == 'eval'
+                    and start < r['step'] <= up_to_step and r.get('member') == member
                     and r['train']['bit_errors'] < LEARNING_BIT_ERRORS), default=None)
-  checked = any(r.get('kind') == 'generalisation_check' for r in ours)
-  return start, learned_at, checked
+  return start, learned_at
+
+
+def generalisation_passed(records: list[dict], up_to_step: int,
+                          member: int | None = None) -> dict | None:
+  """The logged generalisation check up to a step that the run (or the population
+  member with that index) passed, and so stopped at; None if it has not
+  (ExperimentConfig.stop_when_generalising)."""
+  return next((r for r in records if r.get('kind') == 'generalisation_check'
+               and r['step'] <= up_to_step and r.get('member') == member
+               and r['passed']), None)

@@ -39,6 +39,7 @@ from ntm_jax.training.evaluation import LEARNING_BIT_ERRORS
 from ntm_jax.training.evaluation import best_evaluation
 from ntm_jax.training.evaluation import converged_at
 from ntm_jax.training.evaluation import current_attempt
+from ntm_jax.training.evaluation import generalisation_passed
 from ntm_jax.training.evaluation import restarts_in
 from ntm_jax.training.evaluation import evaluate_all
 from ntm_jax.training.evaluation import make_evaluator
@@ -110,14 +111,14 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
   if config.seeds:
     mesh = population_lib.make_population_mesh(len(config.seeds)) \
         if config.data_parallel else None
-    state = Population(create_population_state(model, optimizer, task, config.seeds, ema),
-                       jnp.zeros(len(config.seeds), bool))
+    state = Population.start(create_population_state(model, optimizer, task,
+                                                     config.seeds, ema))
     state = population_lib.shard_members(state, mesh)
     evaluate = population_lib.make_population_evaluator(model, task, config.seeds,
                                                         config.eval_batch_size)
     check = population_lib.make_population_evaluator(
         model, task, config.seeds, CHECK_SEQUENCES, check=True) \
-        if config.check_generalisation else None
+        if config.stop_when_generalising else None
   else:
     mesh = make_mesh(config.batch_size) if config.data_parallel else None
     state = create_train_state(model, optimizer, task, Keys(config.seed), ema=ema)
@@ -126,7 +127,7 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
     evaluate_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size)
     evaluate = lambda params, difficulty: [evaluate_one(params, difficulty)]  # noqa: E731
     check = None
-    if config.check_generalisation:
+    if config.stop_when_generalising:
       check_one = make_evaluator(model, task, Keys(config.seed), CHECK_SEQUENCES,
                                  check=True)
       check = lambda params, difficulty: [check_one(params, difficulty)]  # noqa: E731
@@ -194,8 +195,8 @@ def restore_evaluated_params(config: ExperimentConfig, task: Task,
   if config.seeds:
     if member not in config.seeds:
       raise ValueError(f'member must be one of the seeds {config.seeds}; got {member!r}.')
-    state = Population(create_population_state(model, optimizer, task, config.seeds),
-                       jnp.zeros(len(config.seeds), bool))
+    state = Population.start(create_population_state(model, optimizer, task,
+                                                     config.seeds))
   else:
     state = create_train_state(model, optimizer, task, Keys(config.seed))
   if checkpoint == 'best' and config.seeds:
@@ -230,8 +231,10 @@ def _restore(checkpointer: checkpointing.Checkpointer, state: TrainState | Popul
   if 'ema_params' in checkpointer.saved_keys(path=('members',) if is_population else ()):
     like['ema_params'] = members.params
   if is_population:
-    restored = Population.from_checkpoint(checkpointer.restore(
-        dict(members=like, failed=state.failed)))
+    tree = dict(members=like, failed=state.failed)
+    if 'stopped' in checkpointer.saved_keys():
+      tree['stopped'] = state.stopped
+    restored = Population.from_checkpoint(checkpointer.restore(tree))
     return restored._replace(members=_with_average(restored.members, ema_decay))
   return _with_average(TrainState.from_checkpoint(checkpointer.restore(like)), ema_decay)
 
@@ -271,7 +274,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
            converged: list) -> tuple[TrainState | Population, list]:
   """Trains from `state` to `config.train_steps`, logging, evaluating and saving.
 
-  `evaluate` and `check` (None without check_generalisation) are the run's (params,
+  `evaluate` and `check` (None without stop_when_generalising) are the run's (params,
   difficulty) -> per-member results on its evaluation and check sets.
   """
   loop = config.loop
@@ -296,12 +299,17 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
   progress = Progress(loop.train_steps)
   pending, window_start = [], time.time()
   failed = list(population_lib.fetch(state.failed)) if seeds else [False]
-  if start_step >= loop.train_steps:
-    return state, converged
-  # Each member's current attempt (ExperimentConfig.restart_after): where it started,
-  # its last evaluation below LEARNING_BIT_ERRORS and whether its generalisation check
-  # ran, from the log up to the checkpoint resumed from.
   records = workdir_lib.MetricsLog.read(workdir)
+  # The members that passed their generalisation check (stop_when_generalising): they
+  # have finished, and their state no longer changes.
+  stopped = [bool(s) for s in population_lib.fetch(state.stopped)] if seeds else \
+      [generalisation_passed(records, start_step) is not None]
+  if start_step >= loop.train_steps or all(
+      done or dead for done, dead in zip(stopped, failed)):
+    return state, converged
+  # Each member's current attempt (ExperimentConfig.restart_after): where it started and
+  # its last evaluation below LEARNING_BIT_ERRORS, from the log up to the checkpoint
+  # resumed from.
   attempts = [list(current_attempt(records, start_step, index if seeds else None))
               for index in range(len(seeds) or 1)]
   initialize = train_state_lib.initializer(model, optimizer, task,
@@ -324,7 +332,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     for index, member_values in enumerate(per_member):
       bad = next((offset for offset, record in enumerate(member_values)
                   if not math.isfinite(float(record['cost']))), None)
-      if bad is None or (seeds and failed[index]):
+      if bad is None or (seeds and failed[index]) or stopped[index]:
         continue
       where = (f'the training loss became {float(member_values[bad]["cost"])} at step '
                f'{first_step + bad}')
@@ -341,6 +349,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     sequences_per_second = len(values) * loop.batch_size / elapsed
     live = []
     for index, member_values in enumerate(per_member):
+      if stopped[index]:
+        continue  # its run has ended
       means = {k: sum(float(r[k]) for r in member_values) / len(member_values)
                for k in member_values[0]}
       # The window's largest step gradient: a spike's is orders above the mean's.
@@ -353,74 +363,76 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
       log.write(record)
       if not failed[index]:
         live.append(means)
-    if seeds and not live:
+    if seeds and all(failed):
       raise NonFiniteLossError(
           f'the training loss of every member of the population stopped being finite '
           f'(by step {step}). The last checkpoint (step {checkpointer.latest_step()}) is '
           f'kept in {checkpointer.directory}; lower --learning_rate or --clip, or change '
           '--seeds, and rerun.')
-    progress.update(step, sequences_per_second * len(per_member),
-                    float(np.median([m['cost'] for m in live])),
-                    float(np.median([m['bit_errors'] for m in live])))
+    if live:
+      progress.update(step, sequences_per_second * stopped.count(False),
+                      float(np.median([m['cost'] for m in live])),
+                      float(np.median([m['bit_errors'] for m in live])))
     pending, window_start = [], time.time()
 
   hardest = task.eval_difficulties[-1] if task.eval_difficulties else None
 
-  def attempts_to_restart(state, step, train_evals) -> dict[int, tuple[str, str]]:
+  def attempts_to_restart(step, train_evals) -> dict[int, tuple[str, str]]:
     """The live members whose attempt restarts at this evaluation, with why: no
     evaluation below LEARNING_BIT_ERRORS in the last `restart_after` steps of the
-    attempt (it never learned, or it collapsed back onto a plateau), or (with `check`)
-    the generalisation check failed. A new attempt needs `restart_after` steps of its
-    own (2 x after a failed check, to converge and settle): with fewer left, the attempt
-    trains on."""
-    restarting, unchecked = {}, []
+    attempt (it never learned, or it collapsed back onto a plateau). A new attempt needs
+    `restart_after` steps of its own: with fewer left, the attempt trains on."""
+    restarting = {}
     for index, train_eval in enumerate(train_evals):
+      if failed[index] or stopped[index]:
+        continue
       if train_eval['bit_errors'] < LEARNING_BIT_ERRORS:
         attempts[index][1] = step
-      started, learned_at, checked = attempts[index]
-      if failed[index] or step - started < loop.restart_after:
-        continue
-      if step - (learned_at or started) >= loop.restart_after:
-        if step + loop.restart_after <= loop.train_steps:
-          since = (f'since step {learned_at}' if learned_at else
-                   f'in {step - started} steps of this attempt')
-          restarting[index] = ('collapsed' if learned_at else 'not learning',
-              f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence '
-              f'{since} (now {train_eval["bit_errors"]:.3f} on the training mix)')
-      elif check is not None and hardest is not None and not checked and learned_at:
-        unchecked.append(index)
-    if unchecked:
-      label = task.difficulty_label(hardest)
-      results = check(state.evaluated_params, hardest)
-      for index in unchecked:
-        errors = results[index]['bit_errors']
-        passed = errors < GENERALISING_BIT_ERRORS
-        record = dict(kind='generalisation_check', step=step,
-                      sequences=step * loop.batch_size, difficulty=label,
-                      bit_errors=errors, cost=results[index]['cost'], passed=passed)
-        if seeds:
-          record.update(member=index, seed=seeds[index])
-        log.write(record)
-        attempts[index][2] = True
-        if passed:
-          continue
-        why = (f'{errors:.3f} bit errors per sequence on the hardest evaluated '
-               f'difficulty, {label}, after {step - attempts[index][0]} steps of this '
-               f'attempt ({CHECK_SEQUENCES} check sequences; below '
-               f'{GENERALISING_BIT_ERRORS:g} passes)')
-        if step + 2 * loop.restart_after <= loop.train_steps:
-          restarting[index] = ('generalisation', why)
-        else:
-          progress.newline()
-          print(f'{_who(seeds, index)}: {why}; too few steps left for a new attempt, so '
-                'this one trains on.', flush=True)
+      started, learned_at = attempts[index]
+      if (step - started >= loop.restart_after
+          and step - (learned_at or started) >= loop.restart_after
+          and step + loop.restart_after <= loop.train_steps):
+        since = (f'since step {learned_at}' if learned_at else
+                 f'in {step - started} steps of this attempt')
+        restarting[index] = ('collapsed' if learned_at else 'not learning',
+            f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence '
+            f'{since} (now {train_eval["bit_errors"]:.3f} on the training mix)')
     return restarting
 
-  def restart(state, restarting: dict[int, tuple[str, str]], step, train_evals,
-              dropped_best):
+  def check_generalisation(state, step, train_evals) -> list[int]:
+    """Checks every live member that has converged at this evaluation on its check
+    sequences of the hardest difficulty; logs each check and returns the members that
+    passed (fewer than GENERALISING_BIT_ERRORS bit errors per sequence): they stop."""
+    converged_now = [i for i, e in enumerate(train_evals)
+                     if not (failed[i] or stopped[i])
+                     and e['bit_errors'] < CONVERGED_BIT_ERRORS]
+    if not converged_now:
+      return []
+    label = task.difficulty_label(hardest)
+    results = check(state.evaluated_params, hardest)
+    passed = []
+    for index in converged_now:
+      errors = results[index]['bit_errors']
+      record = dict(kind='generalisation_check', step=step,
+                    sequences=step * loop.batch_size, difficulty=label,
+                    sequences_checked=CHECK_SEQUENCES, bit_errors=errors,
+                    cost=results[index]['cost'],
+                    passed=errors < GENERALISING_BIT_ERRORS)
+      if seeds:
+        record.update(member=index, seed=seeds[index])
+      log.write(record)
+      if record['passed']:
+        passed.append(index)
+        progress.newline()
+        print(f'{_who(seeds, index)}: converged, and {errors:.3f} bit errors per sequence '
+              f'on {CHECK_SEQUENCES} check sequences of {label} (below '
+              f'{GENERALISING_BIT_ERRORS:g}): stopped at step {step} '
+              '(stop_when_generalising).', flush=True)
+    return passed
+
+  def restart(state, restarting: dict[int, tuple[str, str]], step, train_evals):
     """`state` with these members' attempts begun afresh at `step`, each logged and
-    printed with why ({index: (reason, explanation)}); `dropped_best` maps a member to
-    the step of the best checkpoint its discarded attempt held."""
+    printed with why ({index: (reason, explanation)})."""
     indices = sorted(restarting)
     if not seeds:
       fresh = initialize(Keys(config.seed), step)
@@ -436,14 +448,10 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
       if seeds:
         record.update(member=index, seed=seeds[index])
       log.write(record)
-      dropped = dropped_best.get(index)
-      reason, why = restarting[index]
-      print(f'{_who(seeds, index)}: {why}; restarted from a fresh '
-            f'initialisation at step {step} (restart_after={loop.restart_after}'
-            f'{", check_generalisation" if reason == "generalisation" else ""})'
-            f'{f"; dropped its best checkpoint (step {dropped})" if dropped else ""}.',
+      print(f'{_who(seeds, index)}: {restarting[index][1]}; restarted from a fresh '
+            f'initialisation at step {step} (restart_after={loop.restart_after}).',
             flush=True)
-      attempts[index] = [step, None, False]
+      attempts[index] = [step, None]
       converged[index] = None  # the discarded attempt's convergence does not count
     return state
 
@@ -467,6 +475,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
         train_evals = evaluate(state.evaluated_params, None)
         unaveraged = evaluate(state.params, None) if state.ema_params is not None else None
         for index, train_eval in enumerate(train_evals):
+          if stopped[index]:
+            continue
           record = dict(kind='eval', step=step, sequences=step * loop.batch_size,
                         train=train_eval)
           if unaveraged is not None:
@@ -477,33 +487,33 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
           if converged[index] is None and not failed[index] and \
               train_eval['bit_errors'] < CONVERGED_BIT_ERRORS:
             converged[index] = step * loop.batch_size
-        restarting = attempts_to_restart(state, step, train_evals) \
-            if loop.restart_after else {}
+        restarting = attempts_to_restart(step, train_evals) if loop.restart_after else {}
         costs = [e['cost'] for e in train_evals]
-        # An attempt that fails its generalisation check leaves no best/ behind: its
-        # best state does not generalise. Other restarts keep best/, the best so far.
-        dropped = [i for i, (reason, _) in restarting.items() if reason == 'generalisation']
         if seeds:
-          dropped_best = {i: int(best.steps[i]) for i in dropped if best.steps[i] >= 0}
-          best.update(step, state, costs, forget=dropped)
-        elif dropped:
-          dropped_best = {0: best.forget()}
+          best.update(step, state, costs)
         else:
-          dropped_best = {}
           best.save(step, state.to_checkpoint(), costs[0])
         if restarting:
-          state = restart(state, restarting, step, train_evals, dropped_best)
+          state = restart(state, restarting, step, train_evals)
+        if check is not None and hardest is not None:
+          passed = check_generalisation(state, step, train_evals)
+          for index in passed:
+            stopped[index] = True
+          if passed and seeds:
+            state = state.with_stopped(stopped)
         window_start += time.time() - eval_start  # evaluations don't count as training
-        reached = [e['bit_errors'] < loop.target_bit_errors
-                   for e, dead in zip(train_evals, failed) if not dead]
+        reached = [e['bit_errors'] < loop.target_bit_errors or done
+                   for e, dead, done in zip(train_evals, failed, stopped) if not dead]
         stop = 0 < loop.target_bit_errors and reached and all(reached)
+        stop = stop or all(done or dead for done, dead in zip(stopped, failed))
       if boundary(loop.checkpoint_every) or stop:
         checkpointer.save(step, state.to_checkpoint())
       if stop:
         progress.newline()
-        errors = max(e['bit_errors'] for e, dead in zip(train_evals, failed) if not dead)
-        print(f'Reached {errors:.3f} bit errors per sequence '
-              f'(target {loop.target_bit_errors}) at step {step}; stopping.', flush=True)
+        if not all(stopped):
+          errors = max(e['bit_errors'] for e, dead in zip(train_evals, failed) if not dead)
+          print(f'Reached {errors:.3f} bit errors per sequence '
+                f'(target {loop.target_bit_errors}) at step {step}; stopping.', flush=True)
         break
   except KeyboardInterrupt:
     progress.newline()
@@ -543,10 +553,14 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
     report['unaveraged_results'] = evaluate_all(evaluate, state.params, task)
   if best is not None:
     report['best'] = best
-  restarts = restarts_in(workdir_lib.MetricsLog.read(workdir), step)
+  records = workdir_lib.MetricsLog.read(workdir)
+  restarts = restarts_in(records, step)
   if restarts:
     report['restarts'] = [r['step'] for r in restarts]
     report['restart_reasons'] = [r.get('reason', 'not learning') for r in restarts]
+  stopped = _stop_record(records, step, None)
+  if stopped:
+    report['stopped_generalising'] = stopped
   _write_report(workdir, report)
   which = 'the best evaluation\'s checkpoint' if checkpoint == 'best' else 'step'
   print(f'\n{task.name}, {config.model}, {which} {step} ({step * config.batch_size} '
@@ -565,6 +579,10 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
           f'{converged} sequences in all.' if restarts else
           f'Converged (< {CONVERGED_BIT_ERRORS} bit errors per sequence) after '
           f'{converged} sequences.')
+  if stopped:
+    print(f'Stopped at step {stopped["step"]}, converged and generalising: '
+          f'{stopped["bit_errors"]:.3f} bit errors per sequence on '
+          f'{stopped["sequences_checked"]} check sequences of {stopped["difficulty"]}.')
   if 'best' in report and report['best']['step'] != step:
     # A run can end inside a late cost spike: say so, and which state each tool uses.
     report['ended_worse_than_best'] = results['train']['cost'] > report['best']['cost']
@@ -586,6 +604,15 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
     print('Figures: ' + ', '.join(paths))
   print(f'Report: {os.path.join(workdir, "report.json")}', flush=True)
   return report
+
+
+def _stop_record(records: list[dict], step: int, member: int | None) -> dict | None:
+  """The passed generalisation check the run (or member) stopped at, for its report."""
+  passed = generalisation_passed(records, step, member)
+  if passed is None:
+    return None
+  return {k: passed.get(k) for k in ('step', 'difficulty', 'sequences_checked',
+                                     'bit_errors')}
 
 
 def _who(seeds, index: int) -> str:
@@ -673,6 +700,9 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
     if restarts:
       report['restarts'] = [r['step'] for r in restarts]
       report['restart_reasons'] = [r.get('reason', 'not learning') for r in restarts]
+    stopped = _stop_record(records, steps[index], index)
+    if stopped:
+      report['stopped_generalising'] = stopped
     members.append(report)
   labels = list(results[0])
   summary = population_lib.summary(members, labels)
@@ -748,9 +778,8 @@ def export_member(config: ExperimentConfig, task: Task, member: int | str,
     raise ValueError(f'--member must be best or one of the seeds '
                      f'{",".join(map(str, seeds))}; got {member!r}.')
   model = build_model(config, task)
-  state = Population(create_population_state(model, make_optimizer(config.optimiser),
-                                             task, seeds, bool(config.ema_decay)),
-                     jnp.zeros(len(seeds), bool))
+  state = Population.start(create_population_state(
+      model, make_optimizer(config.optimiser), task, seeds, bool(config.ema_decay)))
   if checkpoint == 'best':
     if not os.path.isdir(os.path.join(config.workdir, 'best')):
       raise FileNotFoundError(f'{os.path.join(config.workdir, "best")} does not exist.')

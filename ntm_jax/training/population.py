@@ -8,10 +8,12 @@ population follows run `--seed=seeds[k]` up to float32 rounding (a batched matri
 may sum in another order), and its data are bit for bit the same.
 
 A member whose training loss stops being finite is frozen (its state is kept as it was
-before that step) and marked failed; the others go on.
+before that step) and marked failed; the others go on. A member that has stopped (it
+passed its generalisation check, ExperimentConfig.stop_when_generalising) is frozen too,
+its step count with it, as its single run ends there.
 
 Checkpoints: one Orbax checkpoint holds the whole population (`Population.to_checkpoint`:
-the stacked TrainState and the failed flags); best/ holds, per member, the state of that
+the stacked TrainState and the failed and stopped flags); best/ holds, per member, the state of that
 member's best evaluation so far, with its cost and step (`BestMembers`).
 """
 
@@ -60,19 +62,28 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 class Population(NamedTuple):
-  """The training state of K runs and which of them have failed.
+  """The training state of K runs, which of them have failed and which have stopped.
 
   Attributes:
     members: a TrainState whose every leaf has a leading axis of K members.
     failed: bool[K], the members whose training loss stopped being finite.
+    stopped: bool[K], the members that have finished early (they passed their
+      generalisation check); their state, step included, no longer changes.
   """
   members: TrainState
   failed: jax.Array
+  stopped: jax.Array
+
+  @classmethod
+  def start(cls, members: TrainState) -> 'Population':
+    """`members` as a population with none failed or stopped."""
+    size = members.step.shape[0]
+    return cls(members, jnp.zeros(size, bool), jnp.zeros(size, bool))
 
   @property
   def step(self) -> jax.Array:
-    """The steps taken: the same for every member."""
-    return self.members.step[0]
+    """The steps the population has taken: every member's but a stopped one's."""
+    return jnp.max(self.members.step)
 
   @property
   def params(self) -> Any:
@@ -87,15 +98,25 @@ class Population(NamedTuple):
     return self.members.evaluated_params
 
   def to_checkpoint(self) -> dict:
-    return dict(members=self.members.to_checkpoint(), failed=self.failed)
+    return dict(members=self.members.to_checkpoint(), failed=self.failed,
+                stopped=self.stopped)
 
   @classmethod
   def from_checkpoint(cls, tree: dict) -> 'Population':
-    return cls(TrainState.from_checkpoint(tree['members']), tree['failed'])
+    """A population from `to_checkpoint`'s tree (one saved before members could stop
+    has no `stopped`: none had)."""
+    stopped = tree.get('stopped')
+    if stopped is None:
+      stopped = jnp.zeros_like(tree['failed'])
+    return cls(TrainState.from_checkpoint(tree['members']), tree['failed'], stopped)
 
   def member(self, index: int) -> TrainState:
     """Member `index`'s state, as its single run would hold it."""
     return jax.tree.map(lambda x: x[index], self.members)
+
+  def with_stopped(self, stopped: Sequence[bool]) -> 'Population':
+    """This population with these stopped flags, placed as the old ones are."""
+    return self._replace(stopped=_placed(np.asarray(stopped, bool), self.stopped.sharding))
 
   def replace_members(self, states: dict[int, TrainState]) -> 'Population':
     """This population with member i's state replaced by `states[i]` (a restart); the
@@ -153,7 +174,8 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
 
   Every member takes its single run's step (`step_function` with `step_options`, on its
   own data key); the metrics have a leading member axis. A member whose cost is not
-  finite keeps its state from before the step and is marked failed. With a `mesh` (over
+  finite keeps its state from before the step and is marked failed; a stopped member
+  keeps its state and step. With a `mesh` (over
   the member axis) each device steps its share of the members.
 
   `members_at_once`: 0 steps all of a device's members at once (`vmap`: what fills an
@@ -167,31 +189,35 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
   key_data = np.stack([jax.random.key_data(Keys(seed).data) for seed in seeds])
   key_impl = jax.random.key_impl(Keys(seeds[0]).data)
 
-  def advance(members: TrainState, failed: jax.Array, keys: jax.Array):
+  def advance(members: TrainState, failed: jax.Array, stopped: jax.Array,
+              keys: jax.Array):
     if members_at_once and members_at_once < keys.shape[0]:
       new, metrics = jax.lax.map(lambda args: step(*args), (members, keys),
                                  batch_size=members_at_once)
     else:
       new, metrics = jax.vmap(step)(members, keys)
-    failed = failed | ~jnp.isfinite(metrics['cost'])
+    failed = failed | (~jnp.isfinite(metrics['cost']) & ~stopped)
+    frozen = failed | stopped
 
-    def keep_failed(updated, old):
-      frozen = failed.reshape(failed.shape + (1,) * (updated.ndim - 1))
-      return jnp.where(frozen, old, updated)
+    def keep_frozen(updated, old):
+      return jnp.where(frozen.reshape(frozen.shape + (1,) * (updated.ndim - 1)), old,
+                       updated)
 
-    new = jax.tree.map(keep_failed, new, members)
-    return new._replace(step=members.step + 1), failed, metrics
+    new = jax.tree.map(keep_frozen, new, members)
+    return new._replace(step=jnp.where(stopped, members.step, members.step + 1)), \
+        failed, metrics
 
   if mesh is not None:
     # Each device advances its own members: no communication between devices.
     spec = jax.sharding.PartitionSpec(MEMBER_AXIS)
-    advance = jax.shard_map(advance, mesh=mesh, in_specs=(spec, spec, spec),
+    advance = jax.shard_map(advance, mesh=mesh, in_specs=(spec, spec, spec, spec),
                             out_specs=(spec, spec, spec), check_vma=False)
 
   def population_step(population: Population):
     keys = jax.random.wrap_key_data(jnp.asarray(key_data), impl=key_impl)
-    members, failed, metrics = advance(population.members, population.failed, keys)
-    return Population(members, failed), metrics
+    members, failed, metrics = advance(population.members, population.failed,
+                                       population.stopped, keys)
+    return Population(members, failed, population.stopped), metrics
 
   return jax.jit(population_step, donate_argnums=0)
 
@@ -252,17 +278,11 @@ class BestMembers(checkpointing.Checkpointer):
     return dict(members=members.to_checkpoint(), costs=np.asarray(costs, np.float64),
                 steps=np.asarray(steps, np.int64))
 
-  def update(self, step: int, population: Population, costs: Sequence[float],
-             forget: Sequence[int] = ()) -> bool:
-    """Takes every member whose cost is below its best (and finite), and drops the best
-    of the members in `forget` (restarted after failing the generalisation check); saves
-    if anything changed."""
+  def update(self, step: int, population: Population, costs: Sequence[float]) -> bool:
+    """Takes every member whose cost is below its best (and finite); saves if any did."""
     costs = np.asarray(costs, np.float64)
-    dropped = np.isin(np.arange(len(costs)), list(forget))
-    self.costs = np.where(dropped, math.inf, self.costs)
-    self.steps = np.where(dropped, -1, self.steps)
-    improved = (costs < self.costs) & ~fetch(population.failed) & ~dropped
-    if not (improved.any() or dropped.any()):
+    improved = (costs < self.costs) & ~fetch(population.failed)
+    if not improved.any():
       return False
     chosen = jnp.asarray(improved)
 
@@ -283,7 +303,7 @@ class BestMembers(checkpointing.Checkpointer):
     """The members' best states as a population (for an evaluation of best/)."""
     if self.states is None:
       raise FileNotFoundError(f'{self.directory} holds no finished checkpoint.')
-    return Population(self.states, failed)
+    return Population(self.states, failed, jnp.zeros_like(failed))
 
 
 def overall_cost(report: dict) -> float:
