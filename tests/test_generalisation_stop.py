@@ -116,7 +116,7 @@ def test_the_check_uses_its_own_sequences_not_the_reported_ones():
 
 
 def test_a_member_stops_as_its_single_run_does_while_the_others_go_on(
-    tmp_path, monkeypatch, converged):
+    tmp_path, monkeypatch, converged, capsys):
   task = tiny_task()
   # The single run of seed 9 passes its first check (step 5); in the population that
   # is the second check compared (member 0's comes first).
@@ -131,6 +131,11 @@ def test_a_member_stops_as_its_single_run_does_while_the_others_go_on(
   member = pair['members'][1]
   assert member['stopped_generalising']['step'] == 5
   assert 'stopped_generalising' not in pair['members'][0]
+  assert pair['summary']['stopped'] == 1
+  table = capsys.readouterr().out.split('bit errors per sequence by length:')[-1]
+  assert 'stopped at' in table
+  assert [line.split('|')[2].strip() for line in table.splitlines()
+          if line.strip().startswith(('4 |', '9 |', 'mean |'))] == ['-', '5', '1/2']
   for label, results in single['results'].items():
     np.testing.assert_allclose(member['results'][label]['cost'], results['cost'],
                                rtol=1e-4)

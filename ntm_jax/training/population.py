@@ -331,6 +331,7 @@ def summary(members: list[dict], labels: Sequence[str]) -> dict:
   return dict(
       members=len(members), failed=sum(m['failed'] for m in members),
       converged=len(converged), restarted=sum(bool(m.get('restarts')) for m in members),
+      stopped=sum('stopped_generalising' in m for m in members),
       median_sequences_to_converge=float(np.median(converged)) if converged else None,
       bit_errors={label: dict(median=float(np.median(v)), mean=float(np.mean(v)),
                               worst=float(np.max(v))) if v else None
@@ -338,11 +339,13 @@ def summary(members: list[dict], labels: Sequence[str]) -> dict:
 
 
 def format_table(task: Task, members: list[dict], summary_: dict) -> str:
-  """One row per member (sequences to converge, bit errors per evaluated difficulty)
-  and the summary rows."""
+  """One row per member (sequences to converge, where it stopped if it did, bit errors
+  per evaluated difficulty) and the summary rows."""
   labels = list(members[0]['results'])
   names = ['train mix' if label == 'train' else label for label in labels]
+  stops = any('stopped_generalising' in m for m in members)
   header = (f'{"seed":>6} | {"converged at":>12} | ' +
+            (f'{"stopped at":>10} | ' if stops else '') +
             ' | '.join(f'{name:>9}' for name in names))
   lines = [f'bit errors per sequence by {task.difficulty_name}:', header,
            '-' * len(header)]
@@ -351,8 +354,11 @@ def format_table(task: Task, members: list[dict], summary_: dict) -> str:
         '-' if m['converged_at_sequences'] is None else str(m['converged_at_sequences']))
     if m.get('restarts'):  # sequences counted from the run's start, restarts included
       at = f'{"r" * len(m["restarts"])} {at}'
-    lines.append(f'{m["seed"]:>6} | {at:>12} | ' + ' | '.join(
-        f'{m["results"][label]["bit_errors"]:9.3f}' for label in labels))
+    stopped = str(m['stopped_generalising']['step']) if 'stopped_generalising' in m \
+        else '-'
+    lines.append(f'{m["seed"]:>6} | {at:>12} | ' +
+                 (f'{stopped:>10} | ' if stops else '') + ' | '.join(
+                     f'{m["results"][label]["bit_errors"]:9.3f}' for label in labels))
   lines.append('-' * len(header))
   median = summary_['median_sequences_to_converge']
   converged = f'{summary_["converged"]}/{summary_["members"]}'
@@ -360,10 +366,14 @@ def format_table(task: Task, members: list[dict], summary_: dict) -> str:
     at = {'median': '-' if median is None else f'{median:.0f}', 'mean': converged,
           'worst': ''}[row]
     values = [summary_['bit_errors'][label] for label in labels]
-    lines.append(f'{row:>6} | {at:>12} | ' + ' | '.join(
-        '        -' if v is None else f'{v[row]:9.3f}' for v in values))
+    stopped = {'mean': f'{summary_["stopped"]}/{summary_["members"]}'}.get(row, '')
+    lines.append(f'{row:>6} | {at:>12} | ' + (f'{stopped:>10} | ' if stops else '') +
+                 ' | '.join('        -' if v is None else f'{v[row]:9.3f}'
+                            for v in values))
   lines.append('(converged at: median row, the median over members that converged; '
-               'mean row, how many converged; r: a restart from a fresh initialisation)')
+               'mean row, how many converged; r: a restart from a fresh initialisation' +
+               ('; stopped at: the step it stopped at, converged and generalising '
+                '(stop_when_generalising), mean row, how many did)' if stops else ')'))
   return '\n'.join(lines)
 
 
