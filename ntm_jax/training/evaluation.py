@@ -22,8 +22,8 @@ LEARNING_BIT_ERRORS = 1.0
 # many bit errors per sequence on CHECK_SEQUENCES of the hardest difficulty: not one
 # sequence wholly wrong among them. A copy model that fails length 120 gets rare
 # sequences wholly wrong (its read head slips: about 480 bit errors each), the same
-# sequences at every checkpoint, 1 in 500-1,000 for most models: 256 sequences often
-# miss that, and one slip among 2,048 is already 0.23 per sequence.
+# sequences at every checkpoint, a median 1 in 1,000: 256 sequences often miss that,
+# and one slip among 2,048 is already 0.23 per sequence.
 GENERALISING_BIT_ERRORS = 0.1
 CHECK_SEQUENCES = 2048
 
