@@ -13,8 +13,8 @@ passed its generalisation check, ExperimentConfig.stop_when_generalising) is fro
 its step count with it, as its single run ends there.
 
 Checkpoints: one Orbax checkpoint holds the whole population (`Population.to_checkpoint`:
-the stacked TrainState and the failed and stopped flags); best/ holds, per member, the state of that
-member's best evaluation so far, with its cost and step (`BestMembers`).
+the stacked TrainState and the failed and stopped flags); best/ holds, per member, the
+state of that member's best evaluation so far, with its cost and step (`BestMembers`).
 """
 
 import math
@@ -175,8 +175,8 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
   Every member takes its single run's step (`step_function` with `step_options`, on its
   own data key); the metrics have a leading member axis. A member whose cost is not
   finite keeps its state from before the step and is marked failed; a stopped member
-  keeps its state and step. With a `mesh` (over
-  the member axis) each device steps its share of the members.
+  keeps its state and step. With a `mesh` (over the member axis) each device steps its
+  share of the members.
 
   `members_at_once`: 0 steps all of a device's members at once (`vmap`: what fills an
   accelerator, and on a CPU as fast or faster than one at a time, BUILD_NOTES.md,
