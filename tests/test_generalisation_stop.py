@@ -88,10 +88,13 @@ def test_a_run_stops_at_the_first_converged_evaluation_that_passes_the_check(
       else config.eval_batch_size, check)(params, 5)
   np.testing.assert_allclose(check['cost'], on(True)['cost'], rtol=1e-5)
   assert abs(check['cost'] - on(False)['cost']) > 1e-3
-  # Rerunning the command finds the run finished: no more training.
+  # Rerunning the command finds the run finished: no more training; without the
+  # option it trains on.
   again = run(config, task)
   assert again['step'] == 10
   assert _checks(config.workdir) == [(5, False), (10, True)]
+  on = run(config.replace(stop_when_generalising=False), task)
+  assert on['step'] == 30 and 'stopped_generalising' not in on
 
 
 def test_only_a_converged_run_is_checked_and_one_that_never_passes_trains_on(

@@ -120,11 +120,11 @@ def current_attempt(records: list[dict], up_to_step: int,
   return start, learned_at
 
 
-def generalisation_passed(records: list[dict], up_to_step: int,
+def generalisation_passed(records: list[dict], step: int,
                           member: int | None = None) -> dict | None:
-  """The logged generalisation check up to a step that the run (or the population
-  member with that index) passed, and so stopped at; None if it has not
-  (ExperimentConfig.stop_when_generalising)."""
+  """The generalisation check the run (or the population member with that index)
+  passed at `step`, its state's step, and so stopped at; None if it did not stop there
+  (ExperimentConfig.stop_when_generalising: a run resumed without it trains on)."""
   return next((r for r in records if r.get('kind') == 'generalisation_check'
-               and r['step'] <= up_to_step and r.get('member') == member
+               and r['step'] == step and r.get('member') == member
                and r['passed']), None)

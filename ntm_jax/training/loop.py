@@ -301,9 +301,15 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
   failed = list(population_lib.fetch(state.failed)) if seeds else [False]
   records = workdir_lib.MetricsLog.read(workdir)
   # The members that passed their generalisation check (stop_when_generalising): they
-  # have finished, and their state no longer changes.
-  stopped = [bool(s) for s in population_lib.fetch(state.stopped)] if seeds else \
-      [generalisation_passed(records, start_step) is not None]
+  # have finished, and their state no longer changes. Resumed without the option, they
+  # train on.
+  if check is None:
+    stopped = [False] * (len(seeds) or 1)
+    if seeds and population_lib.fetch(state.stopped).any():
+      state = state.with_stopped(stopped)
+  else:
+    stopped = [bool(s) for s in population_lib.fetch(state.stopped)] if seeds else \
+        [generalisation_passed(records, start_step) is not None]
   if start_step >= loop.train_steps or all(
       done or dead for done, dead in zip(stopped, failed)):
     return state, converged
