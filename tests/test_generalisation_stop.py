@@ -18,6 +18,7 @@ from ntm_jax.training import optim
 from ntm_jax.training import population
 from ntm_jax.training import run
 from ntm_jax.training import train_state
+from tests.test_restarts import _StopAt
 
 # Evaluations every 5 steps; nothing converges in 30 steps of this unless the tests say
 # so (CONVERGED_BIT_ERRORS patched), and the check's outcome is the tests' to choose.
@@ -175,17 +176,6 @@ def test_a_population_interrupted_after_a_member_stopped_resumes_as_if_uninterru
   jax.tree.map(np.testing.assert_array_equal, a[1], b[1])
   kept = lambda records: [r for r in records if r['kind'] != 'train']  # noqa: E731
   assert kept(_records(straight)) == kept(_records(resumed))
-
-
-class _StopAt:
-  """STOP_REQUESTED, set once the loop has checked it `calls` times (a Ctrl-C then)."""
-
-  def __init__(self, calls):
-    self.calls = calls
-
-  def is_set(self):
-    self.calls -= 1
-    return self.calls < 0
 
 
 def test_a_population_checkpoint_saved_before_members_could_stop_resumes(tmp_path):
