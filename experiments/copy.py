@@ -25,13 +25,13 @@ FLAGS = flags.FLAGS
 # sequence makes wandering rare, N(0, 0.3^2) rarer still, and a small entropy penalty on
 # the weightings removes the blur (length 120: mean 0.47 bit errors over seeds 0-19,
 # against 137 over a constant memory). BUILD_NOTES.md, "Decisions"; measurements in the
-# history, "Copy: choosing the defaults". Some initialisations (1 of the 44 seeds
-# measured) never leave the plateau of memorising in the controller (14 bit errors per
-# sequence after 64,000 sequences), while every other one converges within 12,800: an
-# attempt with no evaluation below 1 bit error after 16,000 starts afresh (RESULTS.md).
+# history, "Copy: choosing the defaults". Some initialisations stay on the plateau of
+# memorising in the controller (about 14 bit errors per sequence), one for all 64,000
+# sequences: an attempt with no evaluation below 1 bit error after 16,000 starts afresh
+# (the first attempts of 3 of the 48 fresh seeds measured; RESULTS.md).
 # Converged models still slip on rare length-120 sequences (their read head starts the
 # output one slot off), the same sequences at every checkpoint: a median 1 in 1,000, up
-# to 1 in 110, so 19 runs of the 64 measured make a slip among the 256 evaluated ones
+# to 1 in 110, so 20 runs of the 68 measured make a slip among the 256 evaluated ones
 # (BUILD_NOTES.md, "Open problems"). Stopping at the first state without a slip on
 # 2,048 check sequences (`--stop_when_generalising`) ends some runs early but does not
 # make that rarer (docs/RESULTS.md): it stays off.
