@@ -89,6 +89,14 @@ def test_the_tool_counts_each_runs_and_each_members_errors_on_its_own_check_sequ
   assert rows == expected
   assert len(set(expected.values())) > 1  # the runs differ
   assert re.search(r'^3 runs: slips median', result.stdout, re.M)
+  (tmp_path / 'unsaved').mkdir()
+  (tmp_path / 'unsaved' / 'config.json').write_text(
+      (tmp_path / 'single' / 'config.json').read_text())
+  unsaved = _tool(str(tmp_path / 'unsaved'))
+  assert unsaved.returncode != 0
+  assert unsaved.stderr.strip().splitlines() == [
+      f'error: {tmp_path / "unsaved"} has no checkpoint to check '
+      f'({tmp_path / "unsaved" / "checkpoints"} does not exist.)']
 
 
 @pytest.mark.parametrize('args, message', [

@@ -70,8 +70,11 @@ def main(argv):
       sys.exit(f'error: {workdir}: its task has no generalisation difficulty to check.')
     hardest = task.eval_difficulties[-1]
     for seed in config.seeds or (config.seed,):
-      model, params, step = loop.restore_evaluated_params(
-          config, task, member=seed if config.seeds else None)
+      try:
+        model, params, step = loop.restore_evaluated_params(
+            config, task, member=seed if config.seeds else None)
+      except FileNotFoundError as error:
+        sys.exit(f'error: {workdir} has no checkpoint to check ({error})')
       batch = evaluation.eval_set(task, Keys(seed), hardest, FLAGS.sequences, check=True)
       result = count_slips(model, params, batch, FLAGS.wrong_fraction)
       counts.append(result['slips'])
