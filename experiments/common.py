@@ -97,8 +97,9 @@ CONFIG_FLAGS = {
                           'never.'),
     'restart_after': ('training loop', 'Restart from a fresh initialisation (new '
                       'parameters, the data going on) any attempt that goes this many '
-                      'steps without an evaluation below 1 bit error per sequence (never '
-                      'learned, or collapsed); 0: never.'),
+                      'steps without an evaluation below 1 bit error per sequence (N-grams: '
+                      'within 7.5% above the optimum; never learned, or collapsed); 0: '
+                      'never.'),
     'stop_when_generalising': ('training loop', 'Stop once an evaluation has converged '
                                '(< 0.1 bit errors per sequence on the training mix) and '
                                'makes < 0.1 on 2,048 check sequences of the hardest '

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ntm_jax.tasks import CopyTask
+from ntm_jax.tasks import DynamicNGramsTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import checkpointing
 from ntm_jax.training import evaluation
@@ -72,7 +73,7 @@ def test_a_stalled_attempt_restarts_afresh_while_steps_and_data_go_on(tmp_path, 
 
 def test_a_learning_attempt_is_never_restarted(tmp_path, monkeypatch):
   # Every evaluation counts as learning.
-  monkeypatch.setattr(loop, 'LEARNING_BIT_ERRORS', 1e9)
+  monkeypatch.setattr(evaluation, 'LEARNING_BIT_ERRORS', 1e9)
   report = run(ExperimentConfig(workdir=str(tmp_path), **TINY), tiny_task())
   assert 'restarts' not in report
   assert not [r for r in _records(str(tmp_path)) if r['kind'] == 'restart']
@@ -95,7 +96,7 @@ class _LearningOnlyAtFirst:
 
 def test_an_attempt_that_collapses_back_onto_a_plateau_restarts(tmp_path, monkeypatch,
                                                                 capsys):
-  monkeypatch.setattr(loop, 'LEARNING_BIT_ERRORS', _LearningOnlyAtFirst())
+  monkeypatch.setattr(evaluation, 'LEARNING_BIT_ERRORS', _LearningOnlyAtFirst())
   report = run(ExperimentConfig(workdir=str(tmp_path), **dict(TINY, eval_every=5)),
                tiny_task())
   # Below 1 at step 5 only: 10 steps later, at 15, it restarts; the new attempt never
@@ -185,3 +186,35 @@ def test_a_discarded_attempts_convergence_does_not_count():
   assert evaluation.converged_at(records, 15) == 10
   assert evaluation.converged_at(records, 30) is None
   assert evaluation.converged_at(records, 40) == 40
+
+
+def test_with_a_reference_predictor_learning_is_nearness_to_its_cost():
+  # N-grams: bit errors stay far above 1 however well a model predicts; an attempt is
+  # learning within 7.5% above the optimal estimator's cost.
+  near = dict(bit_errors=60.0, cost=135.0, reference_cost=131.0)
+  plateau = dict(bit_errors=60.0, cost=160.0, reference_cost=131.0)
+  assert evaluation.learning(near) and not evaluation.learning(plateau)
+  assert evaluation.learning(dict(bit_errors=0.5, cost=3.0))
+  assert not evaluation.learning(dict(bit_errors=3.0, cost=9.0))
+  records = [dict(kind='eval', step=8, train=plateau), dict(kind='eval', step=16, train=near),
+             dict(kind='eval', step=24, train=plateau)]
+  assert evaluation.current_attempt(records, 24) == (0, 16)
+  assert evaluation.not_learning(plateau) == (
+      'no evaluation within 7.5% above the reference cost',
+      'now 22.1% above it on the training mix')
+
+
+def test_a_run_near_its_reference_cost_is_not_restarted(tmp_path, monkeypatch, capsys):
+  task = DynamicNGramsTask(length=12, eval_lengths=(12,))
+  config = dict(TINY, workdir=str(tmp_path), eval_batch_size=16)
+  # Far above 1 bit error per sequence, as N-grams always is, but near enough the
+  # reference cost: learning, never restarted.
+  monkeypatch.setattr(evaluation, 'LEARNING_REFERENCE_EXCESS', 1e9)
+  report = run(ExperimentConfig(**config), task)
+  assert 'restarts' not in report and report['results']['train']['bit_errors'] > 1
+  monkeypatch.undo()
+  # Not near it in 10 steps: restarted, as any stalled attempt is.
+  report = run(ExperimentConfig(**dict(config, workdir=str(tmp_path / 'far'))), task)
+  assert report['restarts'] == [10, 20]
+  assert 'no evaluation within 7.5% above the reference cost in 10 steps' in \
+      capsys.readouterr().out

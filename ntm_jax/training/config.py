@@ -94,8 +94,9 @@ class ExperimentConfig:
     target_bit_errors: stop early once the evaluation on training difficulties has
       fewer bit errors per sequence than this (0 disables early stopping).
     restart_after: 0, or restart from a fresh initialisation every attempt that has
-      gone this many steps without an evaluation on the training mix below
-      evaluation.LEARNING_BIT_ERRORS (it never learned, or collapsed back onto a
+      gone this many steps without an evaluation on the training mix that shows it
+      learning (evaluation.learning: below 1 bit error per sequence, or within 7.5%
+      above a reference predictor's cost; it never learned, or collapsed back onto a
       plateau): new parameters (from the seed and the step) and a new optimiser state,
       while the step count and the data stream go on. Some initialisations settle on a
       plateau they do not leave within any budget (copy: 1 of the 44 seeds measured); a

@@ -35,11 +35,12 @@ from ntm_jax.training.config import ExperimentConfig
 from ntm_jax.training.evaluation import CHECK_SEQUENCES
 from ntm_jax.training.evaluation import CONVERGED_BIT_ERRORS
 from ntm_jax.training.evaluation import GENERALISING_BIT_ERRORS
-from ntm_jax.training.evaluation import LEARNING_BIT_ERRORS
 from ntm_jax.training.evaluation import best_evaluation
 from ntm_jax.training.evaluation import converged_at
 from ntm_jax.training.evaluation import current_attempt
 from ntm_jax.training.evaluation import generalisation_passed
+from ntm_jax.training.evaluation import learning
+from ntm_jax.training.evaluation import not_learning
 from ntm_jax.training.evaluation import restarts_in
 from ntm_jax.training.evaluation import evaluate_all
 from ntm_jax.training.evaluation import make_evaluator
@@ -314,7 +315,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
       done or dead for done, dead in zip(stopped, failed)):
     return state, converged
   # Each member's current attempt (ExperimentConfig.restart_after): where it started and
-  # its last evaluation below LEARNING_BIT_ERRORS, from the log up to the checkpoint
+  # its last `learning` evaluation, from the log up to the checkpoint
   # resumed from.
   attempts = [list(current_attempt(records, start_step, index if seeds else None))
               for index in range(len(seeds) or 1)]
@@ -385,14 +386,14 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
 
   def attempts_to_restart(step, train_evals) -> dict[int, tuple[str, str]]:
     """The live members whose attempt restarts at this evaluation, with why: no
-    evaluation below LEARNING_BIT_ERRORS in the last `restart_after` steps of the
+    `learning` evaluation in the last `restart_after` steps of the
     attempt (it never learned, or it collapsed back onto a plateau). A new attempt needs
     `restart_after` steps of its own: with fewer left, the attempt trains on."""
     restarting = {}
     for index, train_eval in enumerate(train_evals):
       if failed[index] or stopped[index]:
         continue
-      if train_eval['bit_errors'] < LEARNING_BIT_ERRORS:
+      if learning(train_eval):
         attempts[index][1] = step
       started, learned_at = attempts[index]
       if (step - started >= loop.restart_after
@@ -400,9 +401,9 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
           and step + loop.restart_after <= loop.train_steps):
         since = (f'since step {learned_at}' if learned_at else
                  f'in {step - started} steps of this attempt')
+        lacking, now = not_learning(train_eval)
         restarting[index] = ('collapsed' if learned_at else 'not learning',
-            f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence '
-            f'{since} (now {train_eval["bit_errors"]:.3f} on the training mix)')
+                             f'{lacking} {since} ({now})')
     return restarting
 
   def check_generalisation(state, step, train_evals) -> list[int]:
