@@ -98,7 +98,7 @@ CONFIG_FLAGS = {
     'restart_after': ('training loop', 'Restart from a fresh initialisation (new '
                       'parameters, the data going on) any attempt that goes this many '
                       'steps without an evaluation below 1 bit error per sequence (N-grams: '
-                      'within 7.5% above the optimum; never learned, or collapsed); 0: '
+                      'within 15% above the optimum; never learned, or collapsed); 0: '
                       'never.'),
     'stop_when_generalising': ('training loop', 'Stop once an evaluation has converged '
                                '(< 0.1 bit errors per sequence on the training mix) and '

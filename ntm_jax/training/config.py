@@ -95,7 +95,7 @@ class ExperimentConfig:
       fewer bit errors per sequence than this (0 disables early stopping).
     restart_after: 0, or restart from a fresh initialisation every attempt that has
       gone this many steps without an evaluation on the training mix that shows it
-      learning (evaluation.learning: below 1 bit error per sequence, or within 7.5%
+      learning (evaluation.learning: below 1 bit error per sequence, or within 15%
       above a reference predictor's cost; it never learned, or collapsed back onto a
       plateau): new parameters (from the seed and the step) and a new optimiser state,
       while the step count and the data stream go on. Some initialisations settle on a
