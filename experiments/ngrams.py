@@ -18,12 +18,12 @@ FLAGS = flags.FLAGS
 # paper's cost is over 1000 validation sequences, hence eval_batch_size. One sequence per
 # update, as in the paper: at batch 16 the NTM was still 42 bits above the optimum after
 # 32,000 sequences; at batch 1 it was 3.3 bits above at that point (docs/history,
-# "Dynamic N-grams"). Some initialisations stay on the LSTM's plateau (29-47 bits above
-# the optimum) past 40,000 sequences and end 3-8 above, where learning ones are 4-14
-# above by 24,000: an attempt not within 15% (20 bits) by then starts afresh
+# "Dynamic N-grams"). Some initialisations stay on a plateau (29-32 bits above the
+# optimum at 24,000 sequences) past 40,000 and end 3-8 above, where learning ones are
+# 4-14 above by 24,000: an attempt not within 15% (20 bits) by then starts afresh
 # (evaluation.learning). A restart resets the learning-rate schedule, so an attempt
 # that starts at 24,000 and learns ends as a first attempt is at 72,000: 1.5-1.9 above.
-# The LSTM baseline (11.7 above at the end) is never restarted.
+# The LSTM baseline's recorded results were measured without restarts.
 DEFAULTS = dict(batch_size=1, train_steps=96000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=8000, checkpoint_every=8000,
                 log_every=1000, eval_batch_size=1000, restart_after=24000)
