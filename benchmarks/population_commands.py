@@ -56,7 +56,8 @@ def main():
                                     args.train_steps, f'--seeds={args.seeds}',
                                     '--data_parallel')], 1)
     singles = _run_all([_command(os.path.join(directory, f'seed{seed}'), args.train_steps,
-                                 f'--seed={seed}') for seed in seeds], cores)
+                                 f'--seed={seed}', '--population=1') for seed in seeds],
+                       cores)
   sequences = len(seeds) * args.train_steps
   row = dict(seeds=args.seeds, members=len(seeds), train_steps=args.train_steps,
              cores=cores, population_seconds=population, single_runs_seconds=singles,

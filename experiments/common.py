@@ -18,6 +18,7 @@ from absl import flags
 from absl import logging
 
 from ntm_jax.training import config as config_lib
+from ntm_jax.training.backend import usable_cores
 from ntm_jax.training.population import parse_seeds
 
 FLAGS = flags.FLAGS
@@ -25,8 +26,8 @@ FLAGS = flags.FLAGS
 # The flags of the run itself, whatever the experiment.
 flags.DEFINE_enum('accelerator', 'cpu', config_lib.ACCELERATORS,
                   'JAX backend to run on; gpu and tpu need the matching JAX build. On gpu '
-                  'or tpu, without --seed or --seeds, the run is the population of seeds '
-                  '0-7 (the accelerator recipe).', module_name='devices')
+                  'or tpu, without --population, each run is a population of 8 (the '
+                  'accelerator recipe).', module_name='devices')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0, '
                     'for jax.distributed.initialize.', module_name='devices')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.',
@@ -131,12 +132,26 @@ EXPERIMENT_DEFAULTS = dict(remat_chunk=0)
 ACCELERATOR_POPULATION = 8
 
 
-def accelerator_seeds() -> str:
-  """--seeds as the accelerator recipe sets it: the population of seeds 0-7 on a GPU or
-  TPU when neither --seed nor --seeds is given; otherwise as given."""
-  if FLAGS.accelerator == 'cpu' or FLAGS.seeds or FLAGS['seed'].present:
+def population_seeds() -> str:
+  """The run's seeds as --seeds writes them ('' for one run): --seeds if given, else a
+  population of --population seeds from --seed on. Without --population: the
+  experiment's NTM recipe on a CPU (its flag default), the accelerator recipe on a GPU or
+  TPU, one run of the LSTM baseline on a CPU. A ValueError names the flag at fault."""
+  if FLAGS.seeds:
+    if FLAGS['population'].present:
+      raise ValueError('--population and --seeds exclude each other: --seeds names every '
+                       'seed of the population.')
+    if FLAGS['seed'].present:
+      raise ValueError('--seed and --seeds exclude each other: --seeds=S trains the '
+                       'population of the runs --seed=S.')
     return FLAGS.seeds
-  return f'0-{ACCELERATOR_POPULATION - 1}'
+  if FLAGS['population'].present or (FLAGS.accelerator == 'cpu' and FLAGS.model == 'ntm'):
+    size = FLAGS.population
+  else:
+    size = ACCELERATOR_POPULATION if FLAGS.accelerator != 'cpu' else 1
+  if size < 1:
+    raise ValueError(f'--population must be 1 (one run) or more; got {size}.')
+  return '' if size == 1 else f'{FLAGS.seed}-{FLAGS.seed + size - 1}'
 
 
 def recipe(defaults: dict, model: str = 'ntm', model_defaults: dict | None = None) -> dict:
@@ -151,12 +166,21 @@ def recipe(defaults: dict, model: str = 'ntm', model_defaults: dict | None = Non
   return values
 
 
-def define_flags(defaults: dict, model_defaults: dict | None = None) -> None:
-  """Defines a flag per config field, its default the value this experiment uses.
+def define_flags(defaults: dict, model_defaults: dict | None = None,
+                 population: int = 1) -> None:
+  """Defines a flag per config field, its default the value this experiment uses, and
+  --population, whose default `population` is the NTM recipe's number of members on a
+  CPU.
 
   A flag whose value the LSTM baseline's recipe changes says so in its help; with
   `--model=lstm` that value applies unless the flag is given.
   """
+  flags.DEFINE_integer(
+      'population', population, 'Members of each run: K > 1 trains the runs of seeds '
+      '--seed to --seed+K-1 as one population (as --seeds does) and names the best '
+      'member; 1, one run of --seed. Without the flag: this value for the NTM on a CPU, '
+      f'one run for --model=lstm, {ACCELERATOR_POPULATION} on a GPU or TPU.',
+      module_name='run')
   values = recipe(defaults, 'ntm', model_defaults)
   lstm = (model_defaults or {}).get('lstm', {})
   for name, (group, help_text) in CONFIG_FLAGS.items():
@@ -184,11 +208,13 @@ def make_config(task_name: str, defaults: dict,
   for name in CONFIG_FLAGS:
     if FLAGS[name].present or name not in (model_defaults or {}).get(FLAGS.model, {}):
       values[name] = getattr(FLAGS, name)
-  seeds_text = accelerator_seeds()
+  seeds_text = population_seeds()
   seeds = parse_seeds(seeds_text) if seeds_text else ()
-  if seeds and FLAGS['seed'].present:
-    raise ValueError('--seed and --seeds exclude each other: --seeds=S trains the '
-                     'population of the runs --seed=S.')
+  # On a CPU a population spreads over the cores (one device each) where they divide it:
+  # four copy members step in 6.3 ms on two cores, 9.5 ms on one (docs/BENCHMARKS.md).
+  if (seeds and not FLAGS['data_parallel'].present and FLAGS.accelerator == 'cpu'
+      and FLAGS.coordinator_address is None and len(seeds) % usable_cores() == 0):
+    values['data_parallel'] = True
   name = f'seeds{seeds_text}' if seeds else f'seed{FLAGS.seed}'
   workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_{name}'
   values.update(workdir=workdir, seed=FLAGS.seed, seeds=seeds)
@@ -202,7 +228,7 @@ def member_flag():
   try:
     return int(FLAGS.member)
   except ValueError:
-    raise ValueError(f'--member must be best or a seed of --seeds; got '
+    raise ValueError(f'--member must be best or a seed of the population; got '
                      f'{FLAGS.member!r}.') from None
 
 
@@ -242,7 +268,7 @@ def main(build_task: Callable, task_name: str, defaults: dict,
     devices = training.select_accelerator(
         FLAGS.accelerator, FLAGS.coordinator_address, FLAGS.num_processes,
         FLAGS.process_id,
-        cpu_devices=training.usable_cores() if FLAGS.data_parallel else None)
+        cpu_devices=training.usable_cores() if config.data_parallel else None)
   except (ValueError, training.AcceleratorUnavailableError) as error:
     sys.exit(f'error: {error}')
   if FLAGS.coordinator_address is not None:
@@ -254,10 +280,10 @@ def main(build_task: Callable, task_name: str, defaults: dict,
   if jax.process_index() > 0:  # every process prints the same: process 0 speaks for all
     os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the C++ logs too
   if config.seeds and not FLAGS.seeds:
-    print(f'Accelerator recipe (--accelerator={FLAGS.accelerator}): the population of '
-          f'seeds {accelerator_seeds()}, its best member named at the end; --seed=S '
+    print(f'The population of seeds {population_seeds()} (--population='
+          f'{len(config.seeds)}), its best member named at the end; --population=1 '
           'trains one run.', flush=True)
-  runs = (f'population of {len(config.seeds)} (seeds {accelerator_seeds()})'
+  runs = (f'population of {len(config.seeds)} (seeds {population_seeds()})'
           if config.seeds else f'seed {config.seed}')
   print(f'{task_name}: model={config.model}, {runs}, on {devices[0].platform} '
         f'({len(devices)} device(s)), workdir={config.workdir}', flush=True)

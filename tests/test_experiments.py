@@ -17,9 +17,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args, timeout=300):
+  """The copy command; one run unless `args` asks for a population."""
   env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.run([sys.executable, '-m', 'experiments.copy', *args], cwd=ROOT,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+  single = [] if any(a.startswith(('--seeds', '--population')) for a in args) else \
+      ['--population=1']
+  return subprocess.run([sys.executable, '-m', 'experiments.copy', *single, *args],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize('args,message', [
@@ -46,6 +49,8 @@ def _run(*args, timeout=300):
     (['--checkpoint=best'], 'checkpoint=best (--checkpoint=best) needs eval_only'),
     (['--eval_only', '--checkpoint=best'], '--checkpoint=best needs'),
     (['--checkpoint=first'], 'value should be one of <latest|best>'),
+    (['--population=0'], '--population must be 1 (one run) or more; got 0'),
+    (['--population=2', '--seeds=0-1'], '--population and --seeds exclude each other'),
 ])
 def test_bad_flags_fail_with_a_message_naming_them(tmp_path, args, message):
   result = _run(f'--workdir={tmp_path}', *args)
@@ -205,19 +210,29 @@ def _config_from_flags(*args):
   return json.loads(result.stdout)
 
 
-def test_on_an_accelerator_a_bare_command_trains_the_population_of_seeds_0_to_7():
-  config = _config_from_flags('--accelerator=gpu')
-  assert config['seeds'] == list(range(8)) and config['workdir'] == 'runs/copy_ntm_seeds0-7'
-  single = _config_from_flags('--accelerator=gpu', '--seed=3')  # the user's choice wins
-  assert single['seeds'] == [] and single['seed'] == 3
+def test_population_flags_choose_the_seeds_and_spread_members_over_the_cores():
+  cores = len(os.sched_getaffinity(0))
+  bare = _config_from_flags()  # the copy recipe on a CPU: four members from --seed on
+  assert bare['seeds'] == [0, 1, 2, 3] and bare['workdir'] == 'runs/copy_ntm_seeds0-3'
+  assert bare['data_parallel'] == (4 % cores == 0)
+  assert _config_from_flags('--seed=7')['seeds'] == [7, 8, 9, 10]
+  single = _config_from_flags('--seed=7', '--population=1')
+  assert single['seeds'] == [] and single['seed'] == 7 and not single['data_parallel']
+  assert _config_from_flags('--population=4', '--data_parallel=false')['data_parallel'] \
+      is False  # given: the flag wins
+  assert _config_from_flags('--model=lstm')['seeds'] == []  # the baseline: one run
+  gpu = _config_from_flags('--accelerator=gpu')  # the accelerator recipe: eight
+  assert gpu['seeds'] == list(range(8)) and gpu['workdir'] == 'runs/copy_ntm_seeds0-7'
+  assert _config_from_flags('--accelerator=gpu', '--seed=3')['seeds'] == list(range(3, 11))
+  assert _config_from_flags('--accelerator=gpu', '--population=1')['seeds'] == []
   assert _config_from_flags('--accelerator=tpu', '--seeds=2,5')['seeds'] == [2, 5]
-  assert _config_from_flags()['seeds'] == []  # the CPU: one run
 
 
 def test_the_default_flags_build_the_shipped_runs_config_and_lstm_flags_its_recipe():
   from ntm_jax.training import ExperimentConfig
   shipped, _ = ExperimentConfig.load(os.path.join(ROOT, 'trained', 'copy_ntm'))
-  config = _config_from_flags()
+  # The shipped run is seed 0's single run with the longer budget of a single run.
+  config = _config_from_flags('--population=1', '--train_steps=64000')
   # As JSON holds it (the seeds tuple as a list).
   assert config == json.loads(json.dumps(dict(vars(shipped), workdir='runs/copy_ntm_seed0')))
   lstm = _config_from_flags('--model=lstm', '--batch_size=8')

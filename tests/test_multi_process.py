@@ -23,7 +23,9 @@ TINY = ['--train_steps=6', '--eval_every=3', '--checkpoint_every=3', '--log_ever
 
 
 def _command(workdir, *args):
-  return [sys.executable, '-m', 'experiments.copy', f'--workdir={workdir}', *TINY, *args]
+  single = [] if any(a.startswith('--seeds') for a in args) else ['--population=1']
+  return [sys.executable, '-m', 'experiments.copy', f'--workdir={workdir}', *TINY, *single,
+          *args]
 
 
 def _env(devices):
