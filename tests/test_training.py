@@ -585,6 +585,14 @@ def test_the_best_checkpoint_keeps_the_lowest_cost_across_reopening(tmp_path):
   assert os.listdir(reopened.directory) == ['2']
 
 
+def test_ending_worse_than_the_best_evaluation_is_judged_beyond_noise():
+  from ntm_jax.training.evaluation import ended_worse
+  assert not ended_worse(0.0012, 0.0009)  # a converged copy model's wander
+  assert ended_worse(0.22, 0.002)  # a copy run inside a spike
+  assert not ended_worse(130.9, 130.8)  # N-grams: a tenth of a bit in 130
+  assert ended_worse(131.2, 130.8)
+
+
 @pytest.mark.slow  # several whole runs
 def test_a_run_that_gets_worse_keeps_its_best_evaluation_for_eval_only(tmp_path, capsys):
   workdir = str(tmp_path)

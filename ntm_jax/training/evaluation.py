@@ -32,6 +32,18 @@ LEARNING_REFERENCE_EXCESS = 0.15
 # and one slip among 2,048 is already 0.23 per sequence.
 GENERALISING_BIT_ERRORS = 0.1
 CHECK_SEQUENCES = 2048
+# A run ends worse than its best evaluation when its final cost on the training mix is
+# above the best by more than this many bits or this fraction of it, whichever is
+# larger: a converged copy model's cost wanders between 0.001 and 0.003 bits from one
+# evaluation to the next, while a spike adds bits (N-grams: 0.13 bits at 130).
+WORSE_THAN_BEST_BITS = 0.01
+WORSE_THAN_BEST_FRACTION = 0.001
+
+
+def ended_worse(final_cost: float, best_cost: float) -> bool:
+  """Whether a final cost is worse than the best evaluation's beyond noise."""
+  return final_cost > best_cost + max(WORSE_THAN_BEST_BITS,
+                                      WORSE_THAN_BEST_FRACTION * best_cost)
 
 
 def eval_set(task: Task, keys: Keys, difficulty, batch_size: int,

@@ -38,6 +38,7 @@ from ntm_jax.training.evaluation import GENERALISING_BIT_ERRORS
 from ntm_jax.training.evaluation import best_evaluation
 from ntm_jax.training.evaluation import converged_at
 from ntm_jax.training.evaluation import current_attempt
+from ntm_jax.training.evaluation import ended_worse
 from ntm_jax.training.evaluation import generalisation_passed
 from ntm_jax.training.evaluation import learning
 from ntm_jax.training.evaluation import not_learning
@@ -592,7 +593,8 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
           f'{stopped["sequences_checked"]} check sequences of {stopped["difficulty"]}.')
   if 'best' in report and report['best']['step'] != step:
     # A run can end inside a late cost spike: say so, and which state each tool uses.
-    report['ended_worse_than_best'] = results['train']['cost'] > report['best']['cost']
+    report['ended_worse_than_best'] = ended_worse(results['train']['cost'],
+                                                  report['best']['cost'])
     if report['ended_worse_than_best']:
       print(f'Ended worse than its best evaluation: cost {results["train"]["cost"]:.3f} '
             f'on the training mix at step {step}, against {report["best"]["cost"]:.3f} '
