@@ -223,9 +223,11 @@ def test_a_single_run_and_a_population_do_not_resume_each_other(tmp_path):
   single, pop = str(tmp_path / 'single'), str(tmp_path / 'pop')
   run(ExperimentConfig(workdir=single, train_steps=10, **TINY), tiny_task())
   run(ExperimentConfig(workdir=pop, seeds=SEEDS, train_steps=10, **TINY), tiny_task())
-  with pytest.raises(WorkdirMismatchError, match='holds a single run .*as a population'):
+  with pytest.raises(WorkdirMismatchError, match=r'holds a single run .*as a population.*'
+                     r'Resume it with --population=1 --seed=0 '):
     run(ExperimentConfig(workdir=single, seeds=SEEDS, train_steps=20, **TINY), tiny_task())
-  with pytest.raises(WorkdirMismatchError, match='holds a population .*as a single run'):
+  with pytest.raises(WorkdirMismatchError,
+                     match='holds a population .*as a single run. Resume it with --seeds='):
     run(ExperimentConfig(workdir=pop, train_steps=20, **TINY), tiny_task())
   with pytest.raises(WorkdirMismatchError, match='seeds 4,9,2, not 4,9'):
     run(ExperimentConfig(workdir=pop, seeds=(4, 9), train_steps=20, **TINY), tiny_task())

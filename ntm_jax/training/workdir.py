@@ -128,12 +128,16 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
       saved = json.load(f)
     saved_seeds = tuple(saved.get('seeds') or ())
     if bool(saved_seeds) != bool(config.seeds):
-      held = (f'a population (seeds {_seed_list(saved_seeds)})' if saved_seeds else
-              f'a single run (seed {saved.get("seed", 0)})')
-      wanted = ('a population (--seeds)' if config.seeds else 'a single run (--seed)')
+      if saved_seeds:
+        held, wanted = f'a population (seeds {_seed_list(saved_seeds)})', 'a single run'
+        own = f'--seeds={_seed_list(saved_seeds)}'
+      else:
+        held = f'a single run (seed {saved.get("seed", 0)})'
+        wanted = 'a population (--seeds, or --population above 1)'
+        own = f'--population=1 --seed={saved.get("seed", 0)}'
       raise WorkdirMismatchError(
           f'--workdir={workdir} holds {held}; it cannot resume as {wanted}. Resume it '
-          'with its own flags or choose a new --workdir.')
+          f'with {own} or choose a new --workdir.')
     if saved_seeds != config.seeds:
       raise WorkdirMismatchError(
           f'--workdir={workdir} holds a population of seeds {_seed_list(saved_seeds)}, '
