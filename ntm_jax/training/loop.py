@@ -95,7 +95,7 @@ def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
   if member is not None:
     if not (eval_only and config.seeds):
       raise ValueError('--member evaluates one member of a population: it needs '
-                       '--eval_only and --seeds.')
+                       '--eval_only and the population\'s own --seeds or --population.')
     if member != 'best' and member not in config.seeds:
       raise ValueError(f'--member must be best or one of the seeds '
                        f'{",".join(map(str, config.seeds))}; got {member!r}.')

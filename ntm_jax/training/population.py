@@ -142,8 +142,9 @@ def make_population_mesh(size: int) -> jax.sharding.Mesh:
   """A mesh over all devices along the member axis: each device trains size/devices."""
   num_devices = jax.device_count()
   if size % num_devices:
-    raise ValueError(f'--seeds gives {size} members, which must be divisible by the '
-                     f'number of devices ({num_devices}) for --data_parallel.')
+    raise ValueError(f'--seeds or --population gives {size} members, which must be '
+                     f'divisible by the number of devices ({num_devices}) for '
+                     '--data_parallel.')
   return jax.make_mesh((num_devices,), (MEMBER_AXIS,),
                        axis_types=(jax.sharding.AxisType.Auto,))
 
