@@ -166,3 +166,15 @@ def test_the_population_command_benchmark_times_both_ways(tmp_path):
   row = json.loads(output.read_text())
   assert row['members'] == 2 and row['population_seconds'] > 0
   assert row['single_runs_seconds'] > 0
+
+
+@pytest.mark.slow
+def test_dispatch_benchmark_times_both_ways(tmp_path):
+  output = tmp_path / 'dispatch.json'
+  stdout = _run_benchmark('dispatch', '--sizes=2', '--steps=3', '--rounds=1',
+                          f'--output={output}')
+  assert 'waiting is' in stdout and 'one run' in stdout
+  rows = json.loads(output.read_text())['rows']
+  assert rows[0]['population'] == 0 and rows[0]['devices'] == 1
+  for row in rows:
+    assert row['ahead_step_seconds'] > 0 and row['waiting_step_seconds'] > 0

@@ -127,6 +127,22 @@ def test_data_parallel_on_the_cpu_makes_one_device_per_core(tmp_path):
     assert f'batch_size={cores + 1} must be divisible by the number of devices' in odd.stderr
 
 
+def test_a_data_parallel_run_over_the_cpu_cores_trains_through_many_steps(tmp_path):
+  # Steps dispatched ahead deadlocked the all-reduce of two CPU devices within a few
+  # hundred steps (XLA aborts the process); the loop waits for each step instead.
+  cores = len(os.sched_getaffinity(0))
+  if cores < 2:
+    pytest.skip('needs two cores: one device per core')
+  result = _run(f'--workdir={tmp_path}', '--data_parallel', f'--batch_size={2 * cores}',
+                '--train_steps=600', '--memory_size=8', '--word_size=4',
+                '--controller_features=8', '--eval_batch_size=2', '--max_length=2',
+                '--eval_lengths=3', '--plots=false', timeout=240)
+  assert result.returncode == 0, result.stderr[-2000:]
+  records = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').open()]
+  assert max(r['step'] for r in records if r['kind'] == 'train') == 600
+  assert json.loads((tmp_path / 'report.json').read_text())['step'] == 600
+
+
 def test_a_one_process_multi_host_run_initialises_and_trains(tmp_path):
   with socket.socket() as s:
     s.bind(('localhost', 0))
