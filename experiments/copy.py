@@ -33,8 +33,8 @@ FLAGS = flags.FLAGS
 # default trains four seeds as one population on the CPU's two cores and keeps the best
 # member (the lowest cost over the training mix and every length): below 1 bit error at
 # length 120 on 42 of 45 windows of fresh seeds. Four members of 32,000 sequences take
-# 1.25x the wall time of one run of 64,000 (two members per core); 24,000 left three of
-# the first four seeds slipping at length 120. RESULTS.md.
+# about the wall time of one run of 64,000 (two members per core: 0.96x and 1.14x in two
+# pairs); 24,000 left three of the first four seeds slipping at length 120. RESULTS.md.
 DEFAULTS = dict(batch_size=1, train_steps=32000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,

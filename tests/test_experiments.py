@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from tests.commands import copy_command
+
 # Slow: every test runs an experiment command in a fresh process.
 pytestmark = pytest.mark.slow
 
@@ -19,10 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run(*args, timeout=300):
   """The copy command; one run unless `args` asks for a population."""
   env = dict(os.environ, PYTHONPATH=ROOT)
-  single = [] if any(a.startswith(('--seeds', '--population')) for a in args) else \
-      ['--population=1']
-  return subprocess.run([sys.executable, '-m', 'experiments.copy', *single, *args],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(copy_command(*args), cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize('args,message', [

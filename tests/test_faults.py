@@ -17,6 +17,7 @@ from ntm_jax.training import checkpointing
 from ntm_jax.training import factory
 from ntm_jax.training import optim
 from ntm_jax.training import train_state
+from tests.commands import copy_command
 
 pytestmark = pytest.mark.slow  # command-line runs in fresh processes
 
@@ -28,11 +29,9 @@ TINY_FLAGS = ['--memory_size=8', '--word_size=4', '--controller_features=16',
 
 def _start(workdir, *flags):
   """The copy command; one run unless `flags` ask for a population."""
-  single = [] if any(f.startswith(('--seeds', '--population')) for f in flags) else \
-      ['--population=1']
   return subprocess.Popen(
-      [sys.executable, '-m', 'experiments.copy', f'--workdir={workdir}', *TINY_FLAGS,
-       *single, *flags], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'),
+      copy_command(f'--workdir={workdir}', *TINY_FLAGS, *flags), cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

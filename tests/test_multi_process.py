@@ -5,10 +5,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+
+from tests.commands import copy_command
 
 # Slow: three fresh processes per run. The runner makes Orbax's barriers go through the
 # coordination service (experiments/common.py): as device collectives they could
@@ -23,9 +24,7 @@ TINY = ['--train_steps=6', '--eval_every=3', '--checkpoint_every=3', '--log_ever
 
 
 def _command(workdir, *args):
-  single = [] if any(a.startswith('--seeds') for a in args) else ['--population=1']
-  return [sys.executable, '-m', 'experiments.copy', f'--workdir={workdir}', *TINY, *single,
-          *args]
+  return copy_command(f'--workdir={workdir}', *TINY, *args)
 
 
 def _env(devices):

@@ -470,10 +470,10 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
       if STOP_REQUESTED.is_set():
         raise KeyboardInterrupt
       state, step_metrics = train_step(state)
-      if wait_for_each_step:
-        jax.block_until_ready(step_metrics)
       step += 1
       pending.append(step_metrics)
+      if wait_for_each_step:
+        jax.block_until_ready(step_metrics)
       last = step == loop.train_steps
       boundary = lambda every: step % every == 0 or last  # noqa: E731
       if boundary(loop.log_every) or boundary(loop.checkpoint_every) or boundary(
