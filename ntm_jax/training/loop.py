@@ -11,6 +11,7 @@ one result per member.
 """
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -23,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
+from orbax.checkpoint import multihost as orbax_multihost
 
 from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
@@ -641,10 +642,19 @@ def _who(seeds, index: int) -> str:
   return f'Member seed {seeds[index]}' if seeds else 'The run'
 
 
+_SYNCS = itertools.count()
+_SYNC_TIMEOUT_SECONDS = 900
+
+
 def _sync(name: str) -> None:
-  """In a multi-process run, waits until every process has got here."""
+  """In a multi-process run, waits until every process has got here: at the
+  coordination service's barrier (as Orbax's are, experiments/common.py), not a device
+  collective, which aborted a two-process CPU run under load (CI, at the barrier after
+  training). Every process passes the same barriers in the same order, so the count
+  makes each key unique, as the service requires."""
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
+    barrier = orbax_multihost.get_barrier_sync_fn()
+    barrier(key=f'ntm_jax.{name}.{next(_SYNCS)}', timeout_ms=_SYNC_TIMEOUT_SECONDS * 1000)
 
 
 def _on_host(tree: Any) -> Any:
