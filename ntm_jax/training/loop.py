@@ -551,7 +551,7 @@ def _waits_for_each_step(mesh: jax.sharding.Mesh | None) -> bool:
   CPU devices, when a step spans several of them. Dispatched ahead there, a
   data-parallel step's all-reduce deadlocks on this 2-core machine (XLA aborts the
   process when its rendezvous times out, within the first few hundred steps) and a
-  population over two devices steps 1.2-1.4x slower. One device dispatches ahead: waiting
+  population over two devices steps 1.1-1.4x slower. One device dispatches ahead: waiting
   made its step about 5% slower (BUILD_NOTES.md, "Several devices on a CPU")."""
   return mesh is not None and mesh.devices.flat[0].platform == 'cpu'
 
