@@ -106,7 +106,11 @@ CONFIG_FLAGS = {
                                'makes < 0.1 on 2,048 check sequences of the hardest '
                                'evaluated difficulty.'),
     'eval_every': ('evaluation', 'Evaluate every this many steps.'),
-    'eval_batch_size': ('evaluation', 'Sequences per evaluated difficulty.'),
+    'eval_batch_size': ('evaluation', 'Sequences of the training mix per evaluation, and '
+                        'of each generalisation difficulty unless '
+                        '--generalisation_batch_size.'),
+    'generalisation_batch_size': ('evaluation', 'Sequences per generalisation difficulty '
+                                  'in the report; 0: --eval_batch_size.'),
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),
     'data_parallel': ('devices', 'Split each batch over all devices (of all processes, '
                       'with the multi-host flags); on the CPU, one device per core.'),

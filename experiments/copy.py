@@ -38,6 +38,7 @@ FLAGS = flags.FLAGS
 DEFAULTS = dict(batch_size=1, train_steps=32000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=1600,
                 checkpoint_every=4000, log_every=400, eval_batch_size=256,
+                generalisation_batch_size=2048,
                 controller='lstm', memory_init='random', memory_stddev=0.3,
                 entropy_penalty=0.005, restart_after=16000)
 POPULATION = 4

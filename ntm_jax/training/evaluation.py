@@ -57,9 +57,11 @@ def eval_set(task: Task, keys: Keys, difficulty, batch_size: int,
 
 
 def make_evaluator(model: nn.Module, task: Task, keys: Keys, batch_size: int,
-                   check: bool = False) -> Callable[[Any, Any], dict[str, float]]:
+                   check: bool = False, difficulty_batch_size: int = 0
+                   ) -> Callable[[Any, Any], dict[str, float]]:
   """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set
-  (with `check`, on the check set: `eval_set`).
+  (with `check`, on the check set: `eval_set`) of `batch_size` sequences, or of
+  `difficulty_batch_size` for a generalisation difficulty where that is set.
 
   For tasks with a reference predictor (N-grams' optimal estimator) the result also has
   its mean cost, `reference_cost`, on the same sequences.
@@ -68,7 +70,8 @@ def make_evaluator(model: nn.Module, task: Task, keys: Keys, batch_size: int,
   evaluate_batch = jax.jit(batch_evaluation(model, task))
 
   def evaluate(params, difficulty):
-    batch = eval_set(task, keys, difficulty, batch_size, check)
+    size = batch_size if difficulty is None else difficulty_batch_size or batch_size
+    batch = eval_set(task, keys, difficulty, size, check)
     return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
 
   return evaluate

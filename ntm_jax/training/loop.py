@@ -117,8 +117,9 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
     state = Population.start(create_population_state(model, optimizer, task,
                                                      config.seeds, ema))
     state = population_lib.shard_members(state, mesh)
-    evaluate = population_lib.make_population_evaluator(model, task, config.seeds,
-                                                        config.eval_batch_size)
+    evaluate = population_lib.make_population_evaluator(
+        model, task, config.seeds, config.eval_batch_size,
+        difficulty_batch_size=config.difficulty_batch_size)
     check = population_lib.make_population_evaluator(
         model, task, config.seeds, CHECK_SEQUENCES, check=True) \
         if config.stop_when_generalising else None
@@ -127,7 +128,8 @@ def _run(config: ExperimentConfig, task: Task, eval_only: bool, checkpoint: str,
     state = create_train_state(model, optimizer, task, Keys(config.seed), ema=ema)
     if mesh is not None:
       state = replicate(state, mesh)
-    evaluate_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size)
+    evaluate_one = make_evaluator(model, task, Keys(config.seed), config.eval_batch_size,
+                                  difficulty_batch_size=config.difficulty_batch_size)
     evaluate = lambda params, difficulty: [evaluate_one(params, difficulty)]  # noqa: E731
     check = None
     if config.stop_when_generalising:
@@ -586,7 +588,7 @@ def _final_report(config: ExperimentConfig, task: Task, model: nn.Module, state:
   _write_report(workdir, report)
   which = 'the best evaluation\'s checkpoint' if checkpoint == 'best' else 'step'
   print(f'\n{task.name}, {config.model}, {which} {step} ({step * config.batch_size} '
-        f'sequences), evaluated on {config.eval_batch_size} sequences per row:')
+        f'sequences), evaluated on {_sequences_evaluated(config)}:')
   print(format_report(task, results))
   if state.ema_params is not None:
     print(f'Averaged parameters (ema_decay={config.ema_decay}); the parameters '
@@ -662,6 +664,13 @@ def _on_host(tree: Any) -> Any:
   multi-process run the arrays span the processes' devices, and every process must call
   this (it gathers)."""
   return tree if jax.process_count() == 1 else population_lib.fetch(tree)
+
+
+def _sequences_evaluated(config: ExperimentConfig) -> str:
+  if config.difficulty_batch_size == config.eval_batch_size:
+    return f'{config.eval_batch_size} sequences per row'
+  return (f'{config.eval_batch_size} sequences of the training mix and '
+          f'{config.difficulty_batch_size} per generalisation difficulty')
 
 
 def _write_report(workdir: str, report: dict) -> None:
@@ -749,7 +758,7 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
   _write_report(workdir, report)
   which = 'each member\'s best evaluation' if checkpoint == 'best' else f'step {step}'
   print(f'\n{task.name}, {config.model}, population of {len(seeds)}, {which}, evaluated '
-        f'on {config.eval_batch_size} sequences per difficulty:')
+        f'on {_sequences_evaluated(config)}:')
   print(population_lib.format_table(task, members, summary))
   if best_index is not None:
     print(f'Best member: seed {seeds[best_index]} (lowest cost summed over the training '
@@ -787,7 +796,8 @@ def _member_report(config: ExperimentConfig, task: Task, model: nn.Module,
     print(f'Member seed {seed} failed during training (its loss stopped being finite); '
           'its state is the last finite one.', flush=True)
   print(f'Member seed {seed} of the population in {workdir}:', flush=True)
-  evaluate = make_evaluator(model, task, Keys(seed), config.eval_batch_size)
+  evaluate = make_evaluator(model, task, Keys(seed), config.eval_batch_size,
+                            difficulty_batch_size=config.difficulty_batch_size)
   return _final_report(single, task, model, member_state, evaluate,
                        converged_at(records, int(member_state.step), index), wall_seconds,
                        directory, True, checkpoint, best)

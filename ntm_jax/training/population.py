@@ -224,10 +224,11 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
 
 
 def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int],
-                              batch_size: int,
-                              check: bool = False) -> Callable[[Any, Any], list[dict]]:
+                              batch_size: int, check: bool = False,
+                              difficulty_batch_size: int = 0
+                              ) -> Callable[[Any, Any], list[dict]]:
   """(stacked params, difficulty) -> each member's results on its own run's eval set
-  (with `check`, its check set).
+  (with `check`, its check set), of as many sequences as `evaluation.make_evaluator`'s.
 
   Member k is evaluated on the sequences `evaluation.make_evaluator` gives run
   `seeds[k]`; the results are those of its single run up to float32 rounding.
@@ -239,9 +240,10 @@ def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int]
 
   def evaluate(params, difficulty) -> list[dict]:
     if difficulty not in sets:  # fixed sets: drawn once
+      size = batch_size if difficulty is None else difficulty_batch_size or batch_size
       sets[difficulty] = jax.tree.map(
-          lambda *xs: jnp.stack(xs),
-          *[eval_set(task, k, difficulty, batch_size, check) for k in keys])
+          lambda *xs: jnp.stack(xs), *[eval_set(task, k, difficulty, size, check)
+                                       for k in keys])
     results = fetch(evaluate_batch(params, sets[difficulty]))
     return [{name: float(values[i]) for name, values in results.items()}
             for i in range(len(seeds))]

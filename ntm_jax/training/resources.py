@@ -27,14 +27,21 @@ class DoesNotFitError(ValueError):
 
 
 def estimate_bytes(config: ExperimentConfig, task: Task, model: nn.Module) -> int:
-  """The training step's estimated peak memory in bytes, over all of a run's members."""
+  """The estimated peak memory in bytes, over all of a run's members, of the training
+  step or of an evaluation, whichever is larger."""
+  return max(_estimates(config, task, model))
+
+
+def _estimates(config: ExperimentConfig, task: Task, model: nn.Module) -> tuple[int, int]:
+  """The estimated bytes of the training step and of an evaluation (a batch of eval
+  sequences: nothing kept for a backward pass), over all of a run's members."""
   sample = jax.eval_shape(lambda: task.sample_train(jax.random.key(0), 1))
   steps = sample.inputs.shape[1]
   params = jax.eval_shape(lambda inputs: model.init(jax.random.key(0), inputs),
                           sample.inputs)
   parameter_bytes = sum(int(np.prod(leaf.shape)) * leaf.dtype.itemsize
                         for leaf in jax.tree.leaves(params))
-  activation_bytes = 0
+  training = evaluation = 0
   if config.model == 'ntm':
     memory = config.memory_size * config.word_size * 4
     if config.remat_chunk == 0:
@@ -42,9 +49,15 @@ def estimate_bytes(config: ExperimentConfig, task: Task, model: nn.Module) -> in
     else:  # the saved carries plus one recomputed chunk
       chunk = config.remat_chunk
       kept = -(-steps // chunk) + chunk * MEMORY_COPIES_PER_STEP
-    activation_bytes = memory * kept * config.batch_size
+    training = memory * kept * config.batch_size
+    evaluation = memory * MEMORY_COPIES_PER_STEP * _evaluated_at_once(config)
   members = max(1, len(config.seeds))
-  return members * (PARAMETER_COPIES * parameter_bytes + activation_bytes)
+  return (members * (PARAMETER_COPIES * parameter_bytes + training),
+          members * (parameter_bytes + evaluation))
+
+
+def _evaluated_at_once(config: ExperimentConfig) -> int:
+  return max(config.eval_batch_size, config.difficulty_batch_size)
 
 
 def device_bytes(device: jax.Device) -> int | None:
@@ -63,15 +76,23 @@ def check_fits(config: ExperimentConfig, task: Task, model: nn.Module,
   """Raises DoesNotFitError, naming the flags, if the run cannot fit on `device`."""
   device = device or jax.devices()[0]
   available = device_bytes(device)
-  needed = estimate_bytes(config, task, model)
+  training, evaluation = _estimates(config, task, model)
+  needed = max(training, evaluation)
   if available is None or needed <= available:
     return
   sizes = (f'--memory_size={config.memory_size} --word_size={config.word_size} '
            if config.model == 'ntm' else
            f'--lstm_features={config.lstm_features} --lstm_layers={config.lstm_layers} ')
+  sizes += f'--batch_size={config.batch_size}'
+  if evaluation > training:  # the evaluation's batch, which remat does not shrink
+    sizes += (f' --generalisation_batch_size={config.generalisation_batch_size}'
+              if config.difficulty_batch_size > config.eval_batch_size else
+              f' --eval_batch_size={config.eval_batch_size}')
+    remedy = 'smaller sizes or evaluation batches'
+  else:
+    remedy = 'smaller sizes or batch' + (', or --remat_chunk=16'
+                                         if config.model == 'ntm' else '')
   raise DoesNotFitError(
-      f'{sizes}--batch_size={config.batch_size}'
-      f'{f" with {len(config.seeds)} members" if config.seeds else ""} need about '
-      f'{needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of this '
-      f'{device.platform} device; choose smaller sizes or batch'
-      f'{", or --remat_chunk=16" if config.model == "ntm" else ""}.')
+      f'{sizes}{f" with {len(config.seeds)} members" if config.seeds else ""} need '
+      f'about {needed / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB of '
+      f'this {device.platform} device; choose {remedy}.')
