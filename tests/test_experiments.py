@@ -46,6 +46,8 @@ def _run(*args, timeout=300):
     (['--ema_decay=1'], 'ema_decay must be in [0, 1), got 1.0'),
     (['--skip_grad_norm=-1'], 'skip_grad_norm must be a finite number >= 0, got -1.0'),
     (['--restart_after=-5'], 'restart_after must be an integer >= 0, got -5'),
+    (['--generalisation_batch_size=-1'],
+     'generalisation_batch_size must be an integer >= 0, got -1'),
     (['--checkpoint=best'], 'checkpoint=best (--checkpoint=best) needs eval_only'),
     (['--eval_only', '--checkpoint=best'], '--checkpoint=best needs'),
     (['--checkpoint=first'], 'value should be one of <latest|best>'),

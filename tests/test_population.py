@@ -12,6 +12,7 @@ from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import NonFiniteLossError
 from ntm_jax.training import WorkdirMismatchError
+from ntm_jax.training import evaluation
 from ntm_jax.training import factory
 from ntm_jax.training import loop
 from ntm_jax.training import optim
@@ -109,12 +110,36 @@ def test_each_member_starts_as_and_draws_the_batches_of_its_single_run():
   assert len(set(population_batches)) == len(SEEDS)
 
 
+def test_generalisation_difficulties_are_evaluated_on_their_own_number_of_sequences():
+  task = tiny_task()
+  config = ExperimentConfig(workdir='/unused', **TINY)
+  model = factory.build_model(config, task)
+  members = train_state.create_population_state(
+      model, optim.make_optimizer(config.optimiser), task, SEEDS)
+  batch_evaluation = jax.jit(evaluation.batch_evaluation(model, task))
+  single = evaluation.make_evaluator(model, task, train_state.Keys(SEEDS[1]), 4,
+                                     difficulty_batch_size=32)
+  together = population.make_population_evaluator(model, task, SEEDS, 4,
+                                                  difficulty_batch_size=32)
+  params = jax.tree.map(lambda x: x[1], members.params)
+  for difficulty, size in ((None, 4), (5, 32)):
+    expected = batch_evaluation(params, evaluation.eval_set(
+        task, train_state.Keys(SEEDS[1]), difficulty, size))
+    other = batch_evaluation(params, evaluation.eval_set(
+        task, train_state.Keys(SEEDS[1]), difficulty, 36 - size))
+    assert float(other['cost']) != pytest.approx(float(expected['cost']), rel=1e-4)
+    for results in (single(params, difficulty),
+                    together(members.params, difficulty)[1]):
+      assert results['cost'] == pytest.approx(float(expected['cost']), rel=1e-4)
+
+
 @pytest.mark.slow  # two runs of 200 steps
 def test_member_k_trains_evaluates_and_ships_as_the_run_of_seed_k(tmp_path):
   task = tiny_task()
   settings = dict(TINY, train_steps=200, eval_every=50, checkpoint_every=50,
                   optimizer='rmsprop', learning_rate=1e-3, ema_decay=0.9,
-                  skip_grad_norm=100.0, entropy_penalty=0.01)
+                  skip_grad_norm=100.0, entropy_penalty=0.01,
+                  generalisation_batch_size=8)
   pop_dir, single_dir = str(tmp_path / 'population'), str(tmp_path / 'single')
   report = run(ExperimentConfig(workdir=pop_dir, seeds=SEEDS, **settings), task)
   single = run(ExperimentConfig(workdir=single_dir, seed=9, **settings), task)
