@@ -81,8 +81,8 @@ def test_the_best_checkpoint_is_evaluated_and_shipped(tmp_path):
   workdir, shipped = tmp_path / 'run', tmp_path / 'trained'
   args = [f'--workdir={workdir}', '--train_steps=4', '--batch_size=2', '--memory_size=8',
           '--word_size=4', '--controller_features=8', '--eval_batch_size=2',
-          '--max_length=2', '--eval_lengths=3', '--plots=false', '--eval_every=2',
-          '--checkpoint_every=2']
+          '--generalisation_batch_size=0', '--max_length=2', '--eval_lengths=3',
+          '--plots=false', '--eval_every=2', '--checkpoint_every=2']
   assert _run(*args).returncode == 0
   best_step = json.loads((workdir / 'report.json').read_text())['best']['step']
   evaluated = _run(*args, '--eval_only', '--checkpoint=best')
@@ -249,8 +249,10 @@ def test_population_flags_choose_the_seeds_and_spread_members_over_the_cores():
 def test_the_default_flags_build_the_shipped_runs_config_and_lstm_flags_its_recipe():
   from ntm_jax.training import ExperimentConfig
   shipped, _ = ExperimentConfig.load(os.path.join(ROOT, 'trained', 'copy_ntm'))
-  # The shipped run is seed 0's single run with the longer budget of a single run.
-  config = _config_from_flags('--population=1', '--train_steps=64000')
+  # The shipped run is seed 0's single run with the longer budget of a single run, its
+  # report on 256 sequences per length.
+  config = _config_from_flags('--population=1', '--train_steps=64000',
+                              '--generalisation_batch_size=0')
   # As JSON holds it (the seeds tuple as a list).
   assert config == json.loads(json.dumps(dict(vars(shipped), workdir='runs/copy_ntm_seed0')))
   lstm = _config_from_flags('--model=lstm', '--batch_size=8')

@@ -44,7 +44,8 @@ RUN_FILES = ('config.json', 'metrics.jsonl', 'report.json')
 def evaluate(directory: str, eval_batch_size: int | None) -> dict:
   """Evaluates a run directory's latest checkpoint, in a scratch copy (eval writes files).
 
-  Returns the report; eval_batch_size None keeps the run's own.
+  Returns the report; eval_batch_size None keeps the run's own numbers of sequences,
+  a number evaluates every row (each generalisation difficulty too) on that many.
   """
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import run
@@ -54,7 +55,7 @@ def evaluate(directory: str, eval_batch_size: int | None) -> dict:
     shutil.copytree(directory, workdir)
     overrides = dict(plots=False)
     if eval_batch_size is not None:
-      overrides['eval_batch_size'] = eval_batch_size
+      overrides.update(eval_batch_size=eval_batch_size, generalisation_batch_size=0)
     config, task = ExperimentConfig.load(workdir, **overrides)
     return run(config, task, eval_only=True)
 
