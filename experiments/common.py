@@ -132,7 +132,7 @@ EXPERIMENT_DEFAULTS = dict(remat_chunk=0)
 # The accelerator recipe: on a GPU or TPU a batch-1 step is bound by kernel launches, not
 # arithmetic, so several independent runs in one step (a population) cost about what one
 # does, and the best of several seeds answers NTM training's lottery over seeds (the best
-# member: the one with the lowest cost over every generalisation set).
+# member: the fewest bit errors, or the lowest cost, over every evaluated set).
 ACCELERATOR_POPULATION = 8
 
 

@@ -34,6 +34,10 @@ class Task(abc.ABC):
   """A sequence task scored by binary cross-entropy on sigmoid outputs."""
 
   name: str
+  # What the task's results are judged by, which also picks a population's best member:
+  # bit errors per sequence, or the cost where bit errors say little (N-grams, whose
+  # optimum still errs; priority sort, scored against the paper's cost).
+  judged_by: str = 'bit_errors'
 
   @property
   @abc.abstractmethod

@@ -25,6 +25,7 @@ class DynamicNGramsTask(Task):
   """Predict the next bit of a sequence drawn from a random 6-gram model."""
 
   name = 'ngrams'
+  judged_by = 'cost'
 
   def __init__(self, context: int = 5, length: int = 200,
                eval_lengths: tuple[int, ...] = (200,)):

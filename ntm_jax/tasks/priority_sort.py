@@ -33,6 +33,7 @@ class PrioritySortTask(Task):
   """Output the highest-priority inputs in decreasing order of priority."""
 
   name = 'priority_sort'
+  judged_by = 'cost'
 
   def __init__(self, bits: int = 8, num_inputs: int = 20, num_outputs: int = 16,
                eval_inputs: tuple[int, ...] = (20,), min_priority_span: float = 2.0):

@@ -687,7 +687,7 @@ def _best_costs(records: list[dict], size: int) -> list[float]:
 
 def _chosen_member(workdir: str, records: list[dict], seeds, failed, member) -> int:
   """The index of `member` (a seed), or with 'best', of the best member named by the
-  population's report.json (population.overall_cost); with no report to go by (a run
+  population's report.json (population.overall_score); with no report to go by (a run
   stopped before its end), of the member whose best evaluation on the training mix has
   the lowest cost."""
   if member != 'best':
@@ -747,7 +747,7 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
     members.append(report)
   labels = list(results[0])
   summary = population_lib.summary(members, labels)
-  overall = [population_lib.overall_cost(m) for m in members]
+  overall = [population_lib.overall_score(m, task.judged_by) for m in members]
   best_index = population_lib.best_member(overall, failed)
   step = int(state.step)
   report = dict(task=task.name, model=config.model, seeds=list(seeds), step=step,
@@ -761,8 +761,12 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
         f'on {_sequences_evaluated(config)}:')
   print(population_lib.format_table(task, members, summary))
   if best_index is not None:
-    print(f'Best member: seed {seeds[best_index]} (lowest cost summed over the training '
-          f'mix and every difficulty above, {overall[best_index]:.3f}); --eval_only '
+    judged, cost = overall[best_index]
+    score = (f'fewest bit errors summed over the training mix and every difficulty above, '
+             f'{judged:.3f}; its cost {cost:.3f}' if task.judged_by == 'bit_errors' else
+             f'lowest cost summed over the training mix and every difficulty above, '
+             f'{cost:.3f}')
+    print(f'Best member: seed {seeds[best_index]} ({score}); --eval_only '
           '--member=best evaluates it, experiments.tools.ship --member=best ships it.')
   params = _on_host(state.member(best_index).evaluated_params) \
       if config.plots and best_index is not None else None
