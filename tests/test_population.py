@@ -279,6 +279,24 @@ def test_a_single_run_and_a_population_do_not_resume_each_other(tmp_path):
     run(ExperimentConfig(workdir=pop, seeds=SEEDS, **TINY), tiny_task(), eval_only=True,
         member=5)
 
+@pytest.mark.slow  # two runs
+def test_members_that_end_worse_than_their_best_evaluation_are_named(tmp_path, capsys):
+  workdir = str(tmp_path)
+  run(ExperimentConfig(workdir=workdir, seeds=SEEDS, train_steps=10, **TINY), tiny_task())
+  # Resumed at a rate that wrecks the parameters: every later evaluation is worse.
+  capsys.readouterr()
+  report = run(ExperimentConfig(workdir=workdir, seeds=SEEDS, train_steps=30,
+                                learning_rate=3.0, **TINY), tiny_task())
+  out = capsys.readouterr().out
+  worse = [m for m in report['members'] if m['ended_worse_than_best']]
+  assert worse and all(m['best']['step'] <= 10 for m in worse)
+  assert 'Ended worse than their best evaluation' in out
+  assert all(f'seed {m["seed"]} ' in out for m in worse)
+  with open(os.path.join(workdir, 'report.json')) as f:
+    assert [m['ended_worse_than_best'] for m in json.load(f)['members']] == [
+        m['ended_worse_than_best'] for m in report['members']]
+
+
 
 def test_the_report_has_a_row_per_member_and_the_summary_over_them(tmp_path, capsys):
   report = run(ExperimentConfig(workdir=str(tmp_path), seeds=SEEDS, train_steps=10,

@@ -737,6 +737,9 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
     best = best_evaluation(records, index)
     if best:
       report['best'] = best
+      if best['step'] != steps[index]:  # as a single run's report says it
+        report['ended_worse_than_best'] = ended_worse(
+            results[index]['train']['cost'], best['cost'])
     restarts = restarts_in(records, steps[index], index)
     if restarts:
       report['restarts'] = [r['step'] for r in restarts]
@@ -760,6 +763,14 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
   print(f'\n{task.name}, {config.model}, population of {len(seeds)}, {which}, evaluated '
         f'on {_sequences_evaluated(config)}:')
   print(population_lib.format_table(task, members, summary))
+  worse = [m for m in members if m.get('ended_worse_than_best') and not m['failed']]
+  if worse:
+    print('Ended worse than their best evaluation (cost on the training mix, final against '
+          'best): ' + ', '.join(
+              f'seed {m["seed"]} {m["results"]["train"]["cost"]:.3f} at step {m["step"]} '
+              f'against {m["best"]["cost"]:.3f} at {m["best"]["step"]}' for m in worse) +
+          '. The table, --eval_only and experiments.tools.ship use the final states; '
+          '--checkpoint=best each member\'s best.')
   if best_index is not None:
     judged, cost = overall[best_index]
     score = (f'fewest bit errors summed over the training mix and every difficulty above, '
