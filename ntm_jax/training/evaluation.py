@@ -47,13 +47,14 @@ def ended_worse(final_cost: float, best_cost: float) -> bool:
 
 
 def eval_set(task: Task, keys: Keys, difficulty, batch_size: int,
-             check: bool = False) -> Batch:
+             check: bool = False, difficulty_batch_size: int = 0) -> Batch:
   """The run's fixed evaluation sequences for a difficulty (None: the training mix);
-  with `check`, its check sequences instead (Keys.check_batch)."""
+  with `check`, its check sequences instead (Keys.check_batch). `batch_size` of them,
+  or `difficulty_batch_size` of a generalisation difficulty where that is set."""
   key = keys.check_batch(difficulty) if check else keys.eval_batch(difficulty)
   if difficulty is None:
     return task.sample_train(key, batch_size)
-  return task.sample_eval(key, batch_size, difficulty)
+  return task.sample_eval(key, difficulty_batch_size or batch_size, difficulty)
 
 
 def make_evaluator(model: nn.Module, task: Task, keys: Keys, batch_size: int,
@@ -70,8 +71,7 @@ def make_evaluator(model: nn.Module, task: Task, keys: Keys, batch_size: int,
   evaluate_batch = jax.jit(batch_evaluation(model, task))
 
   def evaluate(params, difficulty):
-    size = batch_size if difficulty is None else difficulty_batch_size or batch_size
-    batch = eval_set(task, keys, difficulty, size, check)
+    batch = eval_set(task, keys, difficulty, batch_size, check, difficulty_batch_size)
     return {name: float(value) for name, value in evaluate_batch(params, batch).items()}
 
   return evaluate

@@ -240,10 +240,10 @@ def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int]
 
   def evaluate(params, difficulty) -> list[dict]:
     if difficulty not in sets:  # fixed sets: drawn once
-      size = batch_size if difficulty is None else difficulty_batch_size or batch_size
       sets[difficulty] = jax.tree.map(
-          lambda *xs: jnp.stack(xs), *[eval_set(task, k, difficulty, size, check)
-                                       for k in keys])
+          lambda *xs: jnp.stack(xs),
+          *[eval_set(task, k, difficulty, batch_size, check, difficulty_batch_size)
+            for k in keys])
     results = fetch(evaluate_batch(params, sets[difficulty]))
     return [{name: float(values[i]) for name, values in results.items()}
             for i in range(len(seeds))]

@@ -26,14 +26,9 @@ class DoesNotFitError(ValueError):
   """The run's estimated memory exceeds the device's."""
 
 
-def estimate_bytes(config: ExperimentConfig, task: Task, model: nn.Module) -> int:
-  """The estimated peak memory in bytes, over all of a run's members, of the training
-  step or of an evaluation, whichever is larger."""
-  return max(_estimates(config, task, model))
-
-
-def _estimates(config: ExperimentConfig, task: Task, model: nn.Module) -> tuple[int, int]:
-  """The estimated bytes of the training step and of an evaluation (a batch of eval
+def estimate_bytes(config: ExperimentConfig, task: Task,
+                   model: nn.Module) -> tuple[int, int]:
+  """The estimated peak bytes of the training step and of an evaluation (a batch of eval
   sequences: nothing kept for a backward pass), over all of a run's members."""
   sample = jax.eval_shape(lambda: task.sample_train(jax.random.key(0), 1))
   steps = sample.inputs.shape[1]
@@ -50,14 +45,11 @@ def _estimates(config: ExperimentConfig, task: Task, model: nn.Module) -> tuple[
       chunk = config.remat_chunk
       kept = -(-steps // chunk) + chunk * MEMORY_COPIES_PER_STEP
     training = memory * kept * config.batch_size
-    evaluation = memory * MEMORY_COPIES_PER_STEP * _evaluated_at_once(config)
+    evaluation = memory * MEMORY_COPIES_PER_STEP * max(config.eval_batch_size,
+                                                       config.difficulty_batch_size)
   members = max(1, len(config.seeds))
   return (members * (PARAMETER_COPIES * parameter_bytes + training),
           members * (parameter_bytes + evaluation))
-
-
-def _evaluated_at_once(config: ExperimentConfig) -> int:
-  return max(config.eval_batch_size, config.difficulty_batch_size)
 
 
 def device_bytes(device: jax.Device) -> int | None:
@@ -76,7 +68,7 @@ def check_fits(config: ExperimentConfig, task: Task, model: nn.Module,
   """Raises DoesNotFitError, naming the flags, if the run cannot fit on `device`."""
   device = device or jax.devices()[0]
   available = device_bytes(device)
-  training, evaluation = _estimates(config, task, model)
+  training, evaluation = estimate_bytes(config, task, model)
   needed = max(training, evaluation)
   if available is None or needed <= available:
     return
