@@ -122,3 +122,48 @@ def test_a_population_split_over_devices_gives_the_single_device_result(tmp_path
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'POPULATION PARALLEL OK' in result.stdout
+
+
+REPEATED_SCRIPT = textwrap.dedent('''
+    import jax, numpy as np
+    from ntm_jax.tasks import CopyTask
+    from ntm_jax.training import ExperimentConfig, factory, optim, population, train_state
+    assert jax.device_count() == 4, jax.devices()
+    task = CopyTask(bits=3, max_length=3, eval_lengths=(4,))
+    seeds = (0, 1, 2, 3, 4, 5, 6, 7)
+    config = ExperimentConfig(workdir='/unused', batch_size=2, memory_size=8, word_size=4,
+                              controller_features=16)
+    model = factory.build_model(config, task)
+    optimizer = optim.make_optimizer(config)
+    mesh = population.make_population_mesh(len(seeds))
+
+    def start():
+      members = train_state.create_population_state(model, optimizer, task, seeds)
+      return population.shard_members(population.Population.start(members), mesh)
+
+    step = population.make_population_step(model, optimizer, task, 2, seeds, mesh)
+    one_at_a_time, per_step = start(), []
+    for _ in range(5):
+      one_at_a_time, metrics = step(one_at_a_time)
+      per_step.append(metrics)
+    steps = train_state.repeated_steps(step, 8)
+    state, first = steps(start(), 3)  # 3 + 2 steps, as the loop splits at a boundary
+    state, second = steps(state, 2)
+    # The same states bit for bit, and each step's metrics in its row.
+    jax.tree.map(np.testing.assert_array_equal, one_at_a_time, state)
+    for name in per_step[0]:
+      repeated = np.concatenate([first[name][:3], second[name][:2]])
+      np.testing.assert_array_equal(np.stack([m[name] for m in per_step]), repeated)
+    assert state.members.params['params']  # a population, still split over the devices
+    assert state.failed.sharding.is_equivalent_to(one_at_a_time.failed.sharding, 1)
+    print('REPEATED STEPS OK')
+''')
+
+
+def test_several_steps_in_one_call_equal_as_many_calls(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  result = subprocess.run([sys.executable, '-c', REPEATED_SCRIPT], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'REPEATED STEPS OK' in result.stdout

@@ -71,6 +71,12 @@ class NonFiniteLossError(FloatingPointError):
 # the handler itself, it never lands inside an Orbax save.
 STOP_REQUESTED = threading.Event()
 
+# The most training steps one call runs where the loop waits for each call
+# (`_waits_for_each_step`): enough that a call's dispatch is a small part of it (a copy
+# population step is a few milliseconds), few enough that a stop request waits well
+# under a second.
+STEPS_PER_CALL = 100
+
 
 def run(config: ExperimentConfig, task: Task, eval_only: bool = False,
         checkpoint: str = 'latest', member: int | str | None = None) -> dict:
@@ -303,7 +309,11 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
                                  Keys(config.seed).data, mesh, **options)
   progress = Progress(loop.train_steps)
   pending, window_start = [], time.time()
-  wait_for_each_step = _waits_for_each_step(mesh)
+  # Where the loop must wait for each step, it calls several at once: None steps one
+  # call at a time (dispatched ahead), a number calls up to that many per call.
+  steps_per_call = STEPS_PER_CALL if _waits_for_each_step(mesh) else None
+  if steps_per_call is not None:
+    steps = train_state_lib.repeated_steps(train_step, steps_per_call)
   failed = list(population_lib.fetch(state.failed)) if seeds else [False]
   records = workdir_lib.MetricsLog.read(workdir)
   # The members that passed their generalisation check (stop_when_generalising): they
@@ -333,7 +343,10 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     nonlocal pending, window_start
     if not pending:
       return
-    values = population_lib.fetch(pending)
+    values = []  # each step's metrics
+    for metrics, count in population_lib.fetch(pending):
+      values.extend([metrics] if count is None else
+                    [{k: v[i] for k, v in metrics.items()} for i in range(count)])
     first_step = step - len(values) + 1
     if seeds:
       now_failed = list(population_lib.fetch(state.failed))
@@ -472,10 +485,19 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     while step < loop.train_steps:
       if STOP_REQUESTED.is_set():
         raise KeyboardInterrupt
-      state, step_metrics = train_step(state)
-      step += 1
-      pending.append(step_metrics)
-      if wait_for_each_step:
+      if steps_per_call is None:
+        state, step_metrics = train_step(state)
+        step += 1
+        pending.append((step_metrics, None))
+      else:
+        # Up to the next step where something happens (a log line, an evaluation, a
+        # checkpoint, the end), so that the loop sees every one of them.
+        count = min([steps_per_call, loop.train_steps - step] +
+                    [every - step % every for every in (loop.log_every, loop.eval_every,
+                                                        loop.checkpoint_every)])
+        state, step_metrics = steps(state, count)
+        step += count
+        pending.append((step_metrics, count))
         jax.block_until_ready(step_metrics)
       last = step == loop.train_steps
       boundary = lambda every: step % every == 0 or last  # noqa: E731

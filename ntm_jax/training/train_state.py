@@ -258,3 +258,33 @@ def step_function(model: nn.Module, optimizer: optax.GradientTransformation, tas
     return TrainState(state.step + 1, params, opt_state, ema_params), metrics
 
   return train_step
+
+
+def repeated_steps(train_step: Callable, max_steps: int) -> Callable:
+  """A jitted (state, n) -> (state after n steps, metrics) that runs the jitted
+  `train_step` n times (1 <= n <= max_steps, a traced count: one compilation serves
+  every n) and donates its input state. Each metric gets a leading axis of max_steps,
+  whose first n entries are the steps' own.
+
+  One call per step costs a dispatch (argument checks and a launch on every device of
+  the state) that a loop waiting for each step cannot overlap with the previous step;
+  on several CPU devices that was a quarter of a copy population's step
+  (BUILD_NOTES.md, "Several devices on a CPU"). The loop body is the step itself, so n
+  calls here and n calls of `train_step` give the same states.
+  """
+  def run(state, n):
+    _, metric_shapes = jax.eval_shape(train_step, state)
+    buffers = jax.tree.map(lambda s: jnp.zeros((max_steps,) + s.shape, s.dtype),
+                           metric_shapes)
+
+    def one_step(index, carry):
+      state, buffers = carry
+      state, metrics = train_step(state)
+      return state, jax.tree.map(
+          lambda buffer, value: jax.lax.dynamic_update_index_in_dim(buffer, value, index,
+                                                                    0),
+          buffers, metrics)
+
+    return jax.lax.fori_loop(0, n, one_step, (state, buffers))
+
+  return jax.jit(run, donate_argnums=0)
