@@ -17,7 +17,8 @@ from ntm_jax.training import train_state
 
 
 def measure(config: ExperimentConfig, task: Task, repeats: int,
-            model=None, keep_hlo: bool = False, forward: bool = False) -> dict:
+            model=None, keep_hlo: bool = False, forward: bool = False,
+            steps_per_call: int = 0) -> dict:
   """Compile time, median step time and peak memory of the training step.
 
   With `repeats=0` it returns the compiled step and its first state instead of times
@@ -26,7 +27,10 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
   `unroll`); with `keep_hlo` the result also holds the compiled step's optimised HLO text.
   `peak_bytes` is the compiler's figure for this step; `device_peak_bytes`, where the
   device reports it (GPU, TPU), the process's allocator peak so far. With `forward` (a
-  single run's step), `forward_seconds` times the forward pass alone.
+  single run's step), `forward_seconds` times the forward pass alone. With
+  `steps_per_call` (and `repeats=0`) the compiled function runs that many steps per call,
+  (state, steps) -> (state, metrics), as the runner's loop calls it on several CPU
+  devices (`train_state.repeated_steps`).
   """
   model = model or factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
@@ -55,10 +59,17 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
                                        keys.data, mesh, **options)
   jax.block_until_ready(state)
   start = time.perf_counter()
-  compiled = step.lower(state).compile()
+  if steps_per_call:
+    compiled = train_state.repeated_steps(step, steps_per_call).lower(
+        state, steps_per_call).compile()
+  else:
+    compiled = step.lower(state).compile()
   compile_seconds = time.perf_counter() - start
   if repeats == 0:  # the caller times it: compiled step, state, compile time
-    return dict(compiled=compiled, state=state, compile_seconds=compile_seconds)
+    return dict(compiled=compiled, state=state, compile_seconds=compile_seconds,
+                steps_per_call=steps_per_call)
+  if steps_per_call:
+    raise ValueError('steps_per_call needs repeats=0: the caller times the calls.')
   memory = compiled.memory_analysis()
   peak_bytes = None
   if memory is not None:

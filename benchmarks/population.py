@@ -26,23 +26,30 @@ def _copy_config(**changes):
 
 
 def interleaved_step_seconds(compiled: list[dict], repeats: int) -> list[float]:
-  """Median step time of each compiled step, timed in turn (one step of each per round)
-  so that the machine's drift falls on all of them alike."""
+  """Median step time of each compiled step, timed in turn (one call of each per round)
+  so that the machine's drift falls on all of them alike. A call of several steps
+  (`steps_per_call`) counts as that many."""
   import time
 
   import jax
   import numpy as np
+
+  def call(c, state):
+    if c['steps_per_call']:
+      return c['compiled'](state, c['steps_per_call'])
+    return c['compiled'](state)
+
   states = [c['state'] for c in compiled]
   for _ in range(5):  # warm-up
-    states = [c['compiled'](state)[0] for c, state in zip(compiled, states)]
+    states = [call(c, state)[0] for c, state in zip(compiled, states)]
   jax.block_until_ready(states)
   times = [[] for _ in compiled]
   for _ in range(repeats):
     for index, c in enumerate(compiled):
       start = time.perf_counter()
-      states[index], metrics = c['compiled'](states[index])
+      states[index], metrics = call(c, states[index])
       jax.block_until_ready(metrics)
-      times[index].append(time.perf_counter() - start)
+      times[index].append((time.perf_counter() - start) / (c['steps_per_call'] or 1))
   return [float(np.median(t)) for t in times]
 
 
@@ -56,13 +63,18 @@ def population_rows(sizes: list[int], devices: int, repeats: int) -> list[dict]:
   training.select_accelerator('cpu', cpu_devices=devices)
   from benchmarks.measure import measure
   from ntm_jax.tasks import CopyTask
+  from ntm_jax.training import loop
+  from ntm_jax.training import population
   rows = []
   for size in sizes:
     if size % devices:
       continue
     variants = sorted({1, size // devices})
+    # Over several devices the runner's loop runs several steps per call.
+    mesh = population.make_population_mesh(size) if devices > 1 else None
     compiled = [measure(_copy_config(seeds=tuple(range(size)), data_parallel=devices > 1,
-                                     members_at_once=at_once), CopyTask(), 0)
+                                     members_at_once=at_once), CopyTask(), 0,
+                        steps_per_call=loop.steps_in_one_call(mesh, size) or 0)
                 for at_once in variants]
     compiled.append(measure(_copy_config(), CopyTask(), 0))  # a single run
     *times, single = interleaved_step_seconds(compiled, repeats)

@@ -71,10 +71,10 @@ class NonFiniteLossError(FloatingPointError):
 # the handler itself, it never lands inside an Orbax save.
 STOP_REQUESTED = threading.Event()
 
-# The most training steps one call runs where the loop waits for each call
-# (`_waits_for_each_step`): enough that a call's dispatch is a small part of it (a copy
-# population step is a few milliseconds), few enough that a stop request waits well
-# under a second.
+# Where the loop waits for each call (`_waits_for_each_step`), a call runs up to this
+# many steps of one member per device, divided by the members each device steps: enough
+# that the call's dispatch is a small part of it (a copy member's step takes about 1.5
+# ms), few enough that a stop request waits well under a second.
 STEPS_PER_CALL = 100
 
 
@@ -309,9 +309,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
                                  Keys(config.seed).data, mesh, **options)
   progress = Progress(loop.train_steps)
   pending, window_start = [], time.time()
-  # Where the loop must wait for each step, it calls several at once: None steps one
-  # call at a time (dispatched ahead), a number calls up to that many per call.
-  steps_per_call = STEPS_PER_CALL if _waits_for_each_step(mesh) else None
+  steps_per_call = steps_in_one_call(mesh, len(seeds) or 1)
   if steps_per_call is not None:
     steps = train_state_lib.repeated_steps(train_step, steps_per_call)
   failed = list(population_lib.fetch(state.failed)) if seeds else [False]
@@ -344,7 +342,8 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     if not pending:
       return
     values = []  # each step's metrics
-    for metrics, count in population_lib.fetch(pending):
+    counts = [count for _, count in pending]
+    for metrics, count in zip(population_lib.fetch([m for m, _ in pending]), counts):
       values.extend([metrics] if count is None else
                     [{k: v[i] for k, v in metrics.items()} for i in range(count)])
     first_step = step - len(values) + 1
@@ -568,6 +567,15 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     raise
   progress.newline()
   return state, converged
+
+
+def steps_in_one_call(mesh: jax.sharding.Mesh | None, members: int) -> int | None:
+  """How many training steps the loop runs per call: None, one call per step,
+  dispatched ahead; where it waits for each call, up to STEPS_PER_CALL over the members
+  on each device (`members` over `mesh`), in one call (train_state.repeated_steps)."""
+  if not _waits_for_each_step(mesh):
+    return None
+  return max(1, STEPS_PER_CALL // max(1, members // mesh.size))
 
 
 def _waits_for_each_step(mesh: jax.sharding.Mesh | None) -> bool:
