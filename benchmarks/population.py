@@ -5,8 +5,10 @@ experiment's default recipe (batch 1): the population's step time and aggregate
 sequences per second on one device and, with as many devices as cores, split over them
 (`--data_parallel`), each with its members stepped one at a time and all at once
 (`members_at_once`); and, as the bar, K separate single runs on the same cores (a single
-run's step, timed in the same process, min(K, devices) of them at a time). `--output=FILE` writes the rows as
-JSON. Times drift on a shared machine: the table is one process's interleaved sample.
+run's step, timed in the same process, min(K, devices) of them at a time). Each is timed
+as the runner's loop calls it (`interleaved_step_seconds`). `--output=FILE` writes the
+rows as JSON. Times drift on a shared machine: the table is one process's interleaved
+sample.
 """
 
 import argparse
@@ -25,31 +27,34 @@ def _copy_config(**changes):
   return ExperimentConfig(**dict(values, workdir='/unused'))
 
 
-def interleaved_step_seconds(compiled: list[dict], repeats: int) -> list[float]:
-  """Median step time of each compiled step, timed in turn (one call of each per round)
-  so that the machine's drift falls on all of them alike. A call of several steps
-  (`steps_per_call`) counts as that many."""
+def interleaved_step_seconds(compiled: list[dict], repeats: int,
+                             calls_ahead: int = 10) -> list[float]:
+  """Median step time of each compiled step, timed in turn (one round of each at a time)
+  so that the machine's drift falls on all of them alike. A round is what the runner's
+  loop does: on several devices one call of `steps_per_call` steps, waited for; on one
+  device `calls_ahead` calls of one step, dispatched ahead, then waited for."""
   import time
 
   import jax
   import numpy as np
 
-  def call(c, state):
+  def one_round(c, state):
     if c['steps_per_call']:
-      return c['compiled'](state, c['steps_per_call'])
-    return c['compiled'](state)
+      state, metrics = c['compiled'](state, c['steps_per_call'])
+      jax.block_until_ready(metrics)
+      return state, c['steps_per_call']
+    for _ in range(calls_ahead):
+      state, metrics = c['compiled'](state)
+    jax.block_until_ready(metrics)
+    return state, calls_ahead
 
-  states = [c['state'] for c in compiled]
-  for _ in range(5):  # warm-up
-    states = [call(c, state)[0] for c, state in zip(compiled, states)]
-  jax.block_until_ready(states)
+  states = [one_round(c, c['state'])[0] for c in compiled]  # warm-up
   times = [[] for _ in compiled]
   for _ in range(repeats):
     for index, c in enumerate(compiled):
       start = time.perf_counter()
-      states[index], metrics = call(c, states[index])
-      jax.block_until_ready(metrics)
-      times[index].append((time.perf_counter() - start) / (c['steps_per_call'] or 1))
+      states[index], steps = one_round(c, states[index])
+      times[index].append((time.perf_counter() - start) / steps)
   return [float(np.median(t)) for t in times]
 
 
@@ -92,7 +97,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--sizes', default='1,2,4,8,16,64',
                       help='Population sizes K, comma-separated.')
-  parser.add_argument('--repeats', type=int, default=20, help='Timed steps per row.')
+  parser.add_argument('--repeats', type=int, default=20,
+                      help='Timed rounds per row (a round: 10 steps on one device, one '
+                      'call of the loop\'s steps on several).')
   parser.add_argument('--output', default=None, help='Also write the rows as JSON here.')
   parser.add_argument('--stall_seconds', type=int, default=1800,
                       help='Dump its stack and exit if one measurement process takes '

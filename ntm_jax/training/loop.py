@@ -579,12 +579,13 @@ def steps_in_one_call(mesh: jax.sharding.Mesh | None, members: int) -> int | Non
 
 
 def _waits_for_each_step(mesh: jax.sharding.Mesh | None) -> bool:
-  """Whether the loop waits for each step to finish before dispatching the next: on
-  CPU devices, when a step spans several of them. Dispatched ahead there, a
-  data-parallel step's all-reduce deadlocks on this 2-core machine (XLA aborts the
-  process when its rendezvous times out, within the first few hundred steps) and a
-  population over two devices steps 1.1-1.4x slower. One device dispatches ahead: waiting
-  made its step about 5% slower (BUILD_NOTES.md, "Several devices on a CPU")."""
+  """Whether the loop waits for each call of the step to finish before dispatching the
+  next (and so runs several steps per call, `steps_in_one_call`): on CPU devices, when a
+  step spans several of them. Dispatched ahead there, a data-parallel step's all-reduce
+  deadlocks on this 2-core machine (XLA aborts the process when its rendezvous times
+  out, within the first few hundred steps) and a population over two devices steps
+  1.1-1.4x slower. One device dispatches ahead: waiting made its step about 5% slower
+  (BUILD_NOTES.md, "Several devices on a CPU")."""
   return mesh is not None and mesh.devices.flat[0].platform == 'cpu'
 
 
