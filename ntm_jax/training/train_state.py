@@ -266,11 +266,11 @@ def repeated_steps(train_step: Callable, max_steps: int) -> Callable:
   every n) and donates its input state. Each metric gets a leading axis of max_steps,
   whose first n entries are the steps' own.
 
-  One call per step costs a dispatch (argument checks and a launch on every device of
-  the state) that a loop waiting for each step cannot overlap with the previous step;
-  on several CPU devices that was a quarter of a copy population's step
+  Each call costs a dispatch (argument checks and a launch on every device of the
+  state) that a loop waiting for each call cannot overlap with the previous one; on
+  several CPU devices that is about a quarter of a copy population's step
   (BUILD_NOTES.md, "Several devices on a CPU"). The loop body is the step itself, so n
-  calls here and n calls of `train_step` give the same states.
+  steps here and n calls of `train_step` give the same states.
   """
   def run(state, n):
     _, metric_shapes = jax.eval_shape(train_step, state)
