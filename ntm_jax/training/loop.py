@@ -480,6 +480,7 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
     return state
 
   step = start_step
+  periods = (loop.log_every, loop.eval_every, loop.checkpoint_every)  # where the loop acts
   try:
     while step < loop.train_steps:
       if STOP_REQUESTED.is_set():
@@ -492,16 +493,14 @@ def _train(config: ExperimentConfig, task: Task, model: nn.Module,
         # Up to the next step where something happens (a log line, an evaluation, a
         # checkpoint, the end), so that the loop sees every one of them.
         count = min([steps_per_call, loop.train_steps - step] +
-                    [every - step % every for every in (loop.log_every, loop.eval_every,
-                                                        loop.checkpoint_every)])
+                    [every - step % every for every in periods])
         state, step_metrics = steps(state, count)
         step += count
         pending.append((step_metrics, count))
         jax.block_until_ready(step_metrics)
       last = step == loop.train_steps
       boundary = lambda every: step % every == 0 or last  # noqa: E731
-      if boundary(loop.log_every) or boundary(loop.checkpoint_every) or boundary(
-          loop.eval_every):
+      if any(boundary(every) for every in periods):
         flush(step)
       stop = False
       # Evaluating before saving: a restart decided at this step is in its checkpoint.
