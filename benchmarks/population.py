@@ -3,12 +3,12 @@
 `python -m benchmarks.population` prints, for K = 1, 2, 4, 8, 16, 64 members of the copy
 experiment's default recipe (batch 1): the population's step time and aggregate
 sequences per second on one device and, with as many devices as cores, split over them
-(`--data_parallel`), each with its members stepped one at a time and all at once
-(`members_at_once`); and, as the bar, K separate single runs on the same cores (a single
-run's step, timed in the same process, min(K, devices) of them at a time). Each is timed
-as the runner's loop calls it (`interleaved_step_seconds`). `--output=FILE` writes the
-rows as JSON. Times drift on a shared machine: the table is one process's interleaved
-sample.
+(`--data_parallel`), with its members stepped one at a time, all at once and as many at
+a time as the runner chooses when not told (`members_at_once`; marked *); and, as the
+bar, K separate single runs on the same cores (a single run's step, timed in the same
+process, min(K, devices) of them at a time). Each is timed as the runner's loop calls it
+(`interleaved_step_seconds`). `--output=FILE` writes the rows as JSON. Times drift on a
+shared machine: the table is one process's interleaved sample.
 """
 
 import argparse
@@ -74,7 +74,9 @@ def population_rows(sizes: list[int], devices: int, repeats: int) -> list[dict]:
   for size in sizes:
     if size % devices:
       continue
-    variants = sorted({1, size // devices})
+    # One at a time, all at once, and what the runner chooses when not told.
+    chosen = min(population.CPU_MEMBERS_AT_ONCE, size // devices)
+    variants = sorted({1, chosen, size // devices})
     # Over several devices the runner's loop runs several steps per call.
     mesh = population.make_population_mesh(size) if devices > 1 else None
     compiled = [measure(_copy_config(seeds=tuple(range(size)), data_parallel=devices > 1,
@@ -86,6 +88,7 @@ def population_rows(sizes: list[int], devices: int, repeats: int) -> list[dict]:
     separate = min(size, devices) / single
     for at_once, seconds, result in zip(variants, times, compiled):
       rows.append(dict(population=size, devices=devices, members_at_once=at_once,
+                       runner_default=at_once == chosen,
                        step_seconds=seconds, sequences_per_second=size / seconds,
                        single_run_step_seconds=single,
                        separate_runs_sequences_per_second=separate,
@@ -137,7 +140,8 @@ def main() -> None:
       rows.append(row)
       size, aggregate = row['population'], row['sequences_per_second']
       bar = row['separate_runs_sequences_per_second']
-      print(f'{size:>4} | {devices:>7} | {row["members_at_once"]:>7} | '
+      at_once = f'{"*" if row["runner_default"] else ""}{row["members_at_once"]}'
+      print(f'{size:>4} | {devices:>7} | {at_once:>7} | '
             f'{1e3 * row["step_seconds"]:8.2f} | {aggregate:11.1f} | '
             f'{aggregate / size:10.1f} | {bar:13.1f} | {aggregate / bar:5.2f}x',
             flush=True)

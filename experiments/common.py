@@ -115,8 +115,8 @@ CONFIG_FLAGS = {
     'data_parallel': ('devices', 'Split each batch over all devices (of all processes, '
                       'with the multi-host flags); on the CPU, one device per core.'),
     'members_at_once': ('devices', 'With --seeds: members each device steps at once; '
-                        '0, all (vmap: on a CPU the fastest up to 16 members); k, k at a '
-                        'time (lax.map: less memory; on a CPU faster for 64 members).'),
+                        '0 chooses (all on an accelerator, 4 at a time on a CPU); k, k at '
+                        'a time (lax.map: less memory).'),
     'micro_batch_size': ('devices', 'Go through each device\'s batch in micro-batches of '
                          'this size (0: all at once), summing their gradients: the same '
                          'update in less memory.'),

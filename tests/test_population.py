@@ -129,6 +129,33 @@ def test_each_member_starts_as_and_draws_the_batches_of_its_single_run():
   assert len(set(population_batches)) == len(SEEDS)
 
 
+def test_members_stepped_a_few_at_a_time_equal_members_stepped_all_at_once():
+  # Six members: 4 at a time (the CPU's choice when not told) leaves a remainder of 2.
+  assert population.automatic_members_at_once('cpu') == population.CPU_MEMBERS_AT_ONCE
+  assert population.automatic_members_at_once('gpu') == 0  # all at once
+  seeds = (4, 9, 2, 7, 11, 5)
+  task = tiny_task()
+  config = ExperimentConfig(workdir='/unused', **TINY)
+  model = factory.build_model(config, task)
+  optimizer = optim.make_optimizer(config.optimiser)
+  results = []
+  for at_once in (len(seeds), 0, 1):
+    state = population.Population.start(
+        train_state.create_population_state(model, optimizer, task, seeds))
+    step = population.make_population_step(model, optimizer, task, 2, seeds,
+                                           members_at_once=at_once)
+    costs = []
+    for _ in range(4):
+      state, metrics = step(state)
+      costs.append(metrics['cost'])
+    results.append((state.members, np.stack(costs)))
+  (all_at_once, costs), *others = results
+  assert len({float(c) for c in costs[-1]}) == len(seeds)  # the members differ
+  for members, other_costs in others:
+    _allclose(all_at_once, members)
+    np.testing.assert_allclose(costs, other_costs, rtol=1e-5)
+
+
 def test_generalisation_difficulties_are_evaluated_on_their_own_number_of_sequences():
   task = tiny_task()
   config = ExperimentConfig(workdir='/unused', **TINY)

@@ -132,8 +132,9 @@ class ExperimentConfig:
       make one device per core.
     micro_batch_size: 0, or go through each device's batch in micro-batches of this
       size, summing their gradients: the same update in less memory.
-    members_at_once: with seeds: 0 steps all of a device's members at once (vmap); k > 0,
-      k at a time, holding fewer intermediates (population.make_population_step).
+    members_at_once: with seeds: k > 0 steps a device's members k at a time, holding
+      fewer intermediates; 0 chooses: all at once (vmap) on an accelerator, 4 at a time
+      on a CPU (population.make_population_step).
   """
   workdir: str
   seed: int = 0

@@ -167,6 +167,20 @@ def _placed(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+# On a CPU, members stepped this many at a time: four copy-sized training states (1.0 MB
+# each) and their step's intermediates fit near one core's 2 MB L2 cache. At 16 members
+# all at once ran 0.82-1.25x the speed of separate runs, 4 at a time 1.12-1.37x
+# (docs/BENCHMARKS.md, "Populations on this CPU").
+CPU_MEMBERS_AT_ONCE = 4
+
+
+def automatic_members_at_once(platform: str) -> int:
+  """Members a device steps at once when not told: all of them (`vmap`, 0: the batched
+  products an accelerator needs) except on a CPU, which steps CPU_MEMBERS_AT_ONCE at a
+  time."""
+  return CPU_MEMBERS_AT_ONCE if platform == 'cpu' else 0
+
+
 def make_population_step(model: nn.Module, optimizer: optax.GradientTransformation,
                          task: Task, batch_size: int, seeds: Sequence[int],
                          mesh: jax.sharding.Mesh | None = None,
@@ -179,11 +193,11 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
   keeps its state and step. With a `mesh` (over the member axis) each device steps its
   share of the members.
 
-  `members_at_once`: 0 steps all of a device's members at once (`vmap`: what fills an
-  accelerator, and on a CPU within 10% of one at a time up to 16 members, BUILD_NOTES.md,
-  "Populations"); k > 0 goes through them k at a time (`lax.map`), which holds only k
-  members' intermediates at once.
+  `members_at_once`: k > 0 goes through a device's members k at a time (`lax.map`, which
+  holds only k members' intermediates at once); 0 chooses (`automatic_members_at_once`).
   """
+  platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+  members_at_once = members_at_once or automatic_members_at_once(platform)
   step = step_function(model, optimizer, task, batch_size, **step_options)
   # On the host, a constant of the compiled step that shard_map splits: an array placed
   # on devices of several processes could not be one.
