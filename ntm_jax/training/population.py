@@ -167,10 +167,10 @@ def _placed(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-# On a CPU, members stepped this many at a time: four copy-sized training states (1.0 MB
-# each) and their step's intermediates fit near one core's 2 MB L2 cache. At 16 members
-# all at once ran 0.82-1.25x the speed of separate runs, 4 at a time 1.12-1.37x
-# (docs/BENCHMARKS.md, "Populations on this CPU").
+# On a CPU, members stepped this many at a time. At 16 copy-sized members on one device
+# all at once ran 0.82-1.16x the speed of separate runs, 4 at a time 1.12-1.37x
+# (docs/BENCHMARKS.md, "Populations on this CPU"); likely the caches: a member's
+# training state is 1.0 MB, a core's L2 cache 2 MB.
 CPU_MEMBERS_AT_ONCE = 4
 
 
