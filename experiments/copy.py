@@ -33,8 +33,8 @@ FLAGS = flags.FLAGS
 # on the CPU's two cores and keeps the best member (the fewest bit errors over the
 # training mix and every length), and reports each length on 2,048 sequences, where one
 # slip is 0.23 bit errors per sequence (on 256 it is 1.9: "below 1" would be a draw of
-# the set). Best member below 1 at length 120: 44 of 45 windows of fresh seeds
-# (1100-1147), 12 of 12 more (1300-1347). Four members of 32,000 sequences take
+# the set). Best member below 1 at length 120: 67 of 69 windows of fresh seeds
+# (1100-1147, 1300-1347, 1400-1447). Four members of 32,000 sequences take
 # 0.90-1.01x the wall time of one run of 64,000 (two members per core); six of 22,400
 # slipped more, and 24,000 left three of the first four seeds slipping at length 120.
 # RESULTS.md.
