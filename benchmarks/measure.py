@@ -32,6 +32,8 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
   (state, steps) -> (state, metrics), as the runner's loop calls it on several CPU
   devices (`train_state.repeated_steps`).
   """
+  if steps_per_call and repeats:
+    raise ValueError('steps_per_call needs repeats=0: the caller times the calls.')
   model = model or factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
   options = dict(micro_batch_size=config.micro_batch_size,
@@ -68,8 +70,6 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
   if repeats == 0:  # the caller times it: compiled step, state, compile time
     return dict(compiled=compiled, state=state, compile_seconds=compile_seconds,
                 steps_per_call=steps_per_call)
-  if steps_per_call:
-    raise ValueError('steps_per_call needs repeats=0: the caller times the calls.')
   memory = compiled.memory_analysis()
   peak_bytes = None
   if memory is not None:

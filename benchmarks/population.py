@@ -75,8 +75,9 @@ def population_rows(sizes: list[int], devices: int, repeats: int) -> list[dict]:
     if size % devices:
       continue
     # One at a time, all at once, and what the runner chooses when not told.
-    chosen = min(population.CPU_MEMBERS_AT_ONCE, size // devices)
-    variants = sorted({1, chosen, size // devices})
+    per_device = size // devices
+    chosen = min(population.automatic_members_at_once('cpu') or per_device, per_device)
+    variants = sorted({1, chosen, per_device})
     # Over several devices the runner's loop runs several steps per call.
     mesh = population.make_population_mesh(size) if devices > 1 else None
     compiled = [measure(_copy_config(seeds=tuple(range(size)), data_parallel=devices > 1,
