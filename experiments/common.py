@@ -113,7 +113,8 @@ CONFIG_FLAGS = {
                                   'in the report; 0: --eval_batch_size.'),
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),
     'data_parallel': ('devices', 'Split each batch over all devices (of all processes, '
-                      'with the multi-host flags); on the CPU, one device per core.'),
+                      'with the multi-host flags); on the CPU, one device per core (a '
+                      'population: as many as split it evenly).'),
     'members_at_once': ('devices', 'With --seeds: members each device steps at once; '
                         '0 chooses (all on an accelerator, 4 at a time on a CPU); k, k at '
                         'a time (lax.map: less memory).'),
@@ -205,6 +206,22 @@ def int_list(flag_name: str) -> tuple[int, ...]:
     raise ValueError(f'--{flag_name} must be integers, got {values}.') from None
 
 
+def population_devices(size: int, cores: int) -> int:
+  """The CPU devices a population of `size` members splits over: the most, at one per
+  core, that take equal shares (six members on four cores: three devices of two)."""
+  return max(d for d in range(1, cores + 1) if size % d == 0)
+
+
+def cpu_devices(config: config_lib.ExperimentConfig) -> int | None:
+  """The JAX devices a data-parallel run makes of this host's CPU: one per core, or for
+  a population as many as split it evenly; None (one device) without --data_parallel."""
+  if not config.data_parallel:
+    return None
+  if config.seeds:
+    return population_devices(len(config.seeds), usable_cores())
+  return usable_cores()
+
+
 def make_config(task_name: str, defaults: dict,
                 model_defaults: dict | None = None) -> config_lib.ExperimentConfig:
   """The run's config: the experiment's recipe for the chosen model, then given flags."""
@@ -214,10 +231,11 @@ def make_config(task_name: str, defaults: dict,
       values[name] = getattr(FLAGS, name)
   seeds_text = population_seeds()
   seeds = parse_seeds(seeds_text) if seeds_text else ()
-  # On a CPU a population spreads over the cores (one device each) where they divide it:
-  # four copy members step in 6.3 ms on two cores, 9.5 ms on one (docs/BENCHMARKS.md).
+  # On a CPU a population spreads over the cores (one device each): four copy members
+  # step in 6.3 ms on two cores, 9.5 ms on one (docs/BENCHMARKS.md).
   if (seeds and not FLAGS['data_parallel'].present and FLAGS.accelerator == 'cpu'
-      and FLAGS.coordinator_address is None and len(seeds) % usable_cores() == 0):
+      and FLAGS.coordinator_address is None
+      and population_devices(len(seeds), usable_cores()) > 1):
     values['data_parallel'] = True
   name = f'seeds{seeds_text}' if seeds else f'seed{FLAGS.seed}'
   workdir = FLAGS.workdir or f'runs/{task_name}_{FLAGS.model}_{name}'
@@ -272,7 +290,7 @@ def main(build_task: Callable, task_name: str, defaults: dict,
     devices = training.select_accelerator(
         FLAGS.accelerator, FLAGS.coordinator_address, FLAGS.num_processes,
         FLAGS.process_id,
-        cpu_devices=training.usable_cores() if config.data_parallel else None)
+        cpu_devices=cpu_devices(config))
   except (ValueError, training.AcceleratorUnavailableError) as error:
     sys.exit(f'error: {error}')
   if FLAGS.coordinator_address is not None:

@@ -230,10 +230,11 @@ def _config_from_flags(*args):
 
 def test_population_flags_choose_the_seeds_and_spread_members_over_the_cores():
   cores = len(os.sched_getaffinity(0))
-  bare = _config_from_flags()  # the copy recipe on a CPU: four members from --seed on
-  assert bare['seeds'] == [0, 1, 2, 3] and bare['workdir'] == 'runs/copy_ntm_seeds0-3'
-  assert bare['data_parallel'] == (4 % cores == 0)
-  assert _config_from_flags('--seed=7')['seeds'] == [7, 8, 9, 10]
+  bare = _config_from_flags()  # the copy recipe on a CPU: six members from --seed on
+  assert bare['seeds'] == list(range(6)) and bare['workdir'] == 'runs/copy_ntm_seeds0-5'
+  assert bare['data_parallel'] == (cores > 1)
+  assert _config_from_flags('--seed=7')['seeds'] == list(range(7, 13))
+  assert _config_from_flags('--population=5')['data_parallel'] == (cores >= 5)
   single = _config_from_flags('--seed=7', '--population=1')
   assert single['seeds'] == [] and single['seed'] == 7 and not single['data_parallel']
   assert _config_from_flags('--population=4', '--data_parallel=false')['data_parallel'] \
@@ -244,6 +245,14 @@ def test_population_flags_choose_the_seeds_and_spread_members_over_the_cores():
   assert _config_from_flags('--accelerator=gpu', '--seed=3')['seeds'] == list(range(3, 11))
   assert _config_from_flags('--accelerator=gpu', '--population=1')['seeds'] == []
   assert _config_from_flags('--accelerator=tpu', '--seeds=2,5')['seeds'] == [2, 5]
+
+
+def test_a_population_splits_over_as_many_cpu_devices_as_share_it_evenly():
+  from experiments.common import population_devices
+  assert [population_devices(6, cores) for cores in (1, 2, 3, 4, 5, 6, 8)] == \
+      [1, 2, 3, 3, 3, 6, 6]
+  assert population_devices(4, 3) == 2 and population_devices(5, 4) == 1
+  assert population_devices(1, 16) == 1
 
 
 def test_the_default_flags_build_the_shipped_runs_config_and_lstm_flags_its_recipe():
