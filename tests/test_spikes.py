@@ -58,7 +58,8 @@ def test_the_spikes_tool_reads_the_shipped_copy_run():
                            os.path.join(ROOT, 'trained', 'copy_ntm')], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  # docs/RESULTS.md: seed 0 spikes twice after converging, at 10,800 and 25,200.
+  # The shipped run's metrics.jsonl: seed 0 spikes twice after converging, at 10,800 and
+  # 25,200.
   assert 'copy_ntm: 2 spike(s)' in result.stdout
   assert 'step  10800: peak   2.92 bit errors at 11200' in result.stdout
   assert '1 converged run(s), 2 spike(s)' in result.stdout
