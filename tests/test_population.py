@@ -65,6 +65,35 @@ def test_the_best_member_is_ranked_by_what_the_task_is_judged_by():
   assert CopyTask.judged_by == 'bit_errors' and DynamicNGramsTask.judged_by == 'cost'
 
 
+def test_the_table_shows_what_the_task_is_judged_by():
+  # N-grams members from seeds 2100 and 2101: both make about 46 bit errors per
+  # sequence, which says nothing; their costs above the optimal estimator's do.
+  members = [dict(seed=2100, failed=False, converged_at_sequences=None, restarts=[],
+                  results={'train': dict(cost=133.44, bit_errors=46.31,
+                                         reference_cost=131.88),
+                           '200': dict(cost=132.71, bit_errors=46.58,
+                                       reference_cost=131.21)}),
+             dict(seed=2101, failed=False, converged_at_sequences=None,
+                  restarts=[24000, 48000],
+                  results={'train': dict(cost=136.43, bit_errors=47.33,
+                                         reference_cost=131.76),
+                           '200': dict(cost=135.49, bit_errors=46.61,
+                                       reference_cost=130.83)})]
+  summary = population.summary(members, ['train', '200'])
+  assert summary['above_reference']['train']['worst'] == pytest.approx(4.67)
+  assert summary['cost']['200']['median'] == pytest.approx((132.71 + 135.49) / 2)
+  task = DynamicNGramsTask(length=200, eval_lengths=(200,))
+  rows = {line.split('|')[0].strip(): [float(x) for x in line.split('|')[2:]]
+          for line in population.format_table(task, members, summary).splitlines()
+          if line.count('|') == 3 and 'seed' not in line}
+  assert rows['2100'] == pytest.approx([1.56, 1.50]) and \
+      rows['2101'] == pytest.approx([4.67, 4.66])
+  assert rows['worst'] == pytest.approx([4.67, 4.66])
+  # Copy's table stays in bit errors.
+  copy_table = population.format_table(tiny_task(), members, summary)
+  assert copy_table.startswith('bit errors per sequence') and '46.310' in copy_table
+
+
 @pytest.mark.parametrize('text,seeds', [('0-3', (0, 1, 2, 3)), ('3,7,11', (3, 7, 11)),
                                         ('0-1, 8', (0, 1, 8)), ('5', (5,))])
 def test_seeds_parse_from_ranges_and_lists(text, seeds):

@@ -2,8 +2,9 @@
 `python -m experiments.tools.seeds runs/copy_ntm_seed40 runs/copy_ntm_seed41 ...`.
 
 Each workdir's report.json is a row (every member, for a population's workdir):
-sequences to converge (`r` per restart), bit errors per evaluated difficulty; then how
-many converged, their median, and the median, mean and worst bit errors per difficulty.
+sequences to converge (`r` per restart) and, per evaluated difficulty, what the task is
+judged by (bit errors; N-grams: the cost above the optimal estimator's); then how many
+converged, their median, and the median, mean and worst per difficulty.
 The runs must be of one task with the same evaluated difficulties.
 """
 

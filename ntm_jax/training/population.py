@@ -5,7 +5,9 @@ the run of `seeds[k]`: its parameters, batches, random memories and evaluation s
 from `Keys(seeds[k])` exactly as a single run's do, and its step is the single run's step
 (`train_state.step_function`) mapped over the members with `jax.vmap`. So member k of a
 population follows run `--seed=seeds[k]` up to float32 rounding (a batched matrix product
-may sum in another order), and its data are bit for bit the same.
+may sum in another order), and its data are bit for bit the same. Training can grow that
+rounding over a long run (with Adam fastest), so a member and its single run may end
+differently.
 
 A member whose training loss stops being finite is frozen (its state is kept as it was
 before that step) and marked failed; the others go on. A member that has stopped (it
@@ -345,34 +347,64 @@ def best_member(scores: Sequence, failed: Sequence[bool]) -> int | None:
   return min(candidates)[1] if candidates else None
 
 
+def _stats(values: list[float]) -> dict | None:
+  return dict(median=float(np.median(values)), mean=float(np.mean(values)),
+              worst=float(np.max(values))) if values else None
+
+
+def _above_reference(result: dict) -> float:
+  """Bits per sequence above the task's reference predictor (N-grams: the optimal
+  estimator) on the same sequences."""
+  return result['cost'] - result['reference_cost']
+
+
 def summary(members: list[dict], labels: Sequence[str]) -> dict:
   """Over the members' reports: how many converged, the median sequences to converge,
-  and the median, mean and worst bit errors per evaluated difficulty."""
+  and the median, mean and worst bit errors and cost per evaluated difficulty (and the
+  cost above the reference predictor's, for a task that has one)."""
   converged = [m['converged_at_sequences'] for m in members
                if m['converged_at_sequences'] is not None and not m['failed']]
-  errors = {label: [m['results'][label]['bit_errors'] for m in members
-                    if not m['failed']] for label in labels}
-  return dict(
+  alive = [m for m in members if not m['failed']]
+  result = dict(
       members=len(members), failed=sum(m['failed'] for m in members),
       converged=len(converged), restarted=sum(bool(m.get('restarts')) for m in members),
       stopped=sum('stopped_generalising' in m for m in members),
       median_sequences_to_converge=float(np.median(converged)) if converged else None,
-      bit_errors={label: dict(median=float(np.median(v)), mean=float(np.mean(v)),
-                              worst=float(np.max(v))) if v else None
-                  for label, v in errors.items()})
+      bit_errors={label: _stats([m['results'][label]['bit_errors'] for m in alive])
+                  for label in labels},
+      cost={label: _stats([m['results'][label]['cost'] for m in alive])
+            for label in labels})
+  if members and 'reference_cost' in members[0]['results'][labels[0]]:
+    result['above_reference'] = {
+        label: _stats([_above_reference(m['results'][label]) for m in alive])
+        for label in labels}
+  return result
+
+
+def _table_metric(task: Task, members: list[dict]) -> tuple[str, str, Callable]:
+  """What the table shows, by what the task is judged by (Task.judged_by): its title,
+  the summary's key and each result's value."""
+  first = next(iter(members[0]['results'].values()))
+  if task.judged_by == 'bit_errors':
+    return ('bit errors per sequence', 'bit_errors', lambda r: r['bit_errors'])
+  if 'reference_cost' in first:
+    return ("cost per sequence above the optimal estimator's (bits)", 'above_reference',
+            _above_reference)
+  return ('cost per sequence (bits)', 'cost', lambda r: r['cost'])
 
 
 def format_table(task: Task, members: list[dict], summary_: dict) -> str:
-  """One row per member (sequences to converge, where it stopped if it did, bit errors
-  per evaluated difficulty) and the summary rows."""
+  """One row per member (sequences to converge, where it stopped if it did, and per
+  evaluated difficulty what the task is judged by: bit errors, or the cost, above the
+  optimal estimator's where the task has one) and the summary rows."""
   labels = list(members[0]['results'])
   names = ['train mix' if label == 'train' else label for label in labels]
+  title, key, value = _table_metric(task, members)
   stops = any('stopped_generalising' in m for m in members)
   header = (f'{"seed":>6} | {"converged at":>12} | ' +
             (f'{"stopped at":>10} | ' if stops else '') +
             ' | '.join(f'{name:>9}' for name in names))
-  lines = [f'bit errors per sequence by {task.difficulty_name}:', header,
-           '-' * len(header)]
+  lines = [f'{title} by {task.difficulty_name}:', header, '-' * len(header)]
   for m in members:
     at = 'failed' if m['failed'] else (
         '-' if m['converged_at_sequences'] is None else str(m['converged_at_sequences']))
@@ -382,19 +414,20 @@ def format_table(task: Task, members: list[dict], summary_: dict) -> str:
         else '-'
     lines.append(f'{m["seed"]:>6} | {at:>12} | ' +
                  (f'{stopped:>10} | ' if stops else '') + ' | '.join(
-                     f'{m["results"][label]["bit_errors"]:9.3f}' for label in labels))
+                     f'{value(m["results"][label]):9.3f}' for label in labels))
   lines.append('-' * len(header))
   median = summary_['median_sequences_to_converge']
   converged = f'{summary_["converged"]}/{summary_["members"]}'
   for row in ('median', 'mean', 'worst'):
     at = {'median': '-' if median is None else f'{median:.0f}', 'mean': converged,
           'worst': ''}[row]
-    values = [summary_['bit_errors'][label] for label in labels]
+    values = [summary_[key][label] for label in labels]
     stopped = {'mean': f'{summary_["stopped"]}/{summary_["members"]}'}.get(row, '')
     lines.append(f'{row:>6} | {at:>12} | ' + (f'{stopped:>10} | ' if stops else '') +
                  ' | '.join('        -' if v is None else f'{v[row]:9.3f}'
                             for v in values))
-  lines.append('(converged at: median row, the median over members that converged; '
+  lines.append('(converged at: below 0.1 bit errors per sequence on the training mix; '
+               'median row, the median over members that converged; '
                'mean row, how many converged; r: a restart from a fresh initialisation' +
                ('; stopped at: the step it stopped at, converged and generalising '
                 '(stop_when_generalising), mean row, how many did)' if stops else ')'))
