@@ -63,6 +63,14 @@ def test_the_best_member_is_ranked_by_what_the_task_is_judged_by():
   assert population.best_member([population.overall_score(m, 'cost') for m in members],
                                 [False, False]) == 1
   assert CopyTask.judged_by == 'bit_errors' and DynamicNGramsTask.judged_by == 'cost'
+  # N-grams seeds 2102 and 2103, each on its own evaluation sequences: the second's raw
+  # cost is lower, its cost above the optimal estimator's nearly twice the first's.
+  result = lambda cost, reference: dict(cost=cost, bit_errors=46.0,  # noqa: E731
+                                        reference_cost=reference)
+  ngrams = [dict(results={'train': result(131.85, 130.74), '200': result(133.79, 132.54)}),
+            dict(results={'train': result(133.46, 131.29), '200': result(131.71, 129.65)})]
+  assert population.best_member([population.overall_score(m, 'cost') for m in ngrams],
+                                [False, False]) == 0
 
 
 def test_the_table_shows_what_the_task_is_judged_by():

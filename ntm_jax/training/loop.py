@@ -710,9 +710,17 @@ def _write_report(workdir: str, report: dict) -> None:
 
 
 def _best_costs(records: list[dict], size: int) -> list[float]:
-  """Each member's lowest evaluation cost on the training mix in the metrics log."""
-  return [best['cost'] if best else math.inf
-          for best in (best_evaluation(records, index) for index in range(size))]
+  """Each member's lowest evaluation cost on the training mix in the metrics log, above
+  its reference predictor's where the task has one (population.judged_value: members
+  are evaluated on sequences of their own)."""
+  costs = []
+  for index in range(size):
+    best = best_evaluation(records, index)
+    reference = next((r['train']['reference_cost'] for r in records
+                      if r.get('kind') == 'eval' and r.get('member') == index
+                      and 'reference_cost' in r['train']), 0.0)
+    costs.append(best['cost'] - reference if best else math.inf)
+  return costs
 
 
 def _chosen_member(workdir: str, records: list[dict], seeds, failed, member) -> int:
@@ -803,10 +811,16 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
           '--checkpoint=best each member\'s best.')
   if best_index is not None:
     judged, cost = overall[best_index]
-    score = (f'fewest bit errors summed over the training mix and every difficulty above, '
-             f'{judged:.3f}; its cost {cost:.3f}' if task.judged_by == 'bit_errors' else
-             f'lowest cost summed over the training mix and every difficulty above, '
-             f'{cost:.3f}')
+    if task.judged_by == 'bit_errors':
+      score = ('fewest bit errors summed over the training mix and every difficulty '
+               f'above, {judged:.3f}; its cost {cost:.3f}')
+    elif 'reference_cost' in next(iter(members[best_index]['results'].values())):
+      score = ('lowest cost above the optimal estimator\'s summed over the training mix '
+               f'and every difficulty above, {judged:.3f}')
+    else:
+      score = ('lowest cost summed over the training mix and every difficulty above, '
+               f'{cost:.3f}')
+    
     print(f'Best member: seed {seeds[best_index]} ({score}); --eval_only '
           '--member=best evaluates it, experiments.tools.ship --member=best ships it.')
   params = _on_host(state.member(best_index).evaluated_params) \
