@@ -820,7 +820,6 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
     else:
       score = ('lowest cost summed over the training mix and every difficulty above, '
                f'{cost:.3f}')
-    
     print(f'Best member: seed {seeds[best_index]} ({score}); --eval_only '
           '--member=best evaluates it, experiments.tools.ship --member=best ships it.')
   params = _on_host(state.member(best_index).evaluated_params) \
