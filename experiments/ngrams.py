@@ -29,11 +29,12 @@ FLAGS = flags.FLAGS
 DEFAULTS = dict(batch_size=1, train_steps=96000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=8000, checkpoint_every=8000,
                 log_every=1000, eval_batch_size=1000, restart_after=24000)
-# About two first attempts in five stall, and a run that stalls in three has only a
-# short last attempt (seed 2100: 4.4 bits above the optimum); 7 of 10 fresh runs end
-# within 2 bits. Two members, one per core of a 2-core CPU, take about one run's wall
-# time there (one run leaves the second core mostly idle: 902 s against 992 s), and the
-# better is named: a seed fails only if both members do. RESULTS.md, "Dynamic N-grams".
+# About half of all attempts stall, and a run whose attempts all stall, or all but a
+# short last one, ends far above the optimum (2104: 24 bits; 2100: 4.4); 8 of 12 fresh
+# runs end within 2 bits. Two members, one per core of a 2-core CPU, take about one
+# run's wall time there (one run leaves the second core mostly idle: 858-902 s against
+# 992 s), and the better is named: a seed fails only if both members do. RESULTS.md,
+# "Dynamic N-grams".
 POPULATION = 2
 MODEL_DEFAULTS = dict(lstm=dict(lstm_features=128, lstm_layers=3, restart_after=0))
 common.define_flags(DEFAULTS, MODEL_DEFAULTS, POPULATION)
