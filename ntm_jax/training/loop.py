@@ -712,15 +712,11 @@ def _write_report(workdir: str, report: dict) -> None:
 def _best_costs(records: list[dict], size: int) -> list[float]:
   """Each member's lowest evaluation cost on the training mix in the metrics log, above
   its reference predictor's where the task has one (population.judged_value: members
-  are evaluated on sequences of their own)."""
-  costs = []
-  for index in range(size):
-    best = best_evaluation(records, index)
-    reference = next((r['train']['reference_cost'] for r in records
-                      if r.get('kind') == 'eval' and r.get('member') == index
-                      and 'reference_cost' in r['train']), 0.0)
-    costs.append(best['cost'] - reference if best else math.inf)
-  return costs
+  are evaluated on sequences of their own); a failed member's records do not count."""
+  return [min((population_lib.judged_value(r['train'], 'cost') for r in records
+               if r.get('kind') == 'eval' and r.get('member') == index
+               and not r.get('failed')), default=math.inf)
+          for index in range(size)]
 
 
 def _chosen_member(workdir: str, records: list[dict], seeds, failed, member) -> int:
