@@ -1,9 +1,11 @@
 """The shared runner: config errors, checkpoints, resuming, eval-only, non-finite losses."""
 
+import asyncio
 import json
 import os
 import re
 import shutil
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -157,6 +159,7 @@ def _truncate_data_files(checkpoint_dir):
   assert damaged
 
 
+@pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
     tmp_path, capsys):
   workdir, straight = str(tmp_path / 'run'), str(tmp_path / 'straight')
@@ -175,6 +178,37 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
   # The run went on from step 3 exactly as an uninterrupted one.
   jax.tree_util.tree_map(np.testing.assert_array_equal, _params(workdir)[1],
                          _params(straight)[1])
+
+
+def test_a_damaged_read_prints_no_tracebacks_from_its_closed_event_loop(tmp_path,
+                                                                        monkeypatch):
+  # Orbax closes its event loop when a read fails; tensorstore's reads still in flight
+  # then complete onto it from other threads, each an unraisable "Event loop is closed".
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  saver = checkpointing.Checkpointer(str(tmp_path))
+  for step in (1, 2):
+    saver.save(step, {'w': np.full(64, step, np.float32)})
+  saver.close()
+  _truncate_data_files(os.path.join(str(tmp_path), 'checkpoints', '2'))
+  reader = checkpointing.Checkpointer(str(tmp_path))
+  restored = reader.restore({'w': np.zeros(64, np.float32)})
+  reader.close()
+  np.testing.assert_array_equal(restored['w'], np.full(64, 1, np.float32))
+  closed = asyncio.new_event_loop()
+  closed.close()
+
+  class LateRead:  # what a straggling read does, from a finaliser: unraisable
+    def __del__(self):
+      closed.call_soon_threadsafe(print)
+
+  class OtherFault:
+    def __del__(self):
+      raise ValueError('still reported')
+
+  LateRead()
+  OtherFault()
+  assert [type(u.exc_value) for u in seen] == [ValueError]
 
 
 def test_eval_only_evaluates_the_latest_checkpoint_without_training(tmp_path):

@@ -8,6 +8,7 @@ import gc
 import logging
 import math
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -25,6 +26,32 @@ def _save_in_background() -> bool:
   or hang. Saving in the main thread keeps every process's collectives in one order.
   """
   return jax.process_count() == 1
+
+
+def _quiet_callbacks_onto_closed_loops() -> None:
+  """Stops Python printing the tracebacks of callbacks onto a closed event loop.
+
+  Orbax reads a checkpoint's arrays concurrently in an event loop of its own and closes
+  that loop when the first read fails. The tensorstore reads still in flight complete
+  later, from tensorstore's threads, onto the closed loop, and each raises "Event loop
+  is closed" into `sys.unraisablehook`, which prints a traceback on stderr, often dozens
+  of them. They say nothing the failure did not: the damaged checkpoint's one line
+  does. Every other unraisable exception still reaches the previous hook. Installed
+  before the first read that may fail, once, for the rest of the process: the
+  stragglers arrive at no set time.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'quiets_closed_loops', False):
+    return
+
+  def hook(unraisable):
+    if (unraisable.exc_type is RuntimeError and
+        str(unraisable.exc_value) == 'Event loop is closed'):
+      return
+    previous(unraisable)
+
+  hook.quiets_closed_loops = True
+  sys.unraisablehook = hook
 
 
 class Checkpointer:
@@ -91,6 +118,7 @@ class Checkpointer:
     if not steps:
       raise FileNotFoundError(f'no checkpoint in {self.directory}.')
     failures = []
+    _quiet_callbacks_onto_closed_loops()
     # A damaged checkpoint fails many of Orbax's concurrent reads at once; the first
     # error is raised, and asyncio would print the others as "never retrieved".
     asyncio_log = logging.getLogger('asyncio')
