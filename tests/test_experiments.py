@@ -228,6 +228,35 @@ def _config_from_flags(*args):
   return json.loads(result.stdout)
 
 
+_RECIPES_SCRIPT = textwrap.dedent('''
+    import importlib, json, sys
+    from absl import flags
+    from experiments import common
+    experiment = importlib.import_module('experiments.' + sys.argv[1])
+    flags.FLAGS([sys.argv[1]] + sys.argv[2:])
+    config = common.make_config(sys.argv[1], experiment.DEFAULTS, experiment.MODEL_DEFAULTS)
+    print(json.dumps(dict(model=config.model, advance=config.write_advance_bias,
+                          restart_after=config.restart_after)))
+''')
+
+
+@pytest.mark.parametrize('experiment', ['copy', 'repeat_copy', 'associative_recall',
+                                        'ngrams', 'priority_sort'])
+def test_every_experiments_defaults_make_a_valid_config_for_both_models(experiment):
+  # An NTM-only default (e.g. write_advance_bias) left on for the LSTM baseline would
+  # make `--model=lstm` stop with an error before it starts.
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  for model in ('ntm', 'lstm'):
+    result = subprocess.run([sys.executable, '-c', _RECIPES_SCRIPT, experiment,
+                             f'--model={model}'], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, (model, result.stderr[-2000:])
+    config = json.loads(result.stdout.strip().splitlines()[-1])
+    assert config['model'] == model
+    if model == 'lstm':
+      assert config['advance'] == 0 and config['restart_after'] == 0
+
+
 def test_population_flags_choose_the_seeds_and_spread_members_over_the_cores():
   cores = len(os.sched_getaffinity(0))
   bare = _config_from_flags()  # the copy recipe on a CPU: four members from --seed on
