@@ -25,14 +25,14 @@ FLAGS = flags.FLAGS
 # attempts first spread their writes (largest weight 0.03-0.3 at 17,000 sequences) and
 # stay 29-47 bits above the optimum through 24,000 sequences or longer. So the write head
 # starts by writing one slot after another (write_advance_bias=4, as priority sort's):
-# 6 of 6 fresh members then ended 0.9-1.4 bits above the optimum, none restarted, where
+# 8 of 8 fresh members then ended 0.9-1.4 bits above the optimum, none restarted, where
 # 8 of 12 did without it. 48,000 sequences are too few (3 of 6 within 2 bits). An attempt
 # not within 15% (20 bits) of the optimum by 24,000 still starts afresh
 # (evaluation.learning); a restart resets the learning-rate schedule. Two members, one
-# per core of a 2-core CPU, take about one run's wall time there (858-902 s against 992
-# s: one run leaves the second core mostly idle), and the better is named. RESULTS.md,
-# "Dynamic N-grams". The LSTM baseline's recorded results were measured without
-# restarts.
+# per core of a 2-core CPU, take about one run's wall time there (858-974 s against
+# 992 s: one run leaves the second core mostly idle), and the better is named.
+# RESULTS.md, "Dynamic N-grams". The LSTM baseline's recorded results were measured
+# without restarts.
 DEFAULTS = dict(batch_size=1, train_steps=96000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=8000, checkpoint_every=8000,
                 log_every=1000, eval_batch_size=1000, restart_after=24000,
