@@ -112,12 +112,17 @@ def converged_at(records: list[dict], up_to_step: int,
                and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
 
 
+def evaluations(records: list[dict], member: int | None = None) -> list[dict]:
+  """The logged evaluations (of the population member with that index, if given); a
+  failed member's records do not count."""
+  return [r for r in records
+          if r.get('kind') == 'eval' and r.get('member') == member and not r.get('failed')]
+
+
 def best_evaluation(records: list[dict], member: int | None = None) -> dict | None:
   """{'cost', 'step'} of the logged evaluation with the lowest cost on the training mix
-  (of the population member with that index, if given; a failed member's records do not
-  count), or None if there is none."""
-  evals = [(r['train']['cost'], r['step']) for r in records
-           if r.get('kind') == 'eval' and r.get('member') == member and not r.get('failed')]
+  (`evaluations`), or None if there is none."""
+  evals = [(r['train']['cost'], r['step']) for r in evaluations(records, member)]
   return dict(zip(('cost', 'step'), min(evals))) if evals else None
 
 

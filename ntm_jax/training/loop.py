@@ -40,6 +40,7 @@ from ntm_jax.training.evaluation import best_evaluation
 from ntm_jax.training.evaluation import converged_at
 from ntm_jax.training.evaluation import current_attempt
 from ntm_jax.training.evaluation import ended_worse
+from ntm_jax.training.evaluation import evaluations
 from ntm_jax.training.evaluation import generalisation_passed
 from ntm_jax.training.evaluation import learning
 from ntm_jax.training.evaluation import not_learning
@@ -713,9 +714,8 @@ def _best_costs(records: list[dict], size: int) -> list[float]:
   """Each member's lowest evaluation cost on the training mix in the metrics log, above
   its reference predictor's where the task has one (population.judged_value: members
   are evaluated on sequences of their own); a failed member's records do not count."""
-  return [min((population_lib.judged_value(r['train'], 'cost') for r in records
-               if r.get('kind') == 'eval' and r.get('member') == index
-               and not r.get('failed')), default=math.inf)
+  return [min((population_lib.judged_value(r['train'], 'cost')
+               for r in evaluations(records, index)), default=math.inf)
           for index in range(size)]
 
 
