@@ -25,7 +25,9 @@ FLAGS = flags.FLAGS
 # learning ones are below 1 within about 16,000 episodes: an attempt that goes 16,000
 # without an evaluation below 1 (never learned, or collapsed back after a gradient
 # spike) starts afresh. 80,000 episodes fit five attempts: 50,000 (three) left 2 of 10
-# fresh seeds unconverged, 80,000 none of 10 others (docs/RESULTS.md).
+# fresh seeds unconverged, 80,000 none of 10 others (docs/RESULTS.md). Write heads that
+# start by advancing (--write_advance_bias=4) leave the plateau sooner but generalise
+# worse to 15 and 20 items (docs/RESULTS.md), so they start unbiased here.
 DEFAULTS = dict(batch_size=1, train_steps=80000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=1000, checkpoint_every=5000,
                 log_every=500, eval_batch_size=256, controller='feedforward', num_heads=4,
