@@ -236,16 +236,19 @@ _RECIPES_SCRIPT = textwrap.dedent('''
     flags.FLAGS([sys.argv[1]] + sys.argv[2:])
     config = common.make_config(sys.argv[1], experiment.DEFAULTS, experiment.MODEL_DEFAULTS)
     print(json.dumps(dict(model=config.model, advance=config.write_advance_bias,
-                          restart_after=config.restart_after)))
+                          restart_after=config.restart_after, seeds=config.seeds)))
 ''')
 
 
-@pytest.mark.parametrize('experiment', ['copy', 'repeat_copy', 'associative_recall',
-                                        'ngrams', 'priority_sort'])
+# Members of each NTM default on a CPU, as the README and docs/RESULTS.md state them.
+_CPU_MEMBERS = dict(copy=4, repeat_copy=1, associative_recall=2, ngrams=2, priority_sort=1)
+
+
+@pytest.mark.parametrize('experiment', sorted(_CPU_MEMBERS))
 def test_every_experiments_defaults_make_a_valid_config_for_both_models(experiment):
   # An NTM-only default (e.g. write_advance_bias) left on for the LSTM baseline would
   # make `--model=lstm` stop with an error before it starts.
-  env = dict(os.environ, PYTHONPATH=ROOT)
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
   for model in ('ntm', 'lstm'):
     result = subprocess.run([sys.executable, '-c', _RECIPES_SCRIPT, experiment,
                              f'--model={model}'], cwd=ROOT, env=env, capture_output=True,
@@ -253,8 +256,11 @@ def test_every_experiments_defaults_make_a_valid_config_for_both_models(experime
     assert result.returncode == 0, (model, result.stderr[-2000:])
     config = json.loads(result.stdout.strip().splitlines()[-1])
     assert config['model'] == model
+    members = len(config['seeds']) or 1
     if model == 'lstm':
-      assert config['advance'] == 0 and config['restart_after'] == 0
+      assert config['advance'] == 0 and config['restart_after'] == 0 and members == 1
+    else:
+      assert members == _CPU_MEMBERS[experiment]
 
 
 def test_population_flags_choose_the_seeds_and_spread_members_over_the_cores():
