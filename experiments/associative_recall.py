@@ -25,7 +25,7 @@ FLAGS = flags.FLAGS
 # learning ones are below 1 within about 16,000 episodes: an attempt that goes 16,000
 # without an evaluation below 1 (never learned, or collapsed back after a gradient
 # spike) starts afresh. 80,000 episodes fit five attempts: 50,000 (three) left 2 of 10
-# fresh seeds unconverged, 80,000 none of 10 others (docs/RESULTS.md). Write heads that
+# fresh seeds unconverged, 80,000 none of 22 others (docs/RESULTS.md). Write heads that
 # start by advancing (--write_advance_bias=4) leave the plateau sooner but generalise
 # worse to 15 and 20 items (docs/RESULTS.md), so they start unbiased here. Generalisation
 # varies from seed to seed (0.000-8.8 bit errors per query at 20 items): on a CPU two
