@@ -211,33 +211,24 @@ def test_helpfull_shows_each_experiments_own_defaults_grouped():
 
 
 _CONFIG_SCRIPT = textwrap.dedent('''
-    import json, sys
+    import importlib, json, sys
     from absl import flags
-    from experiments import common, copy
-    flags.FLAGS(['copy'] + sys.argv[1:])
-    config = common.make_config('copy', copy.DEFAULTS, copy.MODEL_DEFAULTS)
+    from experiments import common
+    name = sys.argv[1]
+    experiment = importlib.import_module('experiments.' + name)
+    flags.FLAGS([name] + sys.argv[2:])
+    config = common.make_config(name, experiment.DEFAULTS, experiment.MODEL_DEFAULTS)
     print(json.dumps(vars(config)))
 ''')
 
 
-def _config_from_flags(*args):
+def _config_from_flags(*args, experiment='copy'):
+  """The config an experiment's runner makes from these flags."""
   env = dict(os.environ, PYTHONPATH=ROOT)
-  result = subprocess.run([sys.executable, '-c', _CONFIG_SCRIPT, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run([sys.executable, '-c', _CONFIG_SCRIPT, experiment, *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   return json.loads(result.stdout)
-
-
-_RECIPES_SCRIPT = textwrap.dedent('''
-    import importlib, json, sys
-    from absl import flags
-    from experiments import common
-    experiment = importlib.import_module('experiments.' + sys.argv[1])
-    flags.FLAGS([sys.argv[1]] + sys.argv[2:])
-    config = common.make_config(sys.argv[1], experiment.DEFAULTS, experiment.MODEL_DEFAULTS)
-    print(json.dumps(dict(model=config.model, advance=config.write_advance_bias,
-                          restart_after=config.restart_after, seeds=config.seeds)))
-''')
 
 
 # Members of each NTM default on a CPU, as the README and docs/RESULTS.md state them.
@@ -248,17 +239,13 @@ _CPU_MEMBERS = dict(copy=4, repeat_copy=1, associative_recall=2, ngrams=2, prior
 def test_every_experiments_defaults_make_a_valid_config_for_both_models(experiment):
   # An NTM-only default (e.g. write_advance_bias) left on for the LSTM baseline would
   # make `--model=lstm` stop with an error before it starts.
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
   for model in ('ntm', 'lstm'):
-    result = subprocess.run([sys.executable, '-c', _RECIPES_SCRIPT, experiment,
-                             f'--model={model}'], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, (model, result.stderr[-2000:])
-    config = json.loads(result.stdout.strip().splitlines()[-1])
+    config = _config_from_flags(f'--model={model}', experiment=experiment)
     assert config['model'] == model
     members = len(config['seeds']) or 1
     if model == 'lstm':
-      assert config['advance'] == 0 and config['restart_after'] == 0 and members == 1
+      assert config['write_advance_bias'] == 0 and config['restart_after'] == 0 \
+          and members == 1
     else:
       assert members == _CPU_MEMBERS[experiment]
 
