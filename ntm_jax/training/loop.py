@@ -806,10 +806,13 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
           '. The table, --eval_only and experiments.tools.ship use the final states; '
           '--checkpoint=best each member\'s best.')
   if best_index is not None:
-    judged, cost = overall[best_index]
+    misses, judged, cost = overall[best_index]
     if task.judged_by == 'bit_errors':
-      score = ('fewest bit errors summed over the training mix and every difficulty '
-               f'above, {judged:.3f}; its cost {cost:.3f}')
+      fits = (f'none is below {CONVERGED_BIT_ERRORS} bit errors per sequence on the '
+              'training mix; ' if misses else f'below {CONVERGED_BIT_ERRORS} bit errors '
+              'per sequence on the training mix and of those ')
+      score = (f'{fits}the fewest bit errors summed over the training mix and every '
+               f'difficulty above, {judged:.3f}; its cost {cost:.3f}')
     elif 'reference_cost' in next(iter(members[best_index]['results'].values())):
       score = ('lowest cost above the optimal estimator\'s summed over the training mix '
                f'and every difficulty above, {judged:.3f}')
