@@ -356,6 +356,10 @@ def test_a_single_run_and_a_population_do_not_resume_each_other(tmp_path):
     run(ExperimentConfig(workdir=pop, train_steps=20, **TINY), tiny_task())
   with pytest.raises(WorkdirMismatchError, match='seeds 4,9,2, not 4,9'):
     run(ExperimentConfig(workdir=pop, seeds=(4, 9), train_steps=20, **TINY), tiny_task())
+  # Another model's workdir says so first, whatever its layout: no --population fixes it.
+  with pytest.raises(WorkdirMismatchError, match='different model.*memory_size: 8 -> 6'):
+    run(ExperimentConfig(workdir=single, seeds=SEEDS, train_steps=20,
+                         **dict(TINY, memory_size=6)), tiny_task())
   with pytest.raises(ValueError, match='--member must be best or one of the seeds'):
     run(ExperimentConfig(workdir=pop, seeds=SEEDS, **TINY), tiny_task(), eval_only=True,
         member=5)

@@ -126,6 +126,18 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
   if resuming and os.path.exists(path):
     with open(path) as f:
       saved = json.load(f)
+    # Another task or model first: no layout of seeds would resume it. Only what the
+    # file records is compared: one from before the optimiser fields, the task's widths
+    # or its settings were recorded cannot tell about them.
+    fixed = dict(current, optimizer=config.optimizer, lr_schedule=config.lr_schedule)
+    changed = ', '.join(f'{name}: {saved[name]!r} -> {value!r}'
+                        for name, value in fixed.items()
+                        if name in saved and saved[name] != value)
+    if changed:
+      raise WorkdirMismatchError(
+          f'--workdir={workdir} holds a run with a different model, task width or '
+          f'optimiser ({changed}); resume it with the same flags or choose a new '
+          '--workdir.')
     saved_seeds = tuple(saved.get('seeds') or ())
     if bool(saved_seeds) != bool(config.seeds):
       if saved_seeds:
@@ -143,17 +155,6 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
           f'--workdir={workdir} holds a population of seeds {_seed_list(saved_seeds)}, '
           f'not {_seed_list(config.seeds)}; resume it with --seeds='
           f'{_seed_list(saved_seeds)} or choose a new --workdir.')
-    # Only what the file records is compared: one from before the optimiser fields, the
-    # task's widths or its settings were recorded cannot tell about them.
-    fixed = dict(current, optimizer=config.optimizer, lr_schedule=config.lr_schedule)
-    changed = ', '.join(f'{name}: {saved[name]!r} -> {value!r}'
-                        for name, value in fixed.items()
-                        if name in saved and saved[name] != value)
-    if changed:
-      raise WorkdirMismatchError(
-          f'--workdir={workdir} holds a run with a different model, task width or '
-          f'optimiser ({changed}); resume it with the same flags or choose a new '
-          '--workdir.')
     recorded = saved.get('task_settings')
     if recorded is not None:
       now = json.loads(json.dumps(settings))  # as JSON holds them: tuples as lists
