@@ -133,7 +133,8 @@ EXPERIMENT_DEFAULTS = dict(remat_chunk=0)
 # The accelerator recipe: on a GPU or TPU a batch-1 step is bound by kernel launches, not
 # arithmetic, so several independent runs in one step (a population) cost about what one
 # does, and the best of several seeds answers NTM training's lottery over seeds (the best
-# member: the fewest bit errors, or the lowest cost, over every evaluated set).
+# member: the fewest bit errors, or the lowest cost, over every evaluated set, among the
+# members that fit the training mix; population.overall_score).
 ACCELERATOR_POPULATION = 8
 
 
