@@ -808,9 +808,8 @@ def _population_report(config: ExperimentConfig, task: Task, model: nn.Module,
   if best_index is not None:
     misses, judged, cost = overall[best_index]
     if task.judged_by == 'bit_errors':
-      fits = (f'none is below {CONVERGED_BIT_ERRORS} bit errors per sequence on the '
-              'training mix; ' if misses else f'below {CONVERGED_BIT_ERRORS} bit errors '
-              'per sequence on the training mix and of those ')
+      fit = f'{CONVERGED_BIT_ERRORS} bit errors per sequence on the training mix'
+      fits = f'none is below {fit}; ' if misses else f'below {fit} and of those '
       score = (f'{fits}the fewest bit errors summed over the training mix and every '
                f'difficulty above, {judged:.3f}; its cost {cost:.3f}')
     elif 'reference_cost' in next(iter(members[best_index]['results'].values())):
