@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from ntm_jax import addressing
 from ntm_jax import memory as memory_ops
+from ntm_jax import residuals
 
 CONTROLLERS = ('lstm', 'feedforward')
 MEMORY_INITS = ('constant', 'learned', 'random')
@@ -324,9 +325,35 @@ class NTMCell(nn.RNNCellBase):
         controller=controller,
         is_initial=jnp.ones(batch, jnp.bool_))
 
-  @nn.compact
   def __call__(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
     """One step of the machine for inputs x of shape (*batch, input_size)."""
+    if self.is_initializing():
+      new_carry, y = self._step(carry, x)  # creates the parameters
+    else:
+      new_carry, y = self._packed_step(carry, x)
+    if self.is_mutable_collection('intermediates'):
+      # Recorded only when asked for (apply(..., mutable=['intermediates'])): the
+      # training's entropy penalty needs the weightings of every step, and `models.NTM`
+      # stacks them over time.
+      self.sow('intermediates', 'read_weights', new_carry.read_weights)
+      self.sow('intermediates', 'write_weights', new_carry.write_weights)
+    return new_carry, y
+
+  def _packed_step(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
+    """`_step` as a pure function of the parameters. On a GPU or TPU its gradient saves
+    the per-step values as one buffer (`residuals.pack_residuals`): one write per time
+    step instead of one per value. A CPU launches no kernels, and there JAX's own
+    residuals are faster than packing them."""
+    cell = self.clone(parent=None)
+    step = lambda params, carry, x: cell.apply({'params': params}, carry, x,  # noqa: E731
+                                               method=NTMCell._step)
+    return jax.lax.platform_dependent(
+        self.variables['params'], carry, x, cpu=step,
+        default=residuals.pack_residuals(step, invariant_argnums=(0,)))
+
+  @nn.compact
+  def _step(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
+    """`__call__`'s step as written: the parameters are created here."""
     batch = x.shape[:-1]
     # The pure functions are vmapped over one batch axis: flatten any others.
     flat = lambda a: a.reshape((-1,) + a.shape[len(batch):])
@@ -350,12 +377,6 @@ class NTMCell(nn.RNNCellBase):
     y = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
                  name='output')(jnp.concatenate(
                      [h, reads.reshape(x.shape[0], -1).astype(h.dtype)], axis=-1))
-    if self.is_mutable_collection('intermediates'):
-      # Recorded only when asked for (apply(..., mutable=['intermediates'])): the
-      # training's entropy penalty needs the weightings of every step, and `models.NTM`
-      # stacks them over time.
-      self.sow('intermediates', 'read_weights', unflat(read_weights))
-      self.sow('intermediates', 'write_weights', unflat(write_weights))
     new_carry = NTMState(memory=memory, read_weights=read_weights,
                          write_weights=write_weights, reads=reads,
                          controller=controller_state,

@@ -1,0 +1,94 @@
+"""A function's gradient with the values it saves for the backward pass packed in one buffer.
+
+When a scanned step is differentiated, JAX stacks every value its backward pass needs
+(its residuals) into a buffer of its own: one write per value per time step. An NTM step
+saves about a hundred small values, so on a GPU most of its forward kernels are such
+writes (docs/BENCHMARKS.md, "Kernels per step"). `pack_residuals(fn)` computes the same
+values and the same gradients as `fn`, but saves its per-step residuals as one flat
+buffer per dtype, which a scan writes with one kernel. Residuals that depend only on the
+arguments named invariant (a step's parameters) stay apart, so that a scan keeps them
+outside its loop as it does for `fn`.
+"""
+
+import functools
+import math
+from typing import Callable, Sequence
+
+import jax
+from jax.extend import core as jax_core
+import jax.numpy as jnp
+
+
+def _varying_outputs(jaxpr: jax_core.ClosedJaxpr, varying_inputs: Sequence[bool]) -> list[bool]:
+  """Which outputs of `jaxpr` depend on the inputs flagged as varying (a forward pass
+  over its equations; an equation with any varying input makes all its outputs vary)."""
+  varying = {v for v, flag in zip(jaxpr.jaxpr.invars, varying_inputs) if flag}
+  depends = lambda v: not isinstance(v, jax_core.Literal) and v in varying
+  for eqn in jaxpr.jaxpr.eqns:
+    if any(map(depends, eqn.invars)):
+      varying.update(eqn.outvars)
+  return [depends(v) for v in jaxpr.jaxpr.outvars]
+
+
+def pack_residuals(fn: Callable, invariant_argnums: Sequence[int] = ()) -> Callable:
+  """`fn` with its gradient's per-step residuals saved as one flat buffer per dtype.
+
+  Args:
+    fn: a function of arrays (pytrees of arrays) to arrays, differentiable by `jax.vjp`.
+    invariant_argnums: the positional arguments that stay the same over the steps of a
+      scan (parameters): residuals computed from these alone are saved as they are.
+
+  Returns:
+    A function with `fn`'s signature, values and gradients (its backward pass is
+    `jax.vjp(fn, ...)`'s own, fed the unpacked residuals).
+  """
+  invariant_argnums = frozenset(invariant_argnums)
+  # (treedef, [(shape, dtype, packed?)]) of the residuals, set where `forward` is traced
+  # and read where `backward` is, which JAX always traces after it.
+  layout = {}
+
+  def residual_leaves(*args):
+    return jax.tree.leaves(jax.vjp(fn, *args)[1])
+
+  @jax.custom_vjp
+  def packed(*args):
+    return fn(*args)
+
+  def forward(*args):
+    out, vjp_fn = jax.vjp(fn, *args)
+    leaves, treedef = jax.tree.flatten(vjp_fn)
+    flat_args = [jax.tree.leaves(arg) for arg in args]
+    shapes = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(args)]
+    varying_inputs = [i not in invariant_argnums
+                      for i, leaves_i in enumerate(flat_args) for _ in leaves_i]
+    jaxpr = jax.make_jaxpr(lambda *flat: residual_leaves(*jax.tree.unflatten(
+        jax.tree.structure(args), flat)))(*shapes)
+    varying = _varying_outputs(jaxpr, varying_inputs)
+    layout['residuals'] = treedef, [(leaf.shape, leaf.dtype, flag)
+                                    for leaf, flag in zip(leaves, varying)]
+    groups, kept = {}, []
+    for leaf, flag in zip(leaves, varying):
+      if flag:
+        groups.setdefault(jnp.dtype(leaf.dtype).name, []).append(jnp.ravel(leaf))
+      else:
+        kept.append(leaf)
+    buffers = {name: jnp.concatenate(parts) for name, parts in groups.items()}
+    return out, (buffers, kept)
+
+  def backward(residuals, cotangent):
+    buffers, kept = residuals
+    treedef, leaf_layout = layout['residuals']
+    offsets = dict.fromkeys(buffers, 0)
+    kept = iter(kept)
+    leaves = []
+    for shape, dtype, flag in leaf_layout:
+      if not flag:
+        leaves.append(next(kept))
+        continue
+      name, size = jnp.dtype(dtype).name, math.prod(shape)
+      leaves.append(buffers[name][offsets[name]:offsets[name] + size].reshape(shape))
+      offsets[name] += size
+    return jax.tree.unflatten(treedef, leaves)(cotangent)
+
+  packed.defvjp(forward, backward)
+  return functools.wraps(fn)(packed)
