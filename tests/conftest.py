@@ -14,7 +14,10 @@ import pytest
 # JAX is imported, so that every JAX of this test run sees it; a value already set wins.
 _CACHE = tempfile.mkdtemp(prefix='ntm_jax_test_compilation_cache_')
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
-for name, value in (('JAX_COMPILATION_CACHE_DIR', _CACHE),
+# The suite runs on the CPU unless told otherwise (benchmarks.gpu_smoke sets cuda,cpu):
+# with the TPU runtime installed for the deviceless compile checks, JAX would otherwise
+# open it in every process, and libtpu locks a file that two processes cannot share.
+for name, value in (('JAX_PLATFORMS', 'cpu'), ('JAX_COMPILATION_CACHE_DIR', _CACHE),
                     ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0'),
                     ('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')):
   os.environ.setdefault(name, value)

@@ -12,7 +12,7 @@ import sys
 import jax
 import pytest
 
-from benchmarks import gpu_smoke
+from benchmarks import hlo
 from benchmarks import step_time
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
@@ -106,7 +106,7 @@ _HLO = '''HloModule jit_step
 
 ENTRY %main (a: f32[4]) -> f32[4] {
   %a = f32[4]{0} parameter(0)
-  %in = f32[4]{0} fusion(%a), kind=kLoop, calls=%fused_a
+  %in = f32[4]{0} fusion(%a), kind=kCustom, calls=%fused_a, backend_config={"fusion_backend_config":{"kind":"__triton"}}
   %w.1 = (s32[], f32[4]{0}) while(%in), condition=%cond, body=%body, metadata={op_name="jit(step)/jvp(NTM)/while"}, backend_config={"known_trip_count":{"n":"10"}}
   %w.2 = (s32[], f32[4]{0}) while(%w.1), condition=%cond, body=%back_body, metadata={op_name="jit(step)/transpose(jvp(NTM))/while"}, backend_config={"known_trip_count":{"n":"10"}}
   ROOT %out = f32[4]{0} get-tuple-element(%w.2), index=1
@@ -115,7 +115,7 @@ ENTRY %main (a: f32[4]) -> f32[4] {
 
 
 def test_the_kernel_count_reads_loops_calls_and_command_buffers_from_hlo():
-  counts = gpu_smoke.count_kernels(_HLO, num_steps=5)
+  counts = hlo.count_kernels(_HLO, num_steps=5)
   # Forward: 3 kernels a body over 10 iterations and 1 a condition tested 11 times, over 5
   # time steps (an unroll of 2); backward: the command buffer's 2 kernels and the test.
   assert counts['forward_per_step'] == (3 * 10 + 11) / 5
@@ -123,6 +123,7 @@ def test_the_kernel_count_reads_loops_calls_and_command_buffers_from_hlo():
   assert counts['outside_loops'] == 1 and counts['other_loops'] == 0
   assert counts['total'] == 1 + 41 + 31
   assert counts['custom_calls'] == 10 and counts['command_buffers'] == 1
+  assert counts['triton'] == 1  # the fusion outside the loops
   assert counts['fusions'] == 1 + (20 + 11) + (10 + 11)  # not the custom call nor copy
 
 
