@@ -28,13 +28,16 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import jaxlib
+import numpy as np
 
 from benchmarks.measure import measure
 from benchmarks.measure import median_seconds
 from ntm_jax import HeadLayout
+from ntm_jax import cell as cell_lib
 from ntm_jax.tasks import CopyTask
 from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import backend
+from ntm_jax.training import factory
 from ntm_jax.training import train_state
 
 flags.DEFINE_list('batch_sizes', ['1', '8', '32', '128'], 'Batch sizes of the speed table.')
@@ -55,6 +58,11 @@ flags.DEFINE_list('memory_sizes', ['32', '128', '512', '2048', '8192'],
                   'Memory slots N of the scaling table (batch 32, length 20).')
 flags.DEFINE_list('lengths', ['20', '100', '500'],
                   'Copy lengths of the scaling table (batch 32, N = 128); T = 2L + 1.')
+flags.DEFINE_list('packing_members', ['1', '4'],
+                  'Members (batch 1 each) of the residual-packing table: the copy '
+                  'experiment\'s step with NTMCell.residual_packing never, auto and always, '
+                  'timed in turns in this process (empty: no table).')
+flags.DEFINE_integer('packing_rounds', 10, 'Turns of the residual-packing table.')
 flags.DEFINE_bool('tune_cpu', True, 'Apply ntm_jax.training.backend.tune_cpu_compiler() as the '
                   'runners do (--notune_cpu measures XLA\'s defaults).')
 flags.DEFINE_integer('repeats', 20, 'Timed steps per measurement.')
@@ -243,6 +251,43 @@ def data_parallel_rows(peak: float) -> dict:
       return json.load(f)
 
 
+def residual_packing_rows() -> list[dict]:
+  """The copy experiment's step (batch 1, every intermediate stored) per cell residual
+  packing, compiled once each and timed in turns, so that the machine's drift is shared."""
+  task = CopyTask()
+  config = _copy_config(batch_size=1, remat_chunk=0, learning_rate=1e-4,
+                        optimizer='rmsprop', clip=10.0, clip_mode='elementwise',
+                        memory_init='random', memory_stddev=0.3, entropy_penalty=0.005)
+  rows = []
+  for members in map(int, FLAGS.packing_members):
+    variant_config = config.replace(seeds=tuple(range(members))) if members > 1 else config
+    variants = {}
+    for packing in cell_lib.RESIDUAL_PACKINGS:
+      model = factory.build_model(variant_config, task)
+      model = model.clone(cell=model.cell.clone(residual_packing=packing))
+      variants[packing] = dict(measure(variant_config, task, 0, model=model), times=[])
+    steps = max(FLAGS.repeats // FLAGS.packing_rounds, 1)
+    for _ in range(FLAGS.packing_rounds):
+      for variant in variants.values():
+        state, _ = variant['compiled'](variant['state'])  # the turn's warm-up step
+        jax.block_until_ready(state)
+        start = time.perf_counter()
+        for _ in range(steps):
+          state, _ = variant['compiled'](state)
+        jax.block_until_ready(state)
+        variant['times'].append((time.perf_counter() - start) / steps)
+        variant['state'] = state
+    never = float(np.median(variants['never']['times']))
+    for packing, variant in variants.items():
+      seconds = float(np.median(variant['times']))
+      rows.append(dict(members=members, residual_packing=packing, step_seconds=seconds,
+                       compile_seconds=variant['compile_seconds'],
+                       ratio_to_never=seconds / never))
+      print(f'{members:>8} {packing:>8} {1e3 * seconds:9.2f} {seconds / never:9.2f} '
+            f'{variant["compile_seconds"]:10.1f}', flush=True)
+  return rows
+
+
 def main(argv):
   del argv
   if FLAGS.tune_cpu:
@@ -312,6 +357,13 @@ def main(argv):
                                [r['step_seconds'] for r in results['length_scaling']])
     results['length_exponent'] = exponent
     print(f'  fitted exponent over the two longest T: {exponent:.2f}')
+
+  if FLAGS.packing_members:
+    print('\nResidual packing (NTMCell.residual_packing) of the copy experiment\'s step on '
+          'this CPU, timed in turns; auto\nis what the cell does (on a CPU it does not '
+          'pack), never what JAX does alone.')
+    print(f'{"members":>8} {"packing":>8} {"step ms":>9} {"x never":>9} {"compile s":>10}')
+    results['residual_packing'] = residual_packing_rows()
 
   with open(FLAGS.output, 'w') as f:
     json.dump(results, f, indent=2)

@@ -23,6 +23,7 @@ from ntm_jax import residuals
 
 CONTROLLERS = ('lstm', 'feedforward')
 MEMORY_INITS = ('constant', 'learned', 'random')
+RESIDUAL_PACKINGS = ('auto', 'always', 'never')
 # Collier & Beel (2018): a small constant memory converges about 2x faster than a learned
 # or random one.
 CONSTANT_MEMORY_VALUE = 1e-6
@@ -239,6 +240,12 @@ class NTMCell(nn.RNNCellBase):
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
+    residual_packing: how the gradient saves a step's values for the backward pass:
+      'always' as one buffer per dtype (`residuals.pack_residuals`: a scan then writes
+      one buffer per time step, not one per value, which on a GPU saves about a
+      hundred kernel launches a step); 'never' as JAX does; 'auto' packs on a GPU
+      only: a CPU or TPU runs the step as one program, without a launch per kernel,
+      and at large batches packing costs them time or memory (docs/BENCHMARKS.md).
     address_fn, read_fn, write_fn: the equations, as pure single-example functions with
       the signatures of `addressing.address` (Eq. 5-9), `memory.read` (Eq. 2) and
       `memory.write_heads` (Eq. 3-4), which the cell vmaps over heads and the batch.
@@ -259,6 +266,7 @@ class NTMCell(nn.RNNCellBase):
   head_bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
   dtype: Any = None
   param_dtype: Any = jnp.float32
+  residual_packing: str = 'auto'
   address_fn: Callable[..., jax.Array] = addressing.address
   read_fn: Callable[..., jax.Array] = memory_ops.read
   write_fn: Callable[..., jax.Array] = memory_ops.write_heads
@@ -286,6 +294,9 @@ class NTMCell(nn.RNNCellBase):
     if self.memory_init not in MEMORY_INITS:
       raise ValueError(
           f'NTMCell.memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}.')
+    if self.residual_packing not in RESIDUAL_PACKINGS:
+      raise ValueError(f'NTMCell.residual_packing must be one of {RESIDUAL_PACKINGS}, got '
+                       f'{self.residual_packing!r}.')
     super().__post_init__()
 
   @property
@@ -327,8 +338,8 @@ class NTMCell(nn.RNNCellBase):
 
   def __call__(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
     """One step of the machine for inputs x of shape (*batch, input_size)."""
-    if self.is_initializing():
-      new_carry, y = self._step(carry, x)  # creates the parameters
+    if self.is_initializing() or self.residual_packing == 'never':
+      new_carry, y = self._step(carry, x)  # initialising creates the parameters here
     else:
       new_carry, y = self._packed_step(carry, x)
     if self.is_mutable_collection('intermediates'):
@@ -340,16 +351,17 @@ class NTMCell(nn.RNNCellBase):
     return new_carry, y
 
   def _packed_step(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
-    """`_step` as a pure function of the parameters. On a GPU or TPU its gradient saves
-    the per-step values as one buffer (`residuals.pack_residuals`): one write per time
-    step instead of one per value. A CPU launches no kernels, and there JAX's own
-    residuals are faster than packing them."""
+    """`_step` as a pure function of the parameters, its residuals packed on a GPU
+    (everywhere with residual_packing='always')."""
     cell = self.clone(parent=None)
     step = lambda params, carry, x: cell.apply({'params': params}, carry, x,  # noqa: E731
                                                method=NTMCell._step)
-    return jax.lax.platform_dependent(
-        self.variables['params'], carry, x, cpu=step,
-        default=residuals.pack_residuals(step, invariant_argnums=(0,)))
+    packed = residuals.pack_residuals(step, invariant_argnums=(0,))
+    params = self.variables['params']
+    if self.residual_packing == 'always':
+      return packed(params, carry, x)
+    return jax.lax.platform_dependent(params, carry, x, cuda=packed, rocm=packed,
+                                      default=step)
 
   @nn.compact
   def _step(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:

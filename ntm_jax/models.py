@@ -63,10 +63,9 @@ class NTM(nn.Module):
     cell: the NTMCell.
     remat_chunk: what the backward pass keeps of the forward pass.
       1 (the default): only each step's carry; the backward pass recomputes each step
-        from it (`nn.remat` around the step). On this project's CPU it is as fast at
-        batch 1 and faster at larger batches (docs/BENCHMARKS.md, "Speed on this
-        CPU"): storing the hundred-odd small intermediates of every step costs more
-        than computing them again.
+        from it (`nn.remat` around the step). On a CPU it is as fast at batch 1 and
+        faster at larger batches; on a GPU it launches about half as many kernels
+        again as 0 (docs/BENCHMARKS.md).
       0: every intermediate of every step (a plain scan, as `nn.RNN` does).
       K > 1: only the carry at every K-th step. Time is cut into chunks of K steps,
         scanned by an outer scan whose body (an inner scan over one chunk) is

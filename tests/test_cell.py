@@ -190,6 +190,7 @@ def test_reads_see_the_write_of_the_same_step():
     ('memory_init', 'zeros', 'memory_init must be one of'),
     ('memory_stddev', -0.1, 'memory_stddev must be a finite number >= 0'),
     ('shift_range', 8, 'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16'),
+    ('residual_packing', 'sometimes', 'residual_packing must be one of'),
 ])
 def test_bad_fields_raise_clear_errors(field, value, message):
   with pytest.raises(ValueError, match=message):

@@ -1,6 +1,5 @@
 """Packed residuals: the same values and gradients, one buffer per dtype saved per step."""
 
-import dataclasses
 import functools
 
 import flax.linen as nn
@@ -9,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from benchmarks import hlo
 from ntm_jax import NTMCell
 from ntm_jax import residuals
 from ntm_jax.tasks import CopyTask
@@ -74,31 +74,11 @@ def test_a_scan_saves_one_buffer_per_step_and_keeps_parameter_residuals_outside(
   assert max(a.size for a in everything) > max(a.size for a in packed) + 15
 
 
-def _always_packed(monkeypatch):
-  """The cell's accelerator branch (packed residuals), also on this CPU."""
-  monkeypatch.setattr(jax.lax, 'platform_dependent',
-                      lambda *args, cpu, default: default(*args))
-
-
-class _JaxResidualsCell(NTMCell):
-  """The cell's step with JAX's own residuals everywhere: the reference."""
-
-  def _packed_step(self, carry, x):
-    return self._step(carry, x)
-
-
-def _unpacked(cell: NTMCell) -> NTMCell:
-  return _JaxResidualsCell(**{f.name: getattr(cell, f.name)
-                              for f in dataclasses.fields(cell)
-                              if f.name not in ('parent', 'name')})
-
-
 @pytest.mark.parametrize('config', CONFIGS, ids=lambda c: ','.join(
     f'{k}={v}' for k, v in c.items()) or 'defaults')
-def test_the_cells_packed_step_has_the_plain_steps_gradients(config, monkeypatch):
-  _always_packed(monkeypatch)
+def test_the_cells_packed_step_has_the_plain_steps_gradients(config):
   cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
-                 **config)
+                 residual_packing='always', **config)
   xs = jax.random.normal(jax.random.key(0), (3, 5, 7))
   params = nn.RNN(cell).init(jax.random.key(1), xs)
 
@@ -106,16 +86,14 @@ def test_the_cells_packed_step_has_the_plain_steps_gradients(config, monkeypatch
     return jnp.sum(jnp.sin(nn.RNN(cell).apply(params, xs)))
 
   expected = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(
-      _unpacked(cell), params)
+      cell.clone(residual_packing='never'), params)
   got = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(cell, params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                got, expected)
 
 
 @pytest.mark.slow
-def test_three_hundred_copy_steps_with_packed_residuals_follow_the_plain_ones(
-    monkeypatch):
-  _always_packed(monkeypatch)
+def test_three_hundred_copy_steps_with_packed_residuals_follow_the_plain_ones():
   # The copy experiment's recipe, storing every intermediate (its remat_chunk).
   config = ExperimentConfig(workdir='/unused', batch_size=1, learning_rate=1e-4,
                             optimizer='rmsprop', clip=10.0, clip_mode='elementwise',
@@ -125,10 +103,9 @@ def test_three_hundred_copy_steps_with_packed_residuals_follow_the_plain_ones(
   keys = train_state.Keys(3)
   optimizer = optim.make_optimizer(config)
   states = {}
-  for name in ('plain', 'packed'):
+  for name, packing in (('plain', 'never'), ('packed', 'always')):
     model = factory.build_model(config, task)
-    if name == 'plain':
-      model = model.clone(cell=_unpacked(model.cell))
+    model = model.clone(cell=model.cell.clone(residual_packing=packing))
     state = train_state.create_train_state(model, optimizer, task, keys)
     step = train_state.make_train_step(model, optimizer, task, 1, keys.data,
                                        entropy_penalty=config.entropy_penalty)
@@ -138,3 +115,22 @@ def test_three_hundred_copy_steps_with_packed_residuals_follow_the_plain_ones(
   assert float(metrics['cost']) < 60  # it has learned something in 300 steps
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4),
                states['packed'].params, states['plain'].params)
+
+
+def test_on_a_cpu_automatic_packing_compiles_to_the_unpacked_step():
+  # Both branches are differentiated (a cond's residuals are the union of its branches'),
+  # and XLA drops the packed one where the CPU branch runs: the same program results.
+  xs = jnp.ones((1, 9, 5))
+  programs = []
+  for packing in ('never', 'auto'):
+    model = nn.RNN(NTMCell(features=4, memory_size=16, word_size=6,
+                           controller_features=12, residual_packing=packing))
+    params = model.init(jax.random.key(0), xs)
+    compiled = jax.jit(jax.grad(lambda p, model=model: jnp.sum(model.apply(p, xs)))).lower(
+        params).compile()
+    computations, entry = hlo.parse_hlo(compiled.as_text())
+    bodies = [hlo.called(rest, 'body')[0] for opcode, rest in computations[entry]
+              if opcode == 'while']
+    programs.append((compiled.memory_analysis().temp_size_in_bytes,
+                     [len(computations[body]) for body in bodies]))
+  assert programs[0] == programs[1]  # the memory, and the instructions of each time loop
