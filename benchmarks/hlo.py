@@ -39,7 +39,7 @@ def parse_hlo(text: str) -> tuple[dict[str, list[tuple[str, str]]], str]:
   return computations, entry
 
 
-def _called(attributes: str, *names: str) -> list[str]:
+def called(attributes: str, *names: str) -> list[str]:
   """The computations an instruction calls by the given attributes."""
   found = []
   for name in names:
@@ -78,12 +78,12 @@ def count_kernels(hlo_text: str, num_steps: int) -> dict:
         loop_kind = kind or ('backward' if 'transpose(' in op_name else
                              'forward' if 'jvp(' in op_name else 'other')
         trips = int(trip.group(1)) if trip else 1
-        for body in _called(rest, 'body'):
+        for body in called(rest, 'body'):
           walk(body, times * trips, loop_kind)
-        for condition in _called(rest, 'condition'):  # evaluated once more than the body
+        for condition in called(rest, 'condition'):  # evaluated once more than the body
           walk(condition, times * (trips + 1), loop_kind)
       elif opcode in ('call', 'conditional', 'async-start'):
-        targets = _called(rest, 'to_apply', 'calls', 'branch_computations',
+        targets = called(rest, 'to_apply', 'calls', 'branch_computations',
                           'true_computation', 'false_computation')
         command_buffers.update(t for t in targets if 'command_buffer' in t)
         for target in targets:
