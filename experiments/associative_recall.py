@@ -16,21 +16,9 @@ flags.DEFINE_list('eval_items', ['6', '10', '15', '20'],
 
 FLAGS = flags.FLAGS
 
-# The paper: NTM 1 head, LSTM controller of 100; LSTM baseline 3 x 256.
-# The paper's feed-forward variant (4 heads, 256 units) at batch 1: it left the "answer
-# with the last item" plateau (about 5 bit errors) after about 10,000 sequences, where one
-# head with either controller, or batches of 4-16, were still on it at 50,000
-# (docs/history, "Associative recall: choosing the defaults"). About half of all
-# initialisations stay on that plateau (3-5 bit errors per query) for good, while
-# learning ones are below 1 within about 16,000 episodes: an attempt that goes 16,000
-# without an evaluation below 1 (never learned, or collapsed back after a gradient
-# spike) starts afresh. 80,000 episodes fit five attempts: 50,000 (three) left 2 of 10
-# fresh seeds unconverged, 80,000 none of 22 others (docs/RESULTS.md). Write heads that
-# start by advancing (--write_advance_bias=4) leave the plateau sooner but generalise
-# worse to 15 and 20 items (docs/RESULTS.md), so they start unbiased here. Generalisation
-# varies from seed to seed (0.000-8.8 bit errors per query at 20 items): on a CPU two
-# members, one per core, take about one run's wall time (273 s against 284 s alone), and
-# the one with the fewest bit errors over every evaluated item count is named.
+# The paper: NTM 1 head, LSTM controller of 100; LSTM baseline 3 x 256. Here its
+# feed-forward variant (4 heads, 256 units), restarts off the "last item" plateau, five
+# attempts' worth of episodes and two members on a CPU: BUILD_NOTES.md, "Decisions".
 DEFAULTS = dict(batch_size=1, train_steps=80000, learning_rate=3e-4, optimizer='adam',
                 lr_schedule='cosine', clip=10.0, eval_every=1000, checkpoint_every=5000,
                 log_every=500, eval_batch_size=256, controller='feedforward', num_heads=4,

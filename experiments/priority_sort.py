@@ -20,24 +20,10 @@ flags.DEFINE_float('min_priority_span', 2.0, 'Training only: each sequence draws
 
 FLAGS = flags.FLAGS
 
-# The paper: NTM 5 heads, LSTM controller of 2 x 100; LSTM baseline 3 x 128. Trained as
-# the paper did (one sequence per update, Graves' RMSProp, elementwise clipping), at 1e-4
-# rather than its 3e-5, which stayed at 115-116 bits for 75,000 sequences (seeds 0-1).
-# The write heads start by writing one slot after another (write_advance_bias=4: gate
-# bias -4, +1 shift bias +4). Without it every run read at 50,000 sequences (9 of 9) had
-# laid the inputs out by priority (the paper's Fig. 17), and no layout got below 21 bits:
-# near priorities collide on one slot. With it all 4 seeds tried search instead (each
-# input in a slot of its own, the read keys find the highest priority left), were below
-# the paper's 18-20 bits by 115,000-120,000 sequences and at 9.4-16.4 when stopped
-# (docs/history,
-# "Priority sort: write heads that start by advancing"). The starting
-# memory is learned, and is what a content key addresses. Late in training single
-# sequences give gradient spikes that grow through the cell's carry; clipping each entry
-# of the carry's gradient at 100 stops them (docs/history,
-# "Priority sort: where the gradient spikes come from"), and steps whose gradient norm still exceeds 1e5 are
-# skipped. The noise of one-sequence updates costs bits at the end: the run evaluates and
-# ships a moving average of its parameters over about the last 10,000 steps. The LSTM
-# baseline sees the same number of sequences in batches of 16 with Adam.
+# The paper: NTM 5 heads, LSTM controller of 2 x 100; LSTM baseline 3 x 128. Write heads
+# that start advancing (a search needs each input in its own slot) and the late-training
+# guards (skipped spikes, the carry's gradient clipped, an average of the parameters):
+# BUILD_NOTES.md, "Decisions".
 TRAINING_SEQUENCES = 700000
 DEFAULTS = dict(batch_size=1, train_steps=TRAINING_SEQUENCES, learning_rate=1e-4,
                 optimizer='rmsprop', lr_schedule='cosine', clip=10.0, clip_mode='elementwise',

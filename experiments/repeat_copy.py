@@ -16,16 +16,9 @@ flags.DEFINE_list('eval_difficulties', ['10x10', '10x20', '20x10', '20x20'],
 
 FLAGS = flags.FLAGS
 
-# The paper: NTM 1 head, LSTM controller of 100, trained as the paper did: one sequence
-# per update, Graves' RMSProp at 1e-4, each gradient entry clipped to [-10, 10]. All 5
-# seeds converged with it (24,000-52,000 sequences), where Adam 1e-3 at batch 16 left the
-# initial plateau for 1 of 5 (docs/history, "Repeat copy"). A seed can stay on that
-# plateau for good (2 of 26 fresh seeds: 48 and 77 bit errors per sequence after
-# 120,000), and converged seeds generalise to longer sequences by the draw (20 x 10:
-# 1.85-741 bit errors per sequence): on a CPU two members, one per core, take one run's
-# wall time (about 550 s), and the one with the fewest bit errors over every evaluated
-# difficulty is named (docs/RESULTS.md). LSTM baseline: 3 x 512, the same number of
-# sequences in batches of 16 with Adam (about 6 sequences per second on this CPU).
+# The paper: NTM 1 head, LSTM controller of 100, one sequence per update, Graves'
+# RMSProp at 1e-4, entries clipped to [-10, 10]. Two members on a CPU, since a seed can
+# stay on the initial plateau and generalisation varies: BUILD_NOTES.md, "Decisions".
 DEFAULTS = dict(batch_size=1, train_steps=120000, learning_rate=1e-4, optimizer='rmsprop',
                 lr_schedule='cosine', clip=10.0, clip_mode='elementwise', eval_every=4000,
                 checkpoint_every=4000, log_every=1000, eval_batch_size=128)

@@ -14,11 +14,10 @@ _INSTALL_HINTS = {
 }
 
 
-# XLA's CPU compiler in jaxlib 0.10 hands small multiply-and-reduce fusions to YNNPACK;
-# for the NTM's (batch, N, M) backward reductions those run several times slower than
-# XLA's own loops, and turning them off makes a copy training step about 1.6x faster at
-# batch 16-32 (docs/BENCHMARKS.md, "Speed on this CPU"). The flag is only set for the jaxlib
-# versions it was measured with: XLA aborts on a flag it does not know.
+# XLA's CPU compiler in jaxlib 0.10 hands small multiply-and-reduce fusions to YNNPACK,
+# which runs the NTM's (batch, N, M) backward reductions slower than XLA's own loops
+# (docs/BENCHMARKS.md). Set only for the jaxlib versions measured: XLA aborts on a flag
+# it does not know.
 _CPU_XLA_FLAGS = {(0, 10): ('--xla_cpu_experimental_ynn_fusion_type=',)}
 
 
@@ -59,7 +58,7 @@ def select_accelerator(accelerator: str, coordinator_address: str | None = None,
   `coordinator_address` it also joins a multi-host run (`jax.distributed.initialize`,
   which must precede any use of a device), and the devices returned are those of every
   process. Raises `AcceleratorUnavailableError`, with the install command, when the
-  backend is not available on this machine.
+  backend is not available.
   """
   if accelerator not in _PLATFORMS:
     raise ValueError(

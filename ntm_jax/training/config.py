@@ -112,8 +112,8 @@ class ExperimentConfig:
       evaluation.CHECK_SEQUENCES sequences of the task's hardest difficulty, its own
       check sequences (never the reported ones): a state checked on many more
       sequences than the report's. A population stops each member so (member k stops as
-      run k does) and ends when all have stopped. On copy it ended 9 of 20 fresh seeds
-      early without making length 120 more reliable (docs/RESULTS.md).
+      run k does) and ends when all have stopped. Off in every default: on copy it did
+      not make length 120 more reliable (docs/RESULTS.md).
     entropy_penalty: NTM only: add this many bits of cost per bit of entropy of the
       heads' weightings (summed over heads and steps) to the training cost, which favours
       sharp addressing; 0 trains on the paper's cost alone. Logged costs are the paper's.

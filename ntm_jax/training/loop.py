@@ -582,10 +582,9 @@ def _waits_for_each_step(mesh: jax.sharding.Mesh | None) -> bool:
   """Whether the loop waits for each call of the step to finish before dispatching the
   next (and so runs several steps per call, `steps_in_one_call`): on CPU devices, when a
   step spans several of them. Dispatched ahead there, a data-parallel step's all-reduce
-  deadlocks on this 2-core machine (XLA aborts the process when its rendezvous times
-  out, within the first few hundred steps) and a population over two devices steps
-  1.1-1.4x slower. One device dispatches ahead: waiting made its step about 5% slower
-  (BUILD_NOTES.md, "Several devices on a CPU")."""
+  can deadlock (XLA aborts the process when its rendezvous times out) and a population
+  over the cores steps slower; one device dispatches ahead, where waiting is slower
+  (BUILD_NOTES.md, "Training runner invariants")."""
   return mesh is not None and mesh.devices.flat[0].platform == 'cpu'
 
 

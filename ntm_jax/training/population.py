@@ -170,10 +170,8 @@ def _placed(x: Any, sharding: jax.sharding.Sharding) -> jax.Array:
   return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-# On a CPU, members stepped this many at a time. At 16 copy-sized members on one device
-# all at once ran 0.82-1.16x the speed of separate runs, 4 at a time 1.12-1.37x
-# (docs/BENCHMARKS.md, "Populations on this CPU"); likely the caches: a member's
-# training state is 1.0 MB, a core's L2 cache 2 MB.
+# On a CPU, members stepped this many at a time: from about 16 members all at once falls
+# behind separate runs, likely as their states outgrow the caches (docs/BENCHMARKS.md).
 CPU_MEMBERS_AT_ONCE = 4
 
 
@@ -331,8 +329,7 @@ def judged_value(result: dict, judged_by: str = 'bit_errors') -> float:
   with a reference predictor (N-grams: the optimal estimator), the cost above the
   reference's on the same sequences. Each member is evaluated on its own seed's
   sequences, whose optimum differs between seeds by a bit or more, so raw costs would
-  rank the sequences rather than the models (seeds 2102 and 2103: 265.6 against 265.2
-  bits, 2.4 against 4.2 above the optimum)."""
+  rank the sequences rather than the models."""
   if judged_by == 'cost' and 'reference_cost' in result:
     return result['cost'] - result['reference_cost']
   return result[judged_by]
@@ -347,8 +344,7 @@ def overall_score(report: dict, judged_by: str = 'bit_errors') -> tuple[float, .
   members that fit the training mix equally well (copy: about 0.001 bits each) can
   differ by hundreds of bits at the longest lengths. Ranked by what the task is judged
   by: a copy member whose few errors at length 120 are confident can have a lower cost
-  than one with five times as many doubtful ones (seeds 1126 and 1129: 3.56 against
-  3.62 bits, 0.23 against 1.07 bit errors per sequence). A member that ended inside a
+  than one with five times as many doubtful ones. A member that ended inside a
   cost spike, or never converged, comes after every member that fits the training mix
   however it generalises: the sums over long sequences (repeat copy's 20 x 20: about
   1,000 bit errors) would otherwise outweigh a training mix it no longer fits."""

@@ -111,8 +111,8 @@ def create_population_state(model: nn.Module, optimizer: optax.GradientTransform
 
   Member k's state is `create_train_state(..., Keys(seeds[k]))`, by construction: the
   same compiled function, called once per member. (A vmapped initialisation gives the
-  same values, but on a 2-core CPU its batched orthogonal initialisation has hung XLA's
-  thread pool.)
+  same values, but its batched orthogonal initialisation has hung XLA's CPU thread pool:
+  BUILD_NOTES.md, "Open problems".)
   """
   init = initializer(model, optimizer, task, ema)
   states = [init(keys, 0) for keys in map(Keys, seeds)]
