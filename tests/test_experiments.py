@@ -1,5 +1,6 @@
 """`python -m experiments.copy` as a user runs it: clear errors for bad flags."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import textwrap
 
 import pytest
 
+from ntm_jax.training import backend
 from tests.commands import copy_command
 
 # Slow: every test runs an experiment command in a fresh process.
@@ -30,10 +32,6 @@ def _run(*args, timeout=300):
     (['--memory_size=0'], 'memory_size must be a positive integer'),
     (['--optimizer=adagrad'], 'optimizer must be one of adam, rmsprop, sgd'),
     (['--max_length=0'], 'min_length <= max_length'),
-    (['--accelerator=tpu'], '--accelerator=tpu: no TPU backend is available'),
-    # CI has no GPU; on a GPU machine this case fails, and the smoke script skips this file.
-    (['--accelerator=gpu'], "--accelerator=gpu: no GPU backend is available on this "
-     "machine. To use one, install the CUDA build of JAX: pip install -e '.[gpu]'"),
     (['--accelerator=quantum'], "value should be one of <cpu|gpu|tpu>"),
     (['--eval_only'], '--eval_only needs a checkpoint'),
     (['--coordinator_address=localhost:1'], '--coordinator_address needs --num_processes'),
@@ -58,6 +56,24 @@ def test_bad_flags_fail_with_a_message_naming_them(tmp_path, args, message):
   result = _run(f'--workdir={tmp_path}', *args)
   assert result.returncode != 0
   assert message in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize('accelerator,device', [('gpu', '/dev/nvidia0'),
+                                                ('tpu', '/dev/accel0')])
+def test_a_missing_accelerator_is_one_line_that_says_what_to_do(tmp_path, accelerator,
+                                                                 device):
+  # What to do depends on what is here: the plugin missing (install it) or the device.
+  if os.path.exists(device):
+    pytest.skip(f'this machine has a {accelerator.upper()}')
+  installed = any(importlib.util.find_spec(name.split('.')[0])
+                  and importlib.util.find_spec(name) for name in backend._PLUGINS[accelerator])
+  expected = backend._DEVICE_HINTS[accelerator] if installed else 'to use one, install'
+  result = _run(f'--workdir={tmp_path}', f'--accelerator={accelerator}')
+  assert result.returncode == 1
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      f'error: --accelerator={accelerator}: no {accelerator.upper()} backend is available'
+  ) and expected in lines[0], result.stderr
 
 
 def test_a_tiny_run_trains_evaluates_and_resumes(tmp_path):
@@ -124,9 +140,15 @@ def test_data_parallel_on_the_cpu_makes_one_device_per_core(tmp_path):
                 '--max_length=2', '--eval_lengths=3', '--plots=false')
   assert result.returncode == 0, result.stderr[-2000:]
   assert f'on cpu ({cores} device(s))' in result.stdout
-  if cores > 1:
-    odd = _run(f'--workdir={tmp_path}/odd', '--data_parallel', f'--batch_size={cores + 1}')
-    assert f'batch_size={cores + 1} must be divisible by the number of devices' in odd.stderr
+
+
+def test_a_batch_that_does_not_split_over_the_cpu_cores_is_named(tmp_path):
+  cores = len(os.sched_getaffinity(0))
+  if cores < 2:
+    pytest.skip('needs two cores: every batch splits over one device')
+  odd = _run(f'--workdir={tmp_path}', '--data_parallel', f'--batch_size={cores + 1}')
+  assert odd.returncode != 0
+  assert f'batch_size={cores + 1} must be divisible by the number of devices' in odd.stderr
 
 
 def test_a_data_parallel_run_over_the_cpu_cores_trains_through_many_steps(tmp_path):

@@ -106,6 +106,7 @@ def test_sigterm_during_saves_saves_once_more_and_resumes(tmp_path):
 
 @pytest.mark.parametrize('setup,flags,message', [
     ('file', [], 'is a file, not a directory'),
+    ('under_a_file', [], 'cannot be created (Not a directory)'),
     ('read_only', [], 'cannot be written'),
     (None, ['--memory_size=100000', '--word_size=100000'],
      '--memory_size=100000 --word_size=100000 --batch_size=1'),
@@ -119,6 +120,9 @@ def test_bad_input_is_one_line_before_any_work(tmp_path, setup, flags, message):
   workdir = tmp_path / 'run'
   if setup == 'file':
     workdir.write_text('not a directory')
+  elif setup == 'under_a_file':  # nobody, root included, can create a path under a file
+    workdir.write_text('not a directory')
+    workdir = workdir / 'run'
   elif setup == 'read_only':
     if os.geteuid() == 0:
       pytest.skip('root can write to a read-only directory')

@@ -1,6 +1,11 @@
 """Choosing the JAX backend before anything runs on a device."""
 
+import contextlib
+import importlib.util
+import logging
 import os
+import sys
+import tempfile
 
 import jax
 import jaxlib
@@ -11,6 +16,13 @@ _INSTALL_HINTS = {
            "driver >= 580; '.[gpu-cuda12]' for older drivers)",
     'tpu': "install the TPU build of JAX on a TPU VM: pip install -U 'jax[tpu]'",
     'cpu': 'reinstall jax and jaxlib',
+}
+# The modules that bring each accelerator's backend: installed, it found no device.
+_PLUGINS = {'gpu': ('jax_plugins.xla_cuda13', 'jax_plugins.xla_cuda12'), 'tpu': ('libtpu',)}
+_DEVICE_HINTS = {
+    'gpu': "JAX's CUDA plugin is installed, so check for an NVIDIA GPU and its driver "
+           "(>= 580 for '.[gpu]', >= 525 for '.[gpu-cuda12]')",
+    'tpu': "JAX's TPU runtime is installed, so run on a TPU VM",
 }
 
 
@@ -74,10 +86,50 @@ def select_accelerator(accelerator: str, coordinator_address: str | None = None,
       raise ValueError('--coordinator_address needs --num_processes and --process_id.')
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   try:
-    devices = jax.devices()
+    with _plugin_output_held() as replay:  # the one line below says what went wrong
+      devices = jax.devices()
+      replay()
   except Exception:  # noqa: BLE001 - JAX raises RuntimeError or AssertionError here
+    installed = any(importlib.util.find_spec(name.split('.')[0]) and
+                    importlib.util.find_spec(name)
+                    for name in _PLUGINS.get(accelerator, ()))
+    hint = _DEVICE_HINTS[accelerator] if installed else (
+        f'to use one, {_INSTALL_HINTS[accelerator]}')
     raise AcceleratorUnavailableError(
         f'--accelerator={accelerator}: no {accelerator.upper()} backend is available on '
-        f'this machine. To use one, {_INSTALL_HINTS[accelerator]}; or run with '
-        '--accelerator=cpu.') from None
+        f'this machine; {hint}; or run with --accelerator=cpu.') from None
   return devices
+
+
+@contextlib.contextmanager
+def _plugin_output_held():
+  """Holds back what starting the backends writes to stderr (a failing plugin logs a
+  traceback, libtpu its C++ log) and yields a function that writes it out: called once
+  the backend has started, so that only a failure, reported in one line, drops it."""
+  logger = logging.getLogger('jax._src.xla_bridge')
+  level = logger.level
+  held = tempfile.TemporaryFile()
+  saved = os.dup(2)
+  sys.stderr.flush()
+  os.dup2(held.fileno(), 2)
+  logger.setLevel(logging.CRITICAL)
+  released = []
+
+  def restore():
+    if not released:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      logger.setLevel(level)
+      released.append(True)
+
+  def replay():
+    restore()
+    held.seek(0)
+    sys.stderr.write(held.read().decode(errors='replace'))
+
+  try:
+    yield replay
+  finally:
+    restore()
+    held.close()
