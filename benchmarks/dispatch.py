@@ -24,14 +24,20 @@ def dispatch_row(size: int, devices: int, steps: int, rounds: int) -> dict:
   """Median seconds per step of each way of dispatching, in this process with
   `devices` CPU devices: one run (`size` 0) or a population of `size` over them."""
   from ntm_jax import training
+
   training.select_accelerator('cpu', cpu_devices=devices)
   import jax
   import numpy as np
+
   from benchmarks.measure import measure
   from benchmarks.population import _copy_config
   from ntm_jax.tasks import CopyTask
-  config = _copy_config(seeds=tuple(range(size)), data_parallel=devices > 1) if size \
+
+  config = (
+      _copy_config(seeds=tuple(range(size)), data_parallel=devices > 1)
+      if size
       else _copy_config()
+  )
   compiled = measure(config, CopyTask(), 0)
   step, state = compiled['compiled'], compiled['state']
 
@@ -50,20 +56,32 @@ def dispatch_row(size: int, devices: int, steps: int, rounds: int) -> dict:
     for mode in MODES:
       state, per_step = run(state, mode)
       seconds[mode].append(per_step)
-  return dict(population=size, devices=devices, steps=steps, rounds=rounds,
-              **{f'{mode}_step_seconds': float(np.median(seconds[mode])) for mode in MODES})
+  return dict(
+      population=size,
+      devices=devices,
+      steps=steps,
+      rounds=rounds,
+      **{f'{mode}_step_seconds': float(np.median(seconds[mode])) for mode in MODES},
+  )
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--sizes', default='2,4,8',
-                      help='Population sizes K over one device per core, comma-separated.')
+  parser.add_argument(
+      '--sizes',
+      default='2,4,8',
+      help='Population sizes K over one device per core, comma-separated.',
+  )
   parser.add_argument('--steps', type=int, default=300, help='Steps per round.')
-  parser.add_argument('--rounds', type=int, default=6,
-                      help='Rounds of each way, alternating.')
+  parser.add_argument(
+      '--rounds', type=int, default=6, help='Rounds of each way, alternating.'
+  )
   parser.add_argument('--output', default=None, help='Also write the rows as JSON here.')
-  parser.add_argument('--row', default=None,
-                      help='Internal: measure one row, SIZE:DEVICES, and print it as JSON.')
+  parser.add_argument(
+      '--row',
+      default=None,
+      help='Internal: measure one row, SIZE:DEVICES, and print it as JSON.',
+  )
   args = parser.parse_args()
   if args.row:
     size, devices = map(int, args.row.split(':'))
@@ -71,28 +89,50 @@ def main() -> None:
     return
 
   from ntm_jax.training import backend
+
   cores = backend.usable_cores()
-  print(f'copy default (batch 1), {cores} cores; ms per step, median of {args.rounds} '
-        f'rounds of {args.steps} steps each way.', flush=True)
-  print(f'{"run":>22} | {"devices":>7} | {"ahead":>8} | {"waiting":>8} | '
-        f'{"waiting is":>10}')
+  print(
+      f'copy default (batch 1), {cores} cores; ms per step, median of {args.rounds} '
+      f'rounds of {args.steps} steps each way.',
+      flush=True,
+  )
+  print(
+      f'{"run":>22} | {"devices":>7} | {"ahead":>8} | {"waiting":>8} | '
+      f'{"waiting is":>10}'
+  )
   rows = []
   # A process per row: each needs its own device count.
-  wanted = [(0, 1)] + [(k, cores) for k in map(int, args.sizes.split(',')) if k % cores == 0]
+  wanted = [(0, 1)] + [
+      (k, cores) for k in map(int, args.sizes.split(',')) if k % cores == 0
+  ]
   for size, devices in wanted:
     child = subprocess.run(
-        [sys.executable, '-m', 'benchmarks.dispatch', f'--row={size}:{devices}',
-         f'--steps={args.steps}', f'--rounds={args.rounds}'],
-        env=dict(os.environ, JAX_PLATFORMS='cpu'), capture_output=True, text=True)
+        [
+            sys.executable,
+            '-m',
+            'benchmarks.dispatch',
+            f'--row={size}:{devices}',
+            f'--steps={args.steps}',
+            f'--rounds={args.rounds}',
+        ],
+        env=dict(os.environ, JAX_PLATFORMS='cpu'),
+        capture_output=True,
+        text=True,
+    )
     if child.returncode:
-      sys.exit(f'error: the row K={size} on {devices} device(s) failed:\n'
-               f'{child.stderr[-3000:]}')
+      sys.exit(
+          f'error: the row K={size} on {devices} device(s) failed:\n'
+          f'{child.stderr[-3000:]}'
+      )
     row = json.loads(child.stdout.strip().splitlines()[-1])
     rows.append(row)
     ahead, waiting = row['ahead_step_seconds'], row['waiting_step_seconds']
     name = f'population of {size}' if size else 'one run'
-    print(f'{name:>22} | {devices:>7} | {1e3 * ahead:8.2f} | {1e3 * waiting:8.2f} | '
-          f'{ahead / waiting:9.2f}x', flush=True)
+    print(
+        f'{name:>22} | {devices:>7} | {1e3 * ahead:8.2f} | {1e3 * waiting:8.2f} | '
+        f'{ahead / waiting:9.2f}x',
+        flush=True,
+    )
   if args.output:
     with open(args.output, 'w') as f:
       json.dump(dict(cores=cores, rows=rows), f, indent=1)

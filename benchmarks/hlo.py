@@ -10,11 +10,25 @@ import collections
 import re
 
 # HLO instructions that launch no work of their own (calls and loops are looked into).
-_FREE_OPCODES = frozenset((
-    'parameter', 'constant', 'get-tuple-element', 'tuple', 'bitcast', 'after-all',
-    'add-dependency', 'opt-barrier', 'partition-id', 'replica-id', 'domain',
-    'get-dimension-size'))
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$')
+_FREE_OPCODES = frozenset(
+    (
+        'parameter',
+        'constant',
+        'get-tuple-element',
+        'tuple',
+        'bitcast',
+        'after-all',
+        'add-dependency',
+        'opt-barrier',
+        'partition-id',
+        'replica-id',
+        'domain',
+        'get-dimension-size',
+    )
+)
+_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = (.*?) ([a-z][a-z0-9\-]*)\((.*)$'
+)
 _COMPUTATION = re.compile(r'^(ENTRY\s+)?%?([\w.\-]+) .*\{\s*$')
 
 
@@ -43,23 +57,28 @@ def called(attributes: str, *names: str) -> list[str]:
   """The computations an instruction calls by the given attributes."""
   found = []
   for name in names:
-    for match in re.finditer(rf'\b{name}=\{{([^}}]*)\}}|\b{name}=%?([\w.\-]+)', attributes):
+    for match in re.finditer(
+        rf'\b{name}=\{{([^}}]*)\}}|\b{name}=%?([\w.\-]+)', attributes
+    ):
       listed = match.group(1)
-      found += ([c.strip().lstrip('%') for c in listed.split(',')] if listed is not None
-                else [match.group(2)])
+      found += (
+          [c.strip().lstrip('%') for c in listed.split(',')]
+          if listed is not None
+          else [match.group(2)]
+      )
   return found
 
 
 def count_kernels(hlo_text: str, num_steps: int) -> dict:
   """Kernels the compiled training step launches, per time step, forward and backward.
 
-  A kernel is an instruction of a computation that runs (not one fused into another)
-  that launches work: a fusion, a library call (custom-call), a copy and any other
-  unfused operation; `custom_calls` counts the library calls among them, `triton` the
-  fusions XLA emits as Triton kernels. Calls and command buffers are looked through (their kernels still
-  run, recorded in a CUDA graph or not), loop bodies are counted times their trip count
-  and loop conditions once more (a GPU computes each test on the device, and without a
-  command buffer for the loop also copies it to the host to decide).
+  A kernel is an instruction of a computation that runs (not one fused into another) that
+  launches work: a fusion, a library call (custom-call), a copy and any other unfused
+  operation; `custom_calls` counts the library calls among them, `triton` the fusions XLA
+  emits as Triton kernels. Calls and command buffers are looked through (their kernels
+  still run, recorded in a CUDA graph or not), loop bodies are counted times their trip
+  count and loop conditions once more (a GPU computes each test on the device, and without
+  a command buffer for the loop also copies it to the host to decide).
   Loops are told apart by JAX's op names: the NTM's forward time scan runs under
   `jvp(...)`, its backward one under `transpose(jvp(...))`; every other loop (random
   number generation on a CPU, say) counts as `other`. Per time step = the kernels those
@@ -75,16 +94,27 @@ def count_kernels(hlo_text: str, num_steps: int) -> dict:
         trip = re.search(r'"known_trip_count":\{"n":"(\d+)"\}', rest)
         op_name = re.search(r'op_name="([^"]*)"', rest)
         op_name = op_name.group(1) if op_name else ''
-        loop_kind = kind or ('backward' if 'transpose(' in op_name else
-                             'forward' if 'jvp(' in op_name else 'other')
+        loop_kind = kind or (
+            'backward'
+            if 'transpose(' in op_name
+            else 'forward'
+            if 'jvp(' in op_name
+            else 'other'
+        )
         trips = int(trip.group(1)) if trip else 1
         for body in called(rest, 'body'):
           walk(body, times * trips, loop_kind)
         for condition in called(rest, 'condition'):  # evaluated once more than the body
           walk(condition, times * (trips + 1), loop_kind)
       elif opcode in ('call', 'conditional', 'async-start'):
-        targets = called(rest, 'to_apply', 'calls', 'branch_computations',
-                          'true_computation', 'false_computation')
+        targets = called(
+            rest,
+            'to_apply',
+            'calls',
+            'branch_computations',
+            'true_computation',
+            'false_computation',
+        )
         command_buffers.update(t for t in targets if 'command_buffer' in t)
         for target in targets:
           walk(target, times, kind)
@@ -98,11 +128,14 @@ def count_kernels(hlo_text: str, num_steps: int) -> dict:
             totals['triton'] += times
 
   walk(entry, 1, None)
-  return dict(forward_per_step=totals['forward'] / num_steps,
-              backward_per_step=totals['backward'] / num_steps,
-              other_loops=totals['other'], outside_loops=totals['outside loops'],
-              fusions=totals['fusions'], custom_calls=totals['custom calls'],
-              triton=totals['triton'],
-              total=sum(totals[k] for k in ('forward', 'backward', 'other',
-                                            'outside loops')),
-              command_buffers=len(command_buffers))
+  return dict(
+      forward_per_step=totals['forward'] / num_steps,
+      backward_per_step=totals['backward'] / num_steps,
+      other_loops=totals['other'],
+      outside_loops=totals['outside loops'],
+      fusions=totals['fusions'],
+      custom_calls=totals['custom calls'],
+      triton=totals['triton'],
+      total=sum(totals[k] for k in ('forward', 'backward', 'other', 'outside loops')),
+      command_buffers=len(command_buffers),
+  )

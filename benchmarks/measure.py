@@ -16,9 +16,15 @@ from ntm_jax.training import population
 from ntm_jax.training import train_state
 
 
-def measure(config: ExperimentConfig, task: Task, repeats: int,
-            model=None, keep_hlo: bool = False, forward: bool = False,
-            steps_per_call: int = 0) -> dict:
+def measure(
+    config: ExperimentConfig,
+    task: Task,
+    repeats: int,
+    model=None,
+    keep_hlo: bool = False,
+    forward: bool = False,
+    steps_per_call: int = 0,
+) -> dict:
   """Compile time, median step time and peak memory of the training step.
 
   With `repeats=0` it returns the compiled step and its first state instead of times
@@ -36,45 +42,72 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
     raise ValueError('steps_per_call needs repeats=0: the caller times the calls.')
   model = model or factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
-  options = dict(micro_batch_size=config.micro_batch_size,
-                 entropy_penalty=config.entropy_penalty,
-                 skip_grad_norm=config.skip_grad_norm, ema_decay=config.ema_decay)
+  options = dict(
+      micro_batch_size=config.micro_batch_size,
+      entropy_penalty=config.entropy_penalty,
+      skip_grad_norm=config.skip_grad_norm,
+      ema_decay=config.ema_decay,
+  )
   if config.seeds:  # a population's step: every member at once
-    mesh = population.make_population_mesh(len(config.seeds)) \
-        if config.data_parallel else None
+    mesh = (
+        population.make_population_mesh(len(config.seeds))
+        if config.data_parallel
+        else None
+    )
     state = population.Population.start(
-        train_state.create_population_state(model, optimizer, task, config.seeds,
-                                            ema=bool(config.ema_decay)))
+        train_state.create_population_state(
+            model, optimizer, task, config.seeds, ema=bool(config.ema_decay)
+        )
+    )
     state = population.shard_members(state, mesh)
-    step = population.make_population_step(model, optimizer, task, config.batch_size,
-                                           config.seeds, mesh,
-                                           members_at_once=config.members_at_once,
-                                           **options)
+    step = population.make_population_step(
+        model,
+        optimizer,
+        task,
+        config.batch_size,
+        config.seeds,
+        mesh,
+        members_at_once=config.members_at_once,
+        **options,
+    )
   else:
     keys = train_state.Keys(0)
-    state = train_state.create_train_state(model, optimizer, task, keys,
-                                           ema=bool(config.ema_decay))
+    state = train_state.create_train_state(
+        model, optimizer, task, keys, ema=bool(config.ema_decay)
+    )
     mesh = train_state.make_mesh(config.batch_size) if config.data_parallel else None
     if mesh is not None:
       state = train_state.replicate(state, mesh)
-    step = train_state.make_train_step(model, optimizer, task, config.batch_size,
-                                       keys.data, mesh, **options)
+    step = train_state.make_train_step(
+        model, optimizer, task, config.batch_size, keys.data, mesh, **options
+    )
   jax.block_until_ready(state)
   start = time.perf_counter()
   if steps_per_call:
-    compiled = train_state.repeated_steps(step, steps_per_call).lower(
-        state, steps_per_call).compile()
+    compiled = (
+        train_state.repeated_steps(step, steps_per_call)
+        .lower(state, steps_per_call)
+        .compile()
+    )
   else:
     compiled = step.lower(state).compile()
   compile_seconds = time.perf_counter() - start
   if repeats == 0:  # the caller times it: compiled step, state, compile time
-    return dict(compiled=compiled, state=state, compile_seconds=compile_seconds,
-                steps_per_call=steps_per_call)
+    return dict(
+        compiled=compiled,
+        state=state,
+        compile_seconds=compile_seconds,
+        steps_per_call=steps_per_call,
+    )
   memory = compiled.memory_analysis()
   peak_bytes = None
   if memory is not None:
-    peak_bytes = (memory.temp_size_in_bytes + memory.argument_size_in_bytes +
-                  memory.output_size_in_bytes - memory.alias_size_in_bytes)
+    peak_bytes = (
+        memory.temp_size_in_bytes
+        + memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+    )
   for _ in range(5):  # warm-up: the first steps after compiling (or a matmul) run slower
     state, _ = compiled(state)
   jax.block_until_ready(state)
@@ -84,11 +117,17 @@ def measure(config: ExperimentConfig, task: Task, repeats: int,
     state, metrics = compiled(state)
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - start)
-  result = dict(compile_seconds=compile_seconds, step_seconds=float(np.median(times)),
-                peak_bytes=peak_bytes, device_peak_bytes=device_peak_bytes(),
-                forward_seconds=forward_seconds(model, state.params, task,
-                                                config.batch_size, repeats)
-                if forward and not config.seeds else None)
+  result = dict(
+      compile_seconds=compile_seconds,
+      step_seconds=float(np.median(times)),
+      peak_bytes=peak_bytes,
+      device_peak_bytes=device_peak_bytes(),
+      forward_seconds=forward_seconds(
+          model, state.params, task, config.batch_size, repeats
+      )
+      if forward and not config.seeds
+      else None,
+  )
   if keep_hlo:
     result['hlo'] = compiled.as_text()
   return result

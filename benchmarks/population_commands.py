@@ -21,8 +21,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _command(workdir: str, train_steps: int, *args: str) -> list[str]:
-  return [sys.executable, '-m', 'experiments.copy', f'--workdir={workdir}',
-          f'--train_steps={train_steps}', '--plots=false', *args]
+  return [
+      sys.executable,
+      '-m',
+      'experiments.copy',
+      f'--workdir={workdir}',
+      f'--train_steps={train_steps}',
+      '--plots=false',
+      *args,
+  ]
 
 
 def _run_all(commands: list[list[str]], at_once: int) -> float:
@@ -31,9 +38,16 @@ def _run_all(commands: list[list[str]], at_once: int) -> float:
   start, waiting, running = time.time(), list(commands), []
   while waiting or running:
     while waiting and len(running) < at_once:
-      running.append(subprocess.Popen(waiting.pop(0), cwd=ROOT, env=env,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True))
+      running.append(
+          subprocess.Popen(
+              waiting.pop(0),
+              cwd=ROOT,
+              env=env,
+              stdout=subprocess.DEVNULL,
+              stderr=subprocess.PIPE,
+              text=True,
+          )
+      )
     process = running.pop(0)
     _, stderr = process.communicate()
     if process.returncode:
@@ -43,32 +57,64 @@ def _run_all(commands: list[list[str]], at_once: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--seeds', default='0-9', help='The population, as --seeds takes it.')
+  parser.add_argument(
+      '--seeds', default='0-9', help='The population, as --seeds takes it.'
+  )
   parser.add_argument('--train_steps', type=int, default=4000)
   parser.add_argument('--output', default=None, help='Write the rows as JSON here.')
   args = parser.parse_args()
   sys.path.insert(0, ROOT)
   from ntm_jax.training.population import parse_seeds
+
   seeds = parse_seeds(args.seeds)
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else 1
   with tempfile.TemporaryDirectory() as directory:
-    population = _run_all([_command(os.path.join(directory, 'population'),
-                                    args.train_steps, f'--seeds={args.seeds}',
-                                    '--data_parallel')], 1)
-    singles = _run_all([_command(os.path.join(directory, f'seed{seed}'), args.train_steps,
-                                 f'--seed={seed}', '--population=1') for seed in seeds],
-                       cores)
+    population = _run_all(
+        [
+            _command(
+                os.path.join(directory, 'population'),
+                args.train_steps,
+                f'--seeds={args.seeds}',
+                '--data_parallel',
+            )
+        ],
+        1,
+    )
+    singles = _run_all(
+        [
+            _command(
+                os.path.join(directory, f'seed{seed}'),
+                args.train_steps,
+                f'--seed={seed}',
+                '--population=1',
+            )
+            for seed in seeds
+        ],
+        cores,
+    )
   sequences = len(seeds) * args.train_steps
-  row = dict(seeds=args.seeds, members=len(seeds), train_steps=args.train_steps,
-             cores=cores, population_seconds=population, single_runs_seconds=singles,
-             population_speedup=singles / population)
+  row = dict(
+      seeds=args.seeds,
+      members=len(seeds),
+      train_steps=args.train_steps,
+      cores=cores,
+      population_seconds=population,
+      single_runs_seconds=singles,
+      population_speedup=singles / population,
+  )
   print(f'copy default, {len(seeds)} seeds x {args.train_steps} steps, {cores} core(s):')
   print(f'{"command":<46} | {"wall s":>7} | {"seq/s":>6}')
-  print(f'{"--seeds=" + args.seeds + " --data_parallel":<46} | {population:7.1f} | '
-        f'{sequences / population:6.0f}')
-  print(f'{f"{len(seeds)} x --seed=S, {cores} at a time":<46} | {singles:7.1f} | '
-        f'{sequences / singles:6.0f}')
-  print(f'the population takes {population / singles:.2f}x the wall time of the single runs')
+  print(
+      f'{"--seeds=" + args.seeds + " --data_parallel":<46} | {population:7.1f} | '
+      f'{sequences / population:6.0f}'
+  )
+  print(
+      f'{f"{len(seeds)} x --seed=S, {cores} at a time":<46} | {singles:7.1f} | '
+      f'{sequences / singles:6.0f}'
+  )
+  print(
+      f'the population takes {population / singles:.2f}x the wall time of the single runs'
+  )
   if args.output:
     with open(args.output, 'w') as f:
       json.dump(row, f, indent=2)

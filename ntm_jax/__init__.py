@@ -23,6 +23,16 @@ from ntm_jax.memory import write_heads
 __version__ = '0.1.0'
 
 __all__ = [
-    'HeadLayout', 'NTMCell', 'NTMState', 'address', 'content_weights', 'head_bias_init',
-    'interpolate', 'read', 'sharpen', 'shift', 'write', 'write_heads',
+    'HeadLayout',
+    'NTMCell',
+    'NTMState',
+    'address',
+    'content_weights',
+    'head_bias_init',
+    'interpolate',
+    'read',
+    'sharpen',
+    'shift',
+    'write',
+    'write_heads',
 ]

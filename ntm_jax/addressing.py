@@ -98,12 +98,15 @@ def shift(w: jax.Array, shift_weights: jax.Array) -> jax.Array:
   num_offsets = shift_weights.shape[-1]
   if num_offsets % 2 != 1 or num_offsets > num_slots:
     raise ValueError(
-        f'shift_weights must have 2R+1 <= N entries (N={num_slots}), got {num_offsets}.')
+        f'shift_weights must have 2R+1 <= N entries (N={num_slots}), got {num_offsets}.'
+    )
   shift_range = num_offsets // 2
   # jnp.roll(w, k)[i] = w[i - k]: the sum over the 2R+1 offsets is Eq. 8 exactly, and for
   # the small R used in practice it is cheaper than building an (N, N) circulant matrix.
-  return sum(shift_weights[k + shift_range] * jnp.roll(w, k)
-             for k in range(-shift_range, shift_range + 1))
+  return sum(
+      shift_weights[k + shift_range] * jnp.roll(w, k)
+      for k in range(-shift_range, shift_range + 1)
+  )
 
 
 def sharpen(w: jax.Array, gamma: jax.Array) -> jax.Array:
@@ -122,8 +125,15 @@ def sharpen(w: jax.Array, gamma: jax.Array) -> jax.Array:
   return jax.nn.softmax(gamma * jnp.log(w + SHARPEN_EPSILON))
 
 
-def address(memory: jax.Array, w_prev: jax.Array, key: jax.Array, beta: jax.Array,
-            gate: jax.Array, shift_weights: jax.Array, gamma: jax.Array) -> jax.Array:
+def address(
+    memory: jax.Array,
+    w_prev: jax.Array,
+    key: jax.Array,
+    beta: jax.Array,
+    gate: jax.Array,
+    shift_weights: jax.Array,
+    gamma: jax.Array,
+) -> jax.Array:
   """The whole addressing pipeline of Fig. 2: Eq. 5-6, then 7, 8 and 9.
 
   Args:

@@ -10,8 +10,9 @@ import numpy as np
 from ntm_jax.tasks.base import Batch
 
 
-def write_placement(write_weights: np.ndarray,
-                    priorities: np.ndarray) -> dict[str, np.ndarray]:
+def write_placement(
+    write_weights: np.ndarray, priorities: np.ndarray
+) -> dict[str, np.ndarray]:
   """How each write head places the inputs, as means over a batch.
 
   Two algorithms sort the task (docs/RESULTS.md): the paper's layout (Fig. 17), where a
@@ -37,10 +38,16 @@ def write_placement(write_weights: np.ndarray,
   num_slots = write_weights.shape[-1]
   peak = write_weights.max(-1).mean((0, 1))
   slots = write_weights.argmax(-1)  # (b, n, H)
-  distinct = np.mean([[len(np.unique(slots[b, :, h])) for h in range(slots.shape[2])]
-                      for b in range(slots.shape[0])], axis=0)
+  distinct = np.mean(
+      [
+          [len(np.unique(slots[b, :, h])) for h in range(slots.shape[2])]
+          for b in range(slots.shape[0])
+      ],
+      axis=0,
+  )
   by_priority = np.take_along_axis(
-      np.moveaxis(slots, 2, 1), np.argsort(priorities, -1)[:, None], -1)  # (b, H, n)
+      np.moveaxis(slots, 2, 1), np.argsort(priorities, -1)[:, None], -1
+  )  # (b, H, n)
   steps = (np.diff(by_priority, axis=-1) + num_slots // 2) % num_slots - num_slots // 2
   signs = np.sign(steps)
   moves = np.count_nonzero(signs, axis=-1)
@@ -56,8 +63,9 @@ def write_placement(write_weights: np.ndarray,
 PLACING_PEAK, LAYOUT_ORDER, SEARCH_ORDER = 0.5, 0.5, 0.3
 
 
-def sorting_algorithm(placement: dict[str, np.ndarray],
-                      num_inputs: int) -> tuple[str | None, int | None]:
+def sorting_algorithm(
+    placement: dict[str, np.ndarray], num_inputs: int
+) -> tuple[str | None, int | None]:
   """('layout' or 'search', the write head that shows it) from `write_placement`, or
   (None, None) when no write head places the inputs either way."""
   placing = [head for head, peak in enumerate(placement['peak']) if peak > PLACING_PEAK]
@@ -65,15 +73,20 @@ def sorting_algorithm(placement: dict[str, np.ndarray],
     if placement['order'][head] > LAYOUT_ORDER:
       return 'layout', head
   for head in placing:
-    if (placement['order'][head] < SEARCH_ORDER and
-        placement['slots'][head] >= 0.9 * num_inputs):
+    if (
+        placement['order'][head] < SEARCH_ORDER
+        and placement['slots'][head] >= 0.9 * num_inputs
+    ):
       return 'search', head
   return None, None
 
 
-def bit_errors_by_priority_gap(logits: np.ndarray, batch: Batch, num_inputs: int,
-                               edges=(0.0, 0.01, 0.03, 0.06, 0.1, np.inf)
-                               ) -> dict[str, float]:
+def bit_errors_by_priority_gap(
+    logits: np.ndarray,
+    batch: Batch,
+    num_inputs: int,
+    edges=(0.0, 0.01, 0.03, 0.06, 0.1, np.inf),
+) -> dict[str, float]:
   """Bit errors per output vector, grouped by how close its priority is to another.
 
   The gap of an output is the distance from its input's priority to the nearest other
@@ -101,13 +114,15 @@ def bit_errors_by_priority_gap(logits: np.ndarray, batch: Batch, num_inputs: int
   result = {}
   for low, high in zip(edges[:-1], edges[1:]):
     selected = (output_gaps >= low) & (output_gaps < high)
-    result[f'{low:g}-{high:g}'] = (float(output_errors[selected].mean()) if selected.any()
-                                   else float('nan'))
+    result[f'{low:g}-{high:g}'] = (
+        float(output_errors[selected].mean()) if selected.any() else float('nan')
+    )
   return result
 
 
-def cost_spikes(records: list[dict], member: int | None = None,
-                bit_errors: float = 0.2) -> tuple[float | None, list[dict]]:
+def cost_spikes(
+    records: list[dict], member: int | None = None, bit_errors: float = 0.2
+) -> tuple[float | None, list[dict]]:
   """The cost spikes of a converged run, from its metrics log (metrics.jsonl).
 
   After the run's first evaluation below 0.1 bit errors per sequence (in its last
@@ -122,8 +137,16 @@ def cost_spikes(records: list[dict], member: int | None = None,
   mine = [r for r in records if r.get('member') == member]
   restarts = [r['step'] for r in mine if r.get('kind') == 'restart']
   start = restarts[-1] if restarts else 0
-  converged = next((r['step'] for r in mine if r.get('kind') == 'eval' and
-                    r['step'] > start and r['train']['bit_errors'] < 0.1), None)
+  converged = next(
+      (
+          r['step']
+          for r in mine
+          if r.get('kind') == 'eval'
+          and r['step'] > start
+          and r['train']['bit_errors'] < 0.1
+      ),
+      None,
+  )
   if converged is None:
     return None, []
   windows = [r for r in mine if r.get('kind') == 'train' and r['step'] > converged]
@@ -138,17 +161,31 @@ def cost_spikes(records: list[dict], member: int | None = None,
     end = index
     while end + 1 < len(windows) and windows[end + 1]['bit_errors'] > bit_errors:
       end += 1
-    peak = max(windows[index:end + 1], key=lambda w: w['bit_errors'])
+    peak = max(windows[index : end + 1], key=lambda w: w['bit_errors'])
     before = windows[index - 1]['grad_norm'] if index > 0 else None
     after = windows[end + 1]['grad_norm'] if end + 1 < len(windows) else None
     ratio = lambda norm: None if norm is None else norm / baseline  # noqa: E731
-    spikes.append(dict(
-        step=windows[index]['step'], peak_step=peak['step'],
-        bit_errors=peak['bit_errors'], grad_norm=peak['grad_norm'],
-        grad_norm_ratio=ratio(max(w['grad_norm'] for w in windows[index:end + 1])),
-        before_ratio=ratio(before), after_ratio=ratio(after),
-        # Logs that record each window's largest step gradient: that step's.
-        largest_step_ratio=ratio(max((w['grad_norm_max'] for w in windows[index:end + 1]
-                                      if 'grad_norm_max' in w), default=None))))
+    spikes.append(
+        dict(
+            step=windows[index]['step'],
+            peak_step=peak['step'],
+            bit_errors=peak['bit_errors'],
+            grad_norm=peak['grad_norm'],
+            grad_norm_ratio=ratio(max(w['grad_norm'] for w in windows[index : end + 1])),
+            before_ratio=ratio(before),
+            after_ratio=ratio(after),
+            # Logs that record each window's largest step gradient: that step's.
+            largest_step_ratio=ratio(
+                max(
+                    (
+                        w['grad_norm_max']
+                        for w in windows[index : end + 1]
+                        if 'grad_norm_max' in w
+                    ),
+                    default=None,
+                )
+            ),
+        )
+    )
     index = end + 1
   return baseline, spikes

@@ -9,9 +9,10 @@ Notation: b = batch, N = memory slots (`memory_size`), M = slot width (`word_siz
 R = read heads, W = write heads, S = 2 * shift_range + 1 shift offsets.
 """
 
+from collections.abc import Callable
 import functools
 import itertools
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -47,6 +48,7 @@ class NTMState(NamedTuple):
       replaces the weightings, reads, controller state (and memory, when it is learned)
       by its learned initial values, the paper's per-sequence reset to learned biases.
   """
+
   memory: jax.Array
   read_weights: jax.Array
   write_weights: jax.Array
@@ -61,6 +63,7 @@ class HeadParameters(NamedTuple):
   Shapes for b examples and H heads: key (b, H, M); beta, gate, gamma (b, H);
   shift_weights (b, H, S); erase and add (b, H, M) for write heads, None for read heads.
   """
+
   key: jax.Array
   beta: jax.Array
   gate: jax.Array
@@ -86,6 +89,7 @@ class HeadLayout(NamedTuple):
   a write head erase (M) and add (M). The cell, its initializers and the benchmarks all
   read the layout from here.
   """
+
   num_read_heads: int
   num_write_heads: int
   word_size: int
@@ -120,10 +124,11 @@ class HeadLayout(NamedTuple):
     if field not in sizes:
       raise ValueError(f'HeadLayout: unknown field {field!r}; one of {", ".join(sizes)}.')
     names = list(sizes)
-    start = sum(sizes[name] for name in names[:names.index(field)])
+    start = sum(sizes[name] for name in names[: names.index(field)])
     if is_write:
       first = self.num_read_heads * self.read_size + self.write_size * jnp.arange(
-          self.num_write_heads)
+          self.num_write_heads
+      )
     else:
       first = self.read_size * jnp.arange(self.num_read_heads)
     if offset is None:
@@ -138,12 +143,15 @@ class HeadLayout(NamedTuple):
     """(b, size) -> raw read (b, R, read size) and write (b, W, write size) parameters."""
     cut = self.num_read_heads * self.read_size
     batch = raw.shape[:-1]
-    return (raw[..., :cut].reshape(batch + (self.num_read_heads, self.read_size)),
-            raw[..., cut:].reshape(batch + (self.num_write_heads, self.write_size)))
+    return (
+        raw[..., :cut].reshape(batch + (self.num_read_heads, self.read_size)),
+        raw[..., cut:].reshape(batch + (self.num_write_heads, self.write_size)),
+    )
 
 
-def head_bias_init(layout: HeadLayout, read: dict | None = None,
-                   write: dict | None = None):
+def head_bias_init(
+    layout: HeadLayout, read: dict | None = None, write: dict | None = None
+):
   """An initializer for `NTMCell.head_bias_init`: chosen starting biases, zero elsewhere.
 
   `read` and `write` map a `HeadLayout` field, or a (field, offset) pair such as
@@ -161,17 +169,21 @@ def head_bias_init(layout: HeadLayout, read: dict | None = None,
   def init(key, shape, dtype=jnp.float32):
     del key
     if tuple(shape) != (layout.size,):
-      raise ValueError(f'head_bias_init: the layer has {tuple(shape)} biases, the layout '
-                       f'{layout.size}: build the layout from the cell\'s sizes.')
+      raise ValueError(
+          f'head_bias_init: the layer has {tuple(shape)} biases, the layout '
+          f"{layout.size}: build the layout from the cell's sizes."
+      )
     bias = jnp.zeros(shape, dtype)
     for indices, value in settings:
       bias = bias.at[indices].set(value)
     return bias
+
   return init
 
 
-def _split_head_parameters(raw: jax.Array, layout: HeadLayout,
-                           is_write: bool) -> HeadParameters:
+def _split_head_parameters(
+    raw: jax.Array, layout: HeadLayout, is_write: bool
+) -> HeadParameters:
   """Applies the activations that keep each head parameter in its range.
 
   beta = softplus >= 0; gate = sigmoid in (0, 1); shift = softmax over offsets;
@@ -181,11 +193,13 @@ def _split_head_parameters(raw: jax.Array, layout: HeadLayout,
   sizes = list(layout.field_sizes(is_write).values())
   parts = jnp.split(raw, list(itertools.accumulate(sizes[:-1])), axis=-1)
   key, beta, gate, shift_logits, gamma = parts[:5]
-  params = dict(key=key,
-                beta=jax.nn.softplus(beta[..., 0]),
-                gate=jax.nn.sigmoid(gate[..., 0]),
-                shift_weights=jax.nn.softmax(shift_logits, axis=-1),
-                gamma=1.0 + jax.nn.softplus(gamma[..., 0]))
+  params = dict(
+      key=key,
+      beta=jax.nn.softplus(beta[..., 0]),
+      gate=jax.nn.sigmoid(gate[..., 0]),
+      shift_weights=jax.nn.softmax(shift_logits, axis=-1),
+      gamma=1.0 + jax.nn.softplus(gamma[..., 0]),
+  )
   if is_write:
     params.update(erase=jax.nn.sigmoid(parts[5]), add=jnp.tanh(parts[6]))
   return HeadParameters(**params)
@@ -252,6 +266,7 @@ class NTMCell(nn.RNNCellBase):
       Pass a variant to study it (an ablation, or a deliberately broken equation in a
       test) without patching the library.
   """
+
   features: int
   memory_size: int = 128
   word_size: int = 20
@@ -272,31 +287,46 @@ class NTMCell(nn.RNNCellBase):
   write_fn: Callable[..., jax.Array] = memory_ops.write_heads
 
   def __post_init__(self):
-    positive = ('features', 'memory_size', 'word_size', 'num_read_heads',
-                'num_write_heads', 'controller_features', 'controller_layers')
+    positive = (
+        'features',
+        'memory_size',
+        'word_size',
+        'num_read_heads',
+        'num_write_heads',
+        'controller_features',
+        'controller_layers',
+    )
     for name in positive:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f'NTMCell.{name} must be a positive integer, got {value!r}.')
     if not isinstance(self.shift_range, int) or self.shift_range < 0:
       raise ValueError(
-          f'NTMCell.shift_range must be a non-negative integer, got {self.shift_range!r}.')
+          f'NTMCell.shift_range must be a non-negative integer, got {self.shift_range!r}.'
+      )
     if 2 * self.shift_range + 1 > self.memory_size:
       raise ValueError(
           f'NTMCell.shift_range={self.shift_range} needs 2 * shift_range + 1 <= '
-          f'memory_size={self.memory_size}.')
+          f'memory_size={self.memory_size}.'
+      )
     if self.controller not in CONTROLLERS:
       raise ValueError(
-          f'NTMCell.controller must be one of {CONTROLLERS}, got {self.controller!r}.')
+          f'NTMCell.controller must be one of {CONTROLLERS}, got {self.controller!r}.'
+      )
     if not 0 <= self.memory_stddev < float('inf'):
-      raise ValueError(f'NTMCell.memory_stddev must be a finite number >= 0, got '
-                       f'{self.memory_stddev!r}.')
+      raise ValueError(
+          f'NTMCell.memory_stddev must be a finite number >= 0, got '
+          f'{self.memory_stddev!r}.'
+      )
     if self.memory_init not in MEMORY_INITS:
       raise ValueError(
-          f'NTMCell.memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}.')
+          f'NTMCell.memory_init must be one of {MEMORY_INITS}, got {self.memory_init!r}.'
+      )
     if self.residual_packing not in RESIDUAL_PACKINGS:
-      raise ValueError(f'NTMCell.residual_packing must be one of {RESIDUAL_PACKINGS}, got '
-                       f'{self.residual_packing!r}.')
+      raise ValueError(
+          f'NTMCell.residual_packing must be one of {RESIDUAL_PACKINGS}, got '
+          f'{self.residual_packing!r}.'
+      )
     super().__post_init__()
 
   @property
@@ -306,8 +336,12 @@ class NTMCell(nn.RNNCellBase):
   @property
   def head_layout(self) -> HeadLayout:
     """Where each head parameter sits in the fused head layer's output."""
-    return HeadLayout(self.num_read_heads, self.num_write_heads, self.word_size,
-                      2 * self.shift_range + 1)
+    return HeadLayout(
+        self.num_read_heads,
+        self.num_write_heads,
+        self.word_size,
+        2 * self.shift_range + 1,
+    )
 
   @nn.nowrap
   def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> NTMState:
@@ -334,7 +368,8 @@ class NTMCell(nn.RNNCellBase):
         write_weights=jnp.zeros(batch + (self.num_write_heads, n), jnp.float32),
         reads=jnp.zeros(batch + (self.num_read_heads, m), jnp.float32),
         controller=controller,
-        is_initial=jnp.ones(batch, jnp.bool_))
+        is_initial=jnp.ones(batch, jnp.bool_),
+    )
 
   def __call__(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
     """One step of the machine for inputs x of shape (*batch, input_size)."""
@@ -354,45 +389,53 @@ class NTMCell(nn.RNNCellBase):
     """`_step` as a pure function of the parameters, its residuals packed on a GPU
     (everywhere with residual_packing='always')."""
     cell = self.clone(parent=None)
-    step = lambda params, carry, x: cell.apply({'params': params}, carry, x,  # noqa: E731
-                                               method=NTMCell._step)
+    step = lambda params, carry, x: cell.apply(
+        {'params': params}, carry, x, method=NTMCell._step  # noqa: E731
+    )
     packed = residuals.pack_residuals(step, invariant_argnums=(0,))
     params = self.variables['params']
     if self.residual_packing == 'always':
       return packed(params, carry, x)
-    return jax.lax.platform_dependent(params, carry, x, cuda=packed, rocm=packed,
-                                      default=step)
+    return jax.lax.platform_dependent(
+        params, carry, x, cuda=packed, rocm=packed, default=step
+    )
 
   @nn.compact
   def _step(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
     """`__call__`'s step as written: the parameters are created here."""
     batch = x.shape[:-1]
     # The pure functions are vmapped over one batch axis: flatten any others.
-    flat = lambda a: a.reshape((-1,) + a.shape[len(batch):])
+    flat = lambda a: a.reshape((-1,) + a.shape[len(batch) :])
     unflat = lambda a: a.reshape(batch + a.shape[1:])
     carry = self._reset_to_learned_initial_state(jax.tree_util.tree_map(flat, carry))
     x = flat(x)
 
     controller_input = jnp.concatenate(
-        [x, carry.reads.reshape(x.shape[0], -1).astype(x.dtype)], axis=-1)
+        [x, carry.reads.reshape(x.shape[0], -1).astype(x.dtype)], axis=-1
+    )
     controller_state, h = self._controller(carry.controller, controller_input)
 
     read_params, write_params = self._head_parameters(h)
     # The single-example equations, over heads (which share the memory), then the batch.
     address = jax.vmap(jax.vmap(self.address_fn, in_axes=(None, 0, 0, 0, 0, 0, 0)))
     write_weights = address(carry.memory, carry.write_weights, *write_params[:5])
-    memory = jax.vmap(self.write_fn)(carry.memory, write_weights, write_params.erase,
-                                     write_params.add)
+    memory = jax.vmap(self.write_fn)(
+        carry.memory, write_weights, write_params.erase, write_params.add
+    )
     read_weights = address(memory, carry.read_weights, *read_params[:5])
     reads = jax.vmap(jax.vmap(self.read_fn, in_axes=(None, 0)))(memory, read_weights)
 
-    y = nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name='output')(jnp.concatenate(
-                     [h, reads.reshape(x.shape[0], -1).astype(h.dtype)], axis=-1))
-    new_carry = NTMState(memory=memory, read_weights=read_weights,
-                         write_weights=write_weights, reads=reads,
-                         controller=controller_state,
-                         is_initial=jnp.zeros_like(carry.is_initial))
+    y = nn.Dense(
+        self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='output'
+    )(jnp.concatenate([h, reads.reshape(x.shape[0], -1).astype(h.dtype)], axis=-1))
+    new_carry = NTMState(
+        memory=memory,
+        read_weights=read_weights,
+        write_weights=write_weights,
+        reads=reads,
+        controller=controller_state,
+        is_initial=jnp.zeros_like(carry.is_initial),
+    )
     return jax.tree_util.tree_map(unflat, new_carry), unflat(y)
 
   def _reset_to_learned_initial_state(self, carry: NTMState) -> NTMState:
@@ -401,37 +444,70 @@ class NTMCell(nn.RNNCellBase):
     fresh = carry.is_initial
     select = lambda learned, current: jnp.where(
         fresh.reshape((-1,) + (1,) * (current.ndim - 1)),
-        learned.astype(current.dtype), current)
-    read_logits = self.param('initial_read_weight_logits', _initial_focus,
-                             (self.num_read_heads, n), self.param_dtype)
-    write_logits = self.param('initial_write_weight_logits', _initial_focus,
-                              (self.num_write_heads, n), self.param_dtype)
-    reads = self.param('initial_reads', nn.initializers.zeros,
-                       (self.num_read_heads, m), self.param_dtype)
+        learned.astype(current.dtype),
+        current,
+    )
+    read_logits = self.param(
+        'initial_read_weight_logits',
+        _initial_focus,
+        (self.num_read_heads, n),
+        self.param_dtype,
+    )
+    write_logits = self.param(
+        'initial_write_weight_logits',
+        _initial_focus,
+        (self.num_write_heads, n),
+        self.param_dtype,
+    )
+    reads = self.param(
+        'initial_reads', nn.initializers.zeros, (self.num_read_heads, m), self.param_dtype
+    )
     memory = carry.memory
     if self.memory_init == 'learned':
       learned_memory = self.param(
           'initial_memory',
-          lambda k, s, d: CONSTANT_MEMORY_VALUE + self.memory_stddev * jax.random.normal(
-              k, s, d), (n, m), self.param_dtype)
+          lambda k, s, d: CONSTANT_MEMORY_VALUE
+          + self.memory_stddev * jax.random.normal(k, s, d),
+          (n, m),
+          self.param_dtype,
+      )
       memory = select(learned_memory, memory)
     controller = tuple(
-        (select(self.param(f'initial_controller_c_{layer}', nn.initializers.zeros,
-                           (self.controller_features,), self.param_dtype), c),
-         select(self.param(f'initial_controller_h_{layer}', nn.initializers.zeros,
-                           (self.controller_features,), self.param_dtype), h))
-        for layer, (c, h) in enumerate(carry.controller))
+        (
+            select(
+                self.param(
+                    f'initial_controller_c_{layer}',
+                    nn.initializers.zeros,
+                    (self.controller_features,),
+                    self.param_dtype,
+                ),
+                c,
+            ),
+            select(
+                self.param(
+                    f'initial_controller_h_{layer}',
+                    nn.initializers.zeros,
+                    (self.controller_features,),
+                    self.param_dtype,
+                ),
+                h,
+            ),
+        )
+        for layer, (c, h) in enumerate(carry.controller)
+    )
     return carry._replace(
         memory=memory,
         read_weights=select(jax.nn.softmax(read_logits, axis=-1), carry.read_weights),
         write_weights=select(jax.nn.softmax(write_logits, axis=-1), carry.write_weights),
         reads=select(reads, carry.reads),
-        controller=controller)
+        controller=controller,
+    )
 
   def _controller(self, state, inputs: jax.Array):
     """Runs the controller; returns its new (float32) state and its output h_t."""
-    dense = functools.partial(nn.Dense, self.controller_features, dtype=self.dtype,
-                              param_dtype=self.param_dtype)
+    dense = functools.partial(
+        nn.Dense, self.controller_features, dtype=self.dtype, param_dtype=self.param_dtype
+    )
     if self.controller == 'feedforward':
       h = inputs
       for layer in range(self.controller_layers):
@@ -440,8 +516,11 @@ class NTMCell(nn.RNNCellBase):
     new_state, h = [], inputs
     for layer, (c, h_prev) in enumerate(state):
       (c, h_prev), h = nn.OptimizedLSTMCell(
-          self.controller_features, dtype=self.dtype, param_dtype=self.param_dtype,
-          name=f'controller_{layer}')((c, h_prev), h)
+          self.controller_features,
+          dtype=self.dtype,
+          param_dtype=self.param_dtype,
+          name=f'controller_{layer}',
+      )((c, h_prev), h)
       # The carry stays float32 so that its dtype is the same at every step of a scan.
       new_state.append((c.astype(jnp.float32), h_prev.astype(jnp.float32)))
     return tuple(new_state), h
@@ -449,8 +528,15 @@ class NTMCell(nn.RNNCellBase):
   def _head_parameters(self, h: jax.Array) -> tuple[HeadParameters, HeadParameters]:
     """One fused dense layer for all heads (one matmul instead of one per parameter)."""
     layout = self.head_layout
-    raw = nn.Dense(layout.size, dtype=self.dtype, param_dtype=self.param_dtype,
-                   bias_init=self.head_bias_init, name='heads')(h).astype(jnp.float32)
+    raw = nn.Dense(
+        layout.size,
+        dtype=self.dtype,
+        param_dtype=self.param_dtype,
+        bias_init=self.head_bias_init,
+        name='heads',
+    )(h).astype(jnp.float32)
     raw_read, raw_write = layout.split(raw)
-    return (_split_head_parameters(raw_read, layout, is_write=False),
-            _split_head_parameters(raw_write, layout, is_write=True))
+    return (
+        _split_head_parameters(raw_read, layout, is_write=False),
+        _split_head_parameters(raw_write, layout, is_write=True),
+    )

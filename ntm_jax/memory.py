@@ -38,8 +38,9 @@ def write(memory: jax.Array, w: jax.Array, erase: jax.Array, add: jax.Array) -> 
   return memory * (1.0 - jnp.outer(w, erase)) + jnp.outer(w, add)
 
 
-def write_heads(memory: jax.Array, weights: jax.Array, erases: jax.Array,
-                adds: jax.Array) -> jax.Array:
+def write_heads(
+    memory: jax.Array, weights: jax.Array, erases: jax.Array, adds: jax.Array
+) -> jax.Array:
   """Eq. 3-4 for H write heads at once: erases multiply, then adds sum (Sec. 3.2).
 
   M~ = M_{t-1} prod_h (1 - w_h e_h^T);  M_t = M~ + sum_h w_h a_h^T. The order of the heads

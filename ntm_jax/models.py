@@ -22,9 +22,12 @@ def _clip_gradient(bound: float, tree: Any) -> Any:
   return tree
 
 
-_clip_gradient.defvjp(lambda bound, tree: (tree, None),
-                      lambda bound, _, cotangent: (jax.tree_util.tree_map(
-                          lambda g: jnp.clip(g, -bound, bound), cotangent),))
+_clip_gradient.defvjp(
+    lambda bound, tree: (tree, None),
+    lambda bound, _, cotangent: (
+        jax.tree_util.tree_map(lambda g: jnp.clip(g, -bound, bound), cotangent),
+    ),
+)
 
 
 def clip_carry_gradient(bound: float, carry: NTMState) -> NTMState:
@@ -83,6 +86,7 @@ class NTM(nn.Module):
       lets XLA fuse across steps and launch fewer, larger kernels, at the price of compile
       time. The results are those of `unroll=1` up to float rounding.
   """
+
   cell: NTMCell
   remat_chunk: int = 1
   carry_grad_clip: float = 0.0
@@ -94,8 +98,10 @@ class NTM(nn.Module):
       if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ValueError(f'NTM.{name} must be an integer >= {least}, got {value!r}.')
     if not 0 <= self.carry_grad_clip < float('inf'):
-      raise ValueError(f'NTM.carry_grad_clip must be a finite number >= 0 (0: off), got '
-                       f'{self.carry_grad_clip!r}.')
+      raise ValueError(
+          f'NTM.carry_grad_clip must be a finite number >= 0 (0: off), got '
+          f'{self.carry_grad_clip!r}.'
+      )
     super().__post_init__()
 
   @nn.nowrap
@@ -103,8 +109,9 @@ class NTM(nn.Module):
     """(b,) entropy in bits of the weightings an `apply(..., mutable=['intermediates'])`
     recorded, every head's, summed over heads and the steps up to each sequence's last
     scored step: what a loss on sharp addressing penalises."""
-    return sum(weighting_entropy(weights, mask)
-               for (weights,) in intermediates['cell'].values())
+    return sum(
+        weighting_entropy(weights, mask) for (weights,) in intermediates['cell'].values()
+    )
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
@@ -116,19 +123,26 @@ class NTM(nn.Module):
       carry, y = cell(carry, x)
       return (clip_carry_gradient(bound, carry) if bound else carry), y
 
-    scan = functools.partial(nn.scan, variable_broadcast='params',
-                             split_rngs={'params': False}, unroll=self.unroll)
+    scan = functools.partial(
+        nn.scan,
+        variable_broadcast='params',
+        split_rngs={'params': False},
+        unroll=self.unroll,
+    )
     if self.remat_chunk <= 1:
       if self.remat_chunk == 1:
         # prevent_cse=False is safe inside a scan (see jax.checkpoint) and lets XLA fuse.
         step = nn.remat(step, prevent_cse=False)
       # variable_axes: the cell's recorded weightings are stacked along time (axis 1).
       _, ys = scan(step, variable_axes={'intermediates': 1}, in_axes=1, out_axes=1)(
-          self.cell, carry, inputs)
+          self.cell, carry, inputs
+      )
       return ys
     if self.is_mutable_collection('intermediates'):
-      raise ValueError('NTM: the weightings are recorded (mutable=["intermediates"]) '
-                       'only with remat_chunk=0 or 1.')
+      raise ValueError(
+          'NTM: the weightings are recorded (mutable=["intermediates"]) '
+          'only with remat_chunk=0 or 1.'
+      )
     batch, num_steps, _ = inputs.shape
     chunk = self.remat_chunk
     num_chunks = -(-num_steps // chunk)
@@ -146,6 +160,7 @@ class NTM(nn.Module):
 
 class LSTMBaseline(nn.Module):
   """The paper's baseline: stacked LSTM layers and a dense output layer."""
+
   features: int
   hidden_features: int = 256
   num_layers: int = 3
@@ -156,11 +171,15 @@ class LSTMBaseline(nn.Module):
   def __call__(self, inputs: jax.Array) -> jax.Array:
     h = inputs
     for layer in range(self.num_layers):
-      h = nn.RNN(nn.OptimizedLSTMCell(self.hidden_features, dtype=self.dtype,
-                                      param_dtype=self.param_dtype),
-                 name=f'lstm_{layer}')(h)
-    return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name='output')(h).astype(jnp.float32)
+      h = nn.RNN(
+          nn.OptimizedLSTMCell(
+              self.hidden_features, dtype=self.dtype, param_dtype=self.param_dtype
+          ),
+          name=f'lstm_{layer}',
+      )(h)
+    return nn.Dense(
+        self.features, dtype=self.dtype, param_dtype=self.param_dtype, name='output'
+    )(h).astype(jnp.float32)
 
 
 def trace_ntm(model: NTM, params, inputs: jax.Array) -> tuple[jax.Array, NTMState]:

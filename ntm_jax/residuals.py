@@ -10,16 +10,18 @@ arguments named invariant (a step's parameters) stay apart, so that a scan keeps
 outside its loop as it does for `fn`.
 """
 
+from collections.abc import Callable, Sequence
 import functools
 import math
-from typing import Callable, Sequence
 
 import jax
 from jax.extend import core as jax_core
 import jax.numpy as jnp
 
 
-def _varying_outputs(jaxpr: jax_core.ClosedJaxpr, varying_inputs: Sequence[bool]) -> list[bool]:
+def _varying_outputs(
+    jaxpr: jax_core.ClosedJaxpr, varying_inputs: Sequence[bool]
+) -> list[bool]:
   """Which outputs of `jaxpr` depend on the inputs flagged as varying (a forward pass
   over its equations; an equation with any varying input makes all its outputs vary)."""
   varying = {v for v, flag in zip(jaxpr.jaxpr.invars, varying_inputs) if flag}
@@ -58,14 +60,21 @@ def pack_residuals(fn: Callable, invariant_argnums: Sequence[int] = ()) -> Calla
     out, vjp_fn = jax.vjp(fn, *args)
     leaves, treedef = jax.tree.flatten(vjp_fn)
     flat_args = [jax.tree.leaves(arg) for arg in args]
-    shapes = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(args)]
-    varying_inputs = [i not in invariant_argnums
-                      for i, leaves_i in enumerate(flat_args) for _ in leaves_i]
-    jaxpr = jax.make_jaxpr(lambda *flat: residual_leaves(*jax.tree.unflatten(
-        jax.tree.structure(args), flat)))(*shapes)
+    shapes = [
+        jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(args)
+    ]
+    varying_inputs = [
+        i not in invariant_argnums
+        for i, leaves_i in enumerate(flat_args)
+        for _ in leaves_i
+    ]
+    jaxpr = jax.make_jaxpr(
+        lambda *flat: residual_leaves(*jax.tree.unflatten(jax.tree.structure(args), flat))
+    )(*shapes)
     varying = _varying_outputs(jaxpr, varying_inputs)
-    layout['residuals'] = treedef, [(leaf.shape, leaf.dtype, flag)
-                                    for leaf, flag in zip(leaves, varying)]
+    layout['residuals'] = treedef, [
+        (leaf.shape, leaf.dtype, flag) for leaf, flag in zip(leaves, varying)
+    ]
     groups, kept = {}, []
     for leaf, flag in zip(leaves, varying):
       if flag:
@@ -86,7 +95,7 @@ def pack_residuals(fn: Callable, invariant_argnums: Sequence[int] = ()) -> Calla
         leaves.append(next(kept))
         continue
       name, size = jnp.dtype(dtype).name, math.prod(shape)
-      leaves.append(buffers[name][offsets[name]:offsets[name] + size].reshape(shape))
+      leaves.append(buffers[name][offsets[name] : offsets[name] + size].reshape(shape))
       offsets[name] += size
     return jax.tree.unflatten(treedef, leaves)(cotangent)
 

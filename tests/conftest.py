@@ -17,9 +17,12 @@ atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 # The suite runs on the CPU unless told otherwise (benchmarks.gpu_smoke sets cuda,cpu):
 # with the TPU runtime installed for the deviceless compile checks, JAX would otherwise
 # open it in every process, and libtpu locks a file that two processes cannot share.
-for name, value in (('JAX_PLATFORMS', 'cpu'), ('JAX_COMPILATION_CACHE_DIR', _CACHE),
-                    ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0'),
-                    ('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')):
+for name, value in (
+    ('JAX_PLATFORMS', 'cpu'),
+    ('JAX_COMPILATION_CACHE_DIR', _CACHE),
+    ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0'),
+    ('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0'),
+):
   os.environ.setdefault(name, value)
 
 from ntm_jax.training import backend  # noqa: E402 - after the cache's settings
@@ -32,6 +35,7 @@ backend.tune_cpu_compiler()
 @functools.cache
 def _has_gpu() -> bool:
   import jax
+
   try:
     return bool(jax.devices('gpu'))
   except RuntimeError:  # no GPU backend in this JAX, or no GPU on this machine

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 def _require(module: str) -> None:
   if importlib.util.find_spec(module) is None:
-    message = f'{module} is missing: pip install -e \'.[targets]\''
+    message = f"{module} is missing: pip install -e '.[targets]'"
     if os.environ.get('CI'):
       pytest.fail(message)
     pytest.skip(message)
@@ -35,9 +35,19 @@ def _require(module: str) -> None:
 def _compile(workload: str, *flags: str) -> list[dict]:
   """The benchmark's rows for one workload (its child process, as the benchmark runs it)."""
   result = subprocess.run(
-      [sys.executable, '-m', 'benchmarks.accelerator_compile', f'--worker={workload}',
-       *flags], cwd=ROOT, capture_output=True, text=True, timeout=900,
-      env=dict(os.environ, PYTHONPATH=ROOT))
+      [
+          sys.executable,
+          '-m',
+          'benchmarks.accelerator_compile',
+          f'--worker={workload}',
+          *flags,
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=900,
+      env=dict(os.environ, PYTHONPATH=ROOT),
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith('{')]
   assert rows and not [row['error'] for row in rows if 'error' in row]

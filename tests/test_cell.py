@@ -8,30 +8,35 @@ import pytest
 
 import ntm_jax
 from ntm_jax import NTMCell
-from ntm_jax import head_bias_init
 from ntm_jax import cell as cell_lib
+from ntm_jax import head_bias_init
 from ntm_jax import models
 
-B, T, I = 3, 5, 7
+B, T, I = 3, 5, 7  # noqa: E741 - the notation's batch, time and input width
 
 CONFIGS = [
     dict(),
     dict(num_read_heads=2, num_write_heads=3),
     dict(shift_range=2),
     dict(controller='feedforward'),
-    dict(controller='feedforward', controller_layers=2, num_read_heads=4,
-         num_write_heads=4),
+    dict(
+        controller='feedforward', controller_layers=2, num_read_heads=4, num_write_heads=4
+    ),
     dict(controller_layers=2),
     dict(memory_init='learned'),
     dict(memory_init='random'),
 ]
 
 
-@pytest.mark.parametrize('config', CONFIGS, ids=lambda c: ','.join(
-    f'{k}={v}' for k, v in c.items()) or 'defaults')
+@pytest.mark.parametrize(
+    'config',
+    CONFIGS,
+    ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()) or 'defaults',
+)
 def test_shapes_for_several_configurations(config):
-  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
-                 **config)
+  cell = NTMCell(
+      features=4, memory_size=16, word_size=6, controller_features=12, **config
+  )
   xs = jax.random.normal(jax.random.key(0), (B, T, I))
   model = nn.RNN(cell, return_carry=True)
   params = model.init(jax.random.key(1), xs)
@@ -74,12 +79,14 @@ def test_batch_axes_are_independent_and_vmap_matches():
   params = model.init(jax.random.key(1), xs)
   batched = jax.jit(model.apply)(params, xs)
   for b in range(B):
-    np.testing.assert_allclose(model.apply(params, xs[b:b + 1])[0], batched[b], rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        model.apply(params, xs[b : b + 1])[0], batched[b], rtol=1e-5, atol=1e-6
+    )
   np.testing.assert_allclose(model.apply(params, xs[0]), batched[0], rtol=1e-5, atol=1e-6)
   two_batch_axes = xs.reshape(1, B, T, I).transpose(1, 0, 2, 3)  # (B, 1, T, I)
-  np.testing.assert_allclose(model.apply(params, two_batch_axes)[:, 0], batched, rtol=1e-5,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      model.apply(params, two_batch_axes)[:, 0], batched, rtol=1e-5, atol=1e-6
+  )
 
 
 def test_first_step_uses_the_learned_initial_state():
@@ -115,15 +122,20 @@ def test_learned_memory_is_a_parameter_and_random_memory_comes_from_the_rng():
   assert not np.allclose(m1, m2)
   # Its scale is memory_stddev (0.01 by default): 2 * 16 * 6 = 192 draws.
   assert 0.008 < float(jnp.std(m1)) < 0.012
-  wide = NTMCell(features=4, memory_size=16, word_size=6, memory_init='random',
-                 memory_stddev=0.1)
-  np.testing.assert_allclose(wide.initialize_carry(jax.random.key(1), (2, I)).memory,
-                             10 * m1, rtol=1e-5)
+  wide = NTMCell(
+      features=4, memory_size=16, word_size=6, memory_init='random', memory_stddev=0.1
+  )
+  np.testing.assert_allclose(
+      wide.initialize_carry(jax.random.key(1), (2, I)).memory, 10 * m1, rtol=1e-5
+  )
   constant = NTMCell(features=4, memory_size=16, word_size=6)
   np.testing.assert_array_equal(
-      constant.initialize_carry(jax.random.key(1), (2, I)).memory, np.float32(1e-6))
-  assert 'initial_memory' not in nn.RNN(constant).init(jax.random.key(1), xs)['params'][
-      'cell']
+      constant.initialize_carry(jax.random.key(1), (2, I)).memory, np.float32(1e-6)
+  )
+  assert (
+      'initial_memory'
+      not in nn.RNN(constant).init(jax.random.key(1), xs)['params']['cell']
+  )
 
 
 def test_the_ntm_draws_a_random_memory_from_the_memory_rng_and_a_fixed_one_without():
@@ -136,7 +148,8 @@ def test_the_ntm_draws_a_random_memory_from_the_memory_rng_and_a_fixed_one_witho
   assert not np.allclose(with_key(5), with_key(6))
   # Without a 'memory' rng (evaluation, figures) the carry is initialize_carry(key(0))'s.
   np.testing.assert_array_equal(
-      model.apply(params, xs), nn.RNN(cell).apply(params, xs, init_key=jax.random.key(0)))
+      model.apply(params, xs), nn.RNN(cell).apply(params, xs, init_key=jax.random.key(0))
+  )
 
 
 def _rows_written(cell: NTMCell) -> tuple[np.ndarray, np.ndarray]:
@@ -155,8 +168,11 @@ def _rows_written(cell: NTMCell) -> tuple[np.ndarray, np.ndarray]:
   w[1, 0, [2, 9]] = 0.5
   w[2, 0, [0, 1, 14, 15]] = 0.25
   memory = jax.random.normal(jax.random.key(2), carry.memory.shape)
-  carry = carry._replace(memory=memory, write_weights=jnp.asarray(w),
-                         is_initial=jnp.zeros_like(carry.is_initial))
+  carry = carry._replace(
+      memory=memory,
+      write_weights=jnp.asarray(w),
+      is_initial=jnp.zeros_like(carry.is_initial),
+  )
   new_carry, _ = cell.apply(params, carry, x)
   np.testing.assert_array_equal(new_carry.write_weights, w)  # the injected addressing
   return np.asarray(jnp.any(new_carry.memory != memory, axis=-1)), w[:, 0] > 0
@@ -183,31 +199,45 @@ def test_reads_see_the_write_of_the_same_step():
   np.testing.assert_allclose(new_carry.reads, expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize('field,value,message', [
-    ('memory_size', 0, 'memory_size must be a positive integer'),
-    ('num_read_heads', -1, 'num_read_heads must be a positive integer'),
-    ('controller', 'gru', "controller must be one of \\('lstm', 'feedforward'\\)"),
-    ('memory_init', 'zeros', 'memory_init must be one of'),
-    ('memory_stddev', -0.1, 'memory_stddev must be a finite number >= 0'),
-    ('shift_range', 8, 'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16'),
-    ('residual_packing', 'sometimes', 'residual_packing must be one of'),
-])
+@pytest.mark.parametrize(
+    'field,value,message',
+    [
+        ('memory_size', 0, 'memory_size must be a positive integer'),
+        ('num_read_heads', -1, 'num_read_heads must be a positive integer'),
+        ('controller', 'gru', "controller must be one of \\('lstm', 'feedforward'\\)"),
+        ('memory_init', 'zeros', 'memory_init must be one of'),
+        ('memory_stddev', -0.1, 'memory_stddev must be a finite number >= 0'),
+        (
+            'shift_range',
+            8,
+            'shift_range=8 needs 2 \\* shift_range \\+ 1 <= memory_size=16',
+        ),
+        ('residual_packing', 'sometimes', 'residual_packing must be one of'),
+    ],
+)
 def test_bad_fields_raise_clear_errors(field, value, message):
   with pytest.raises(ValueError, match=message):
     NTMCell(features=4, **{'memory_size': 16, field: value})
 
 
 def test_the_head_layout_names_every_entry_of_the_head_layer_once():
-  layout = NTMCell(features=3, memory_size=16, word_size=6, num_read_heads=2,
-                   num_write_heads=3, shift_range=2).head_layout
+  layout = NTMCell(
+      features=3,
+      memory_size=16,
+      word_size=6,
+      num_read_heads=2,
+      num_write_heads=3,
+      shift_range=2,
+  ).head_layout
   covered = []
   for is_write in (False, True):
     for field in layout.field_sizes(is_write):
       covered += np.ravel(layout.indices(field, is_write)).tolist()
   # Read heads of 6 + 5 + 3 entries, write heads of 3 * 6 + 5 + 3.
   assert sorted(covered) == list(range(layout.size)) == list(range(2 * 14 + 3 * 26))
-  np.testing.assert_array_equal(layout.indices('shift', True, 1), 2 * 14 + np.array(
-      [0, 26, 52]) + 6 + 2 + 3)  # key, beta and gate, then offsets -2, -1, 0, +1
+  np.testing.assert_array_equal(
+      layout.indices('shift', True, 1), 2 * 14 + np.array([0, 26, 52]) + 6 + 2 + 3
+  )  # key, beta and gate, then offsets -2, -1, 0, +1
   with pytest.raises(ValueError, match='offset out of range'):
     layout.indices('shift', True, 3)
   with pytest.raises(ValueError, match="unknown field 'erase'"):
@@ -222,21 +252,32 @@ def test_a_head_bias_starts_the_write_heads_writing_one_slot_after_another(shift
   # focus moves on by one slot per step whatever the input, and the read heads'
   # parameters are untouched.
   b, n = 4.0, 32
-  plain = NTMCell(features=3, memory_size=n, word_size=6, num_read_heads=2,
-                  num_write_heads=3, controller_features=12, shift_range=shift_range,
-                  memory_init='learned')
+  plain = NTMCell(
+      features=3,
+      memory_size=n,
+      word_size=6,
+      num_read_heads=2,
+      num_write_heads=3,
+      controller_features=12,
+      shift_range=shift_range,
+      memory_init='learned',
+  )
   layout = plain.head_layout
-  advancing = plain.clone(head_bias_init=head_bias_init(
-      layout, write={'gate': -b, ('shift', 1): b}))
+  advancing = plain.clone(
+      head_bias_init=head_bias_init(layout, write={'gate': -b, ('shift', 1): b})
+  )
   xs = jax.random.normal(jax.random.key(2), (1, 12, I))
   carry = plain.initialize_carry(jax.random.key(0), (1, I))
-  params = {cell: cell.init(jax.random.key(1), carry, xs[:, 0])
-            for cell in (plain, advancing)}
+  params = {
+      cell: cell.init(jax.random.key(1), carry, xs[:, 0]) for cell in (plain, advancing)
+  }
 
   def heads(p):  # the head parameters for a zero controller output: the biases alone
     raw_read, raw_write = layout.split(p['params']['heads']['bias'])
-    return (cell_lib._split_head_parameters(raw_read, layout, False),
-            cell_lib._split_head_parameters(raw_write, layout, True))
+    return (
+        cell_lib._split_head_parameters(raw_read, layout, False),
+        cell_lib._split_head_parameters(raw_write, layout, True),
+    )
 
   (read0, write0), (read, write) = heads(params[plain]), heads(params[advancing])
   np.testing.assert_allclose(write.gate, 1 / (1 + np.exp(b)), rtol=1e-6)
@@ -257,8 +298,9 @@ def test_a_head_bias_starts_the_write_heads_writing_one_slot_after_another(shift
 
 
 def test_bfloat16_computation_keeps_a_float32_carry_and_gradients():
-  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
-                 dtype=jnp.bfloat16)
+  cell = NTMCell(
+      features=4, memory_size=16, word_size=6, controller_features=12, dtype=jnp.bfloat16
+  )
   xs = jax.random.normal(jax.random.key(0), (B, T, I))
   model = nn.RNN(cell, return_carry=True)
   params = model.init(jax.random.key(1), xs)
@@ -285,8 +327,9 @@ def test_the_ntm_records_every_steps_weightings_only_when_asked(remat_chunk):
   # carries (1), when applied with 'intermediates' mutable, then it returns the same
   # outputs and the weightings trace_ntm sees at every step; a plain apply records
   # nothing, and the chunked remat path refuses to record.
-  cell = NTMCell(features=4, memory_size=16, word_size=6, num_read_heads=2,
-                 num_write_heads=3)
+  cell = NTMCell(
+      features=4, memory_size=16, word_size=6, num_read_heads=2, num_write_heads=3
+  )
   model = models.NTM(cell, remat_chunk=remat_chunk)
   xs = jax.random.normal(jax.random.key(0), (B, T, I))
   params = model.init(jax.random.key(1), xs)
@@ -297,21 +340,36 @@ def test_the_ntm_records_every_steps_weightings_only_when_asked(remat_chunk):
   recorded = variables['intermediates']['cell']
   assert recorded['read_weights'][0].shape == (B, T, 2, 16)
   np.testing.assert_allclose(recorded['read_weights'][0], states.read_weights, atol=1e-6)
-  np.testing.assert_allclose(recorded['write_weights'][0], states.write_weights, atol=1e-6)
+  np.testing.assert_allclose(
+      recorded['write_weights'][0], states.write_weights, atol=1e-6
+  )
   with pytest.raises(ValueError, match='only with remat_chunk=0 or 1'):
     models.NTM(cell, remat_chunk=2).apply(params, xs, mutable=['intermediates'])
 
 
 def test_public_api():
-  for name in ('NTMCell', 'NTMState', 'HeadLayout', 'head_bias_init', 'content_weights',
-               'interpolate', 'shift', 'sharpen', 'address', 'read', 'write', 'write_heads'):
+  for name in (
+      'NTMCell',
+      'NTMState',
+      'HeadLayout',
+      'head_bias_init',
+      'content_weights',
+      'interpolate',
+      'shift',
+      'sharpen',
+      'address',
+      'read',
+      'write',
+      'write_heads',
+  ):
     assert hasattr(ntm_jax, name)
   assert issubclass(ntm_jax.NTMCell, nn.RNNCellBase)
   assert NTMCell(features=3).num_feature_axes == 1
 
 
-@pytest.mark.parametrize('chunk', [1] + [pytest.param(k, marks=pytest.mark.slow)
-                                   for k in (2, 4, 11, 16)])
+@pytest.mark.parametrize(
+    'chunk', [1] + [pytest.param(k, marks=pytest.mark.slow) for k in (2, 4, 11, 16)]
+)
 def test_rematerialisation_equals_the_plain_scan(chunk):
   # Given the same parameters, when the backward pass recomputes each step (1) or time is
   # scanned in rematerialised chunks (including a chunk that does not divide T and one
@@ -320,14 +378,18 @@ def test_rematerialisation_equals_the_plain_scan(chunk):
   xs = jax.random.normal(jax.random.key(0), (B, 11, I))
   plain, chunked = models.NTM(cell, remat_chunk=0), models.NTM(cell, remat_chunk=chunk)
   params = plain.init(jax.random.key(1), xs)
-  assert jax.tree_util.tree_structure(chunked.init(jax.random.key(1), xs)) == \
-      jax.tree_util.tree_structure(params)
-  np.testing.assert_allclose(chunked.apply(params, xs), plain.apply(params, xs), rtol=1e-5,
-                             atol=1e-6)
+  assert jax.tree_util.tree_structure(
+      chunked.init(jax.random.key(1), xs)
+  ) == jax.tree_util.tree_structure(params)
+  np.testing.assert_allclose(
+      chunked.apply(params, xs), plain.apply(params, xs), rtol=1e-5, atol=1e-6
+  )
   loss = lambda model: lambda p: jnp.sum(jnp.square(model.apply(p, xs)))
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-      jax.grad(loss(plain))(params), jax.grad(loss(chunked))(params))
+      jax.grad(loss(plain))(params),
+      jax.grad(loss(chunked))(params),
+  )
 
 
 @pytest.mark.parametrize('remat_chunk', [-1, 1.5, True])
@@ -343,23 +405,29 @@ def test_a_rematerialised_cell_in_nn_rnn_gives_the_same_gradients():
   plain = nn.RNN(NTMCell(features=3, memory_size=16, word_size=4))
   remat = nn.RNN(nn.remat(NTMCell)(features=3, memory_size=16, word_size=4))
   params = plain.init(jax.random.key(1), xs)
-  assert jax.tree_util.tree_structure(remat.init(jax.random.key(1), xs)) == \
-      jax.tree_util.tree_structure(params)
+  assert jax.tree_util.tree_structure(
+      remat.init(jax.random.key(1), xs)
+  ) == jax.tree_util.tree_structure(params)
   loss = lambda model: lambda p: jnp.sum(jnp.square(model.apply(p, xs)))
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-      jax.grad(loss(plain))(params), jax.grad(loss(remat))(params))
+      jax.grad(loss(plain))(params),
+      jax.grad(loss(remat))(params),
+  )
 
 
 def _loop_gradients(cell, params, xs, carry_gradient):
   """Gradients of a Python loop of cell steps, with `carry_gradient` applied to the
   gradient flowing back into each step through the carry (an independent unroll)."""
+
   @jax.custom_vjp
   def through(carry):
     return carry
 
-  through.defvjp(lambda carry: (carry, None),
-                 lambda _, g: (jax.tree_util.tree_map(carry_gradient, g),))
+  through.defvjp(
+      lambda carry: (carry, None),
+      lambda _, g: (jax.tree_util.tree_map(carry_gradient, g),),
+  )
 
   def loss(cell_params):
     carry = cell.initialize_carry(jax.random.key(0), xs[:, 0].shape)
@@ -379,8 +447,13 @@ def test_carry_grad_clip_clips_the_gradient_through_the_carry_and_nothing_else(b
   # Given the same parameters with and without the clip, then the outputs are the same,
   # and the gradients are those of an unroll whose carry gradient is clipped by hand,
   # which differ from the unclipped ones (the bounds are small enough to bite).
-  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
-                 memory_init='learned')
+  cell = NTMCell(
+      features=4,
+      memory_size=16,
+      word_size=6,
+      controller_features=12,
+      memory_init='learned',
+  )
   plain = models.NTM(cell, remat_chunk=0)
   clipped = models.NTM(cell, remat_chunk=0, carry_grad_clip=bound)
   xs = jax.random.normal(jax.random.key(0), (B, T, I))
@@ -391,9 +464,11 @@ def test_carry_grad_clip_clips_the_gradient_through_the_carry_and_nothing_else(b
   expected = _loop_gradients(cell, params, xs, lambda g: jnp.clip(g, -bound, bound))
   unclipped = jax.grad(loss(plain))(params)['params']['cell']
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), got, expected)
-  differs = jax.tree_util.tree_map(lambda a, b: bool(jnp.any(jnp.abs(a - b) > 1e-4)),
-                                   got, unclipped)
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), got, expected
+  )
+  differs = jax.tree_util.tree_map(
+      lambda a, b: bool(jnp.any(jnp.abs(a - b) > 1e-4)), got, unclipped
+  )
   assert differs['initial_memory'] and differs['heads']['kernel']
 
 
@@ -405,10 +480,13 @@ def test_a_carry_grad_clip_above_every_gradient_changes_nothing():
   jax.tree_util.tree_map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8),
       jax.grad(loss(models.NTM(cell)))(params),
-      jax.grad(loss(models.NTM(cell, carry_grad_clip=1e6)))(params))
+      jax.grad(loss(models.NTM(cell, carry_grad_clip=1e6)))(params),
+  )
 
 
 @pytest.mark.parametrize('bound', [-1.0, float('inf')])
 def test_a_bad_carry_grad_clip_is_named_in_the_error(bound):
-  with pytest.raises(ValueError, match='NTM.carry_grad_clip must be a finite number >= 0'):
+  with pytest.raises(
+      ValueError, match='NTM.carry_grad_clip must be a finite number >= 0'
+  ):
     models.NTM(NTMCell(features=3), carry_grad_clip=bound)

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from ntm_jax.tasks import CopyTask
     from ntm_jax.training import ExperimentConfig, factory, optim, run, train_state
@@ -69,19 +69,29 @@ SCRIPT = textwrap.dedent('''
     except ValueError as error:
       assert 'batch_size=6 must be divisible by the number of devices (4)' in str(error)
     print('DATA PARALLEL OK')
-''')
+""")
 
 
 def test_data_parallel_gives_the_single_device_result(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  result = subprocess.run([sys.executable, '-c', SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+  env = dict(
+      os.environ,
+      PYTHONPATH=ROOT,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', SCRIPT, str(tmp_path)],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'DATA PARALLEL OK' in result.stdout
 
 
-POPULATION_SCRIPT = textwrap.dedent('''
+POPULATION_SCRIPT = textwrap.dedent("""
     import sys
     import jax, numpy as np
     from ntm_jax.tasks import CopyTask
@@ -112,19 +122,29 @@ POPULATION_SCRIPT = textwrap.dedent('''
       assert 'gives 3 members, which must be divisible by the number of devices (4)' in \\
           str(error), error
     print('POPULATION PARALLEL OK')
-''')
+""")
 
 
 def test_a_population_split_over_devices_gives_the_single_device_result(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  result = subprocess.run([sys.executable, '-c', POPULATION_SCRIPT, str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  env = dict(
+      os.environ,
+      PYTHONPATH=ROOT,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', POPULATION_SCRIPT, str(tmp_path)],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'POPULATION PARALLEL OK' in result.stdout
 
 
-REPEATED_SCRIPT = textwrap.dedent('''
+REPEATED_SCRIPT = textwrap.dedent("""
     import jax, numpy as np
     from ntm_jax.tasks import CopyTask
     from ntm_jax.training import ExperimentConfig, factory, optim, population, train_state
@@ -158,13 +178,23 @@ REPEATED_SCRIPT = textwrap.dedent('''
     for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(one_at_a_time)):
       assert x.sharding.is_equivalent_to(y.sharding, x.ndim), (x.sharding, y.sharding)
     print('REPEATED STEPS OK')
-''')
+""")
 
 
 def test_several_steps_in_one_call_equal_as_many_calls(tmp_path):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
-  result = subprocess.run([sys.executable, '-c', REPEATED_SCRIPT], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+  env = dict(
+      os.environ,
+      PYTHONPATH=ROOT,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  )
+  result = subprocess.run(
+      [sys.executable, '-c', REPEATED_SCRIPT],
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'REPEATED STEPS OK' in result.stdout

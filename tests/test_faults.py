@@ -22,25 +22,39 @@ from tests.commands import copy_command
 pytestmark = pytest.mark.slow  # command-line runs in fresh processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_FLAGS = ['--memory_size=8', '--word_size=4', '--controller_features=16',
-              '--max_length=3', '--eval_lengths=2,5', '--eval_batch_size=4',
-              '--plots=false', '--log_every=5', '--eval_every=50']
+TINY_FLAGS = [
+    '--memory_size=8',
+    '--word_size=4',
+    '--controller_features=16',
+    '--max_length=3',
+    '--eval_lengths=2,5',
+    '--eval_batch_size=4',
+    '--plots=false',
+    '--log_every=5',
+    '--eval_every=50',
+]
 
 
 def _start(workdir, *flags):
   """The copy command; one run unless `flags` ask for a population."""
   return subprocess.Popen(
-      copy_command(f'--workdir={workdir}', *TINY_FLAGS, *flags), cwd=ROOT,
+      copy_command(f'--workdir={workdir}', *TINY_FLAGS, *flags),
+      cwd=ROOT,
       env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
 
 
 def _wait_for_checkpoint(workdir, process, at_least=1, timeout=300):
   directory = os.path.join(workdir, 'checkpoints')
   deadline = time.time() + timeout
   while time.time() < deadline:
-    if os.path.isdir(directory) and len([d for d in os.listdir(directory)
-                                         if d.isdigit()]) >= at_least:
+    if (
+        os.path.isdir(directory)
+        and len([d for d in os.listdir(directory) if d.isdigit()]) >= at_least
+    ):
       return
     assert process.poll() is None, process.communicate()
     time.sleep(0.05)
@@ -52,8 +66,9 @@ def _restore_latest(workdir):
   cannot be read)."""
   config, task = ExperimentConfig.load(workdir)
   model = factory.build_model(config, task)
-  state = train_state.create_train_state(model, optim.make_optimizer(config), task,
-                                         train_state.Keys(config.seed))
+  state = train_state.create_train_state(
+      model, optim.make_optimizer(config), task, train_state.Keys(config.seed)
+  )
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
     restored = checkpointer.restore(state.to_checkpoint())
@@ -96,26 +111,36 @@ def test_sigterm_during_saves_saves_once_more_and_resumes(tmp_path):
   assert process.returncode == 130
   assert 'Interrupted' in out
   step = _restore_latest(workdir)
-  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints'))
-                 if d.isdigit())
+  saved = sorted(
+      int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()
+  )
   assert step == saved[-1] >= 3
   assert not os.path.exists(os.path.join(workdir, 'damaged'))
   out = _finish(workdir, f'--train_steps={step + 5}', '--checkpoint_every=1')
   assert f'Resumed from the checkpoint at step {step} ' in out
 
 
-@pytest.mark.parametrize('setup,flags,message', [
-    ('file', [], 'is a file, not a directory'),
-    ('under_a_file', [], 'cannot be created (Not a directory)'),
-    ('read_only', [], 'cannot be written'),
-    (None, ['--memory_size=100000', '--word_size=100000'],
-     '--memory_size=100000 --word_size=100000 --batch_size=1'),
-    (None, ['--generalisation_batch_size=1000000000'],
-     '--batch_size=1 --generalisation_batch_size=1000000000 need about'),
-    (None, ['--seeds=0-1', '--seed=3'], '--seed and --seeds exclude each other'),
-    (None, ['--seeds=1-0'], '--seeds must be seeds like 0-9'),
-    (None, ['--member=3'], '--member evaluates one member of a population'),
-])
+@pytest.mark.parametrize(
+    'setup,flags,message',
+    [
+        ('file', [], 'is a file, not a directory'),
+        ('under_a_file', [], 'cannot be created (Not a directory)'),
+        ('read_only', [], 'cannot be written'),
+        (
+            None,
+            ['--memory_size=100000', '--word_size=100000'],
+            '--memory_size=100000 --word_size=100000 --batch_size=1',
+        ),
+        (
+            None,
+            ['--generalisation_batch_size=1000000000'],
+            '--batch_size=1 --generalisation_batch_size=1000000000 need about',
+        ),
+        (None, ['--seeds=0-1', '--seed=3'], '--seed and --seeds exclude each other'),
+        (None, ['--seeds=1-0'], '--seeds must be seeds like 0-9'),
+        (None, ['--member=3'], '--member evaluates one member of a population'),
+    ],
+)
 def test_bad_input_is_one_line_before_any_work(tmp_path, setup, flags, message):
   workdir = tmp_path / 'run'
   if setup == 'file':
@@ -142,12 +167,26 @@ def test_eval_only_on_a_workdir_of_another_task_is_one_line(tmp_path):
   workdir = str(tmp_path / 'run')
   _finish(workdir, '--train_steps=5', '--checkpoint_every=5')
   process = subprocess.run(
-      [sys.executable, '-m', 'experiments.repeat_copy', f'--workdir={workdir}',
-       '--eval_only', '--memory_size=8', '--word_size=4', '--controller_features=16'],
-      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'),
-      capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'experiments.repeat_copy',
+          f'--workdir={workdir}',
+          '--eval_only',
+          '--memory_size=8',
+          '--word_size=4',
+          '--controller_features=16',
+      ],
+      cwd=ROOT,
+      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu'),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert process.returncode != 0
-  assert "error: --workdir" in process.stderr and "task: 'copy' -> 'repeat_copy'" in \
-      process.stderr, process.stderr[-2000:]
+  assert (
+      'error: --workdir' in process.stderr
+      and "task: 'copy' -> 'repeat_copy'" in process.stderr
+  ), process.stderr[-2000:]
   assert 'Traceback' not in process.stderr
   assert _restore_latest(workdir) == 5  # untouched

@@ -22,9 +22,19 @@ from tests.test_restarts import _StopAt
 
 # Evaluations every 5 steps; nothing converges in 30 steps of this unless the tests say
 # so (CONVERGED_BIT_ERRORS patched), and the check's outcome is the tests' to choose.
-TINY = dict(batch_size=2, memory_size=8, word_size=4, controller_features=16,
-            eval_batch_size=4, plots=False, log_every=5, eval_every=5,
-            checkpoint_every=10, train_steps=30, stop_when_generalising=True)
+TINY = dict(
+    batch_size=2,
+    memory_size=8,
+    word_size=4,
+    controller_features=16,
+    eval_batch_size=4,
+    plots=False,
+    log_every=5,
+    eval_every=5,
+    checkpoint_every=10,
+    train_steps=30,
+    stop_when_generalising=True,
+)
 
 
 def tiny_task():
@@ -37,8 +47,11 @@ def _records(workdir):
 
 
 def _checks(workdir, member=None):
-  return [(r['step'], r['passed']) for r in _records(workdir)
-          if r['kind'] == 'generalisation_check' and r.get('member') == member]
+  return [
+      (r['step'], r['passed'])
+      for r in _records(workdir)
+      if r['kind'] == 'generalisation_check' and r.get('member') == member
+  ]
 
 
 class _PassesOnCall:
@@ -62,7 +75,8 @@ def converged(monkeypatch):
 
 
 def test_a_run_stops_at_the_first_converged_evaluation_that_passes_the_check(
-    tmp_path, monkeypatch, converged, capsys):
+    tmp_path, monkeypatch, converged, capsys
+):
   monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', _PassesOnCall(2))
   config = ExperimentConfig(workdir=str(tmp_path), **TINY)
   task = tiny_task()
@@ -74,19 +88,25 @@ def test_a_run_stops_at_the_first_converged_evaluation_that_passes_the_check(
   assert 'stopped at step 10 (stop_when_generalising)' in capsys.readouterr().out
   # The check evaluated the state at step 10, the one saved, on the check sequences.
   model = factory.build_model(config, task)
-  like = train_state.create_train_state(model, optim.make_optimizer(config), task,
-                                        train_state.Keys(config.seed))
+  like = train_state.create_train_state(
+      model, optim.make_optimizer(config), task, train_state.Keys(config.seed)
+  )
   saved = checkpointing.Checkpointer(config.workdir)
   try:
     assert saved.latest_step() == 10
     params = train_state.TrainState.from_checkpoint(
-        saved.restore(like.to_checkpoint())).params
+        saved.restore(like.to_checkpoint())
+    ).params
   finally:
     saved.close()
   check = [r for r in _records(config.workdir) if r['kind'] == 'generalisation_check'][-1]
   on = lambda check: evaluation.make_evaluator(  # noqa: E731
-      model, task, train_state.Keys(config.seed), evaluation.CHECK_SEQUENCES if check
-      else config.eval_batch_size, check)(params, 5)
+      model,
+      task,
+      train_state.Keys(config.seed),
+      evaluation.CHECK_SEQUENCES if check else config.eval_batch_size,
+      check,
+  )(params, 5)
   np.testing.assert_allclose(check['cost'], on(True)['cost'], rtol=1e-5)
   assert abs(check['cost'] - on(False)['cost']) > 1e-3
   # Rerunning the command finds the run finished: no more training; without the
@@ -99,14 +119,17 @@ def test_a_run_stops_at_the_first_converged_evaluation_that_passes_the_check(
 
 
 def test_only_a_converged_run_is_checked_and_one_that_never_passes_trains_on(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', 0.0)
   report = run(ExperimentConfig(workdir=str(tmp_path / 'learning'), **TINY), tiny_task())
   assert report['step'] == 30 and not _checks(str(tmp_path / 'learning'))
   monkeypatch.setattr(loop, 'CONVERGED_BIT_ERRORS', 1e9)
   report = run(ExperimentConfig(workdir=str(tmp_path / 'failing'), **TINY), tiny_task())
   assert report['step'] == 30 and 'stopped_generalising' not in report
-  assert _checks(str(tmp_path / 'failing')) == [(s, False) for s in (5, 10, 15, 20, 25, 30)]
+  assert _checks(str(tmp_path / 'failing')) == [
+      (s, False) for s in (5, 10, 15, 20, 25, 30)
+  ]
 
 
 def test_the_check_uses_its_own_sequences_not_the_reported_ones():
@@ -115,20 +138,23 @@ def test_the_check_uses_its_own_sequences_not_the_reported_ones():
   checked = evaluation.eval_set(task, keys, 5, 4, check=True)
   assert reported.inputs.shape == checked.inputs.shape
   assert not np.array_equal(reported.inputs, checked.inputs)
-  np.testing.assert_array_equal(evaluation.eval_set(task, keys, 5, 4, check=True).inputs,
-                                checked.inputs)  # fixed
+  np.testing.assert_array_equal(
+      evaluation.eval_set(task, keys, 5, 4, check=True).inputs, checked.inputs
+  )  # fixed
 
 
 def test_a_member_stops_as_its_single_run_does_while_the_others_go_on(
-    tmp_path, monkeypatch, converged, capsys):
+    tmp_path, monkeypatch, converged, capsys
+):
   task = tiny_task()
   # The single run of seed 9 passes its first check (step 5); in the population that
   # is the second check compared (member 0's comes first).
   monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', _PassesOnCall(1))
   single = run(ExperimentConfig(workdir=str(tmp_path / 'single'), seed=9, **TINY), task)
   monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', _PassesOnCall(2))
-  pair = run(ExperimentConfig(workdir=str(tmp_path / 'population'), seeds=(4, 9),
-                              **TINY), task)
+  pair = run(
+      ExperimentConfig(workdir=str(tmp_path / 'population'), seeds=(4, 9), **TINY), task
+  )
   assert single['step'] == 5
   assert [m['step'] for m in pair['members']] == [30, 5]
   assert pair['step'] == 30
@@ -138,11 +164,15 @@ def test_a_member_stops_as_its_single_run_does_while_the_others_go_on(
   assert pair['summary']['stopped'] == 1
   table = capsys.readouterr().out.split('bit errors per sequence by length:')[-1]
   assert 'stopped at' in table
-  assert [line.split('|')[2].strip() for line in table.splitlines()
-          if line.strip().startswith(('4 |', '9 |', 'mean |'))] == ['-', '5', '1/2']
+  assert [
+      line.split('|')[2].strip()
+      for line in table.splitlines()
+      if line.strip().startswith(('4 |', '9 |', 'mean |'))
+  ] == ['-', '5', '1/2']
   for label, results in single['results'].items():
-    np.testing.assert_allclose(member['results'][label]['cost'], results['cost'],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        member['results'][label]['cost'], results['cost'], rtol=1e-4
+    )
   workdir = str(tmp_path / 'population')
   assert _checks(workdir, member=1) == [(5, True)]
   assert _checks(workdir, member=0) == [(s, False) for s in (5, 10, 15, 20, 25, 30)]
@@ -152,11 +182,13 @@ def test_a_member_stops_as_its_single_run_does_while_the_others_go_on(
 
 @pytest.mark.parametrize('interrupted_at', [7, 14])
 def test_a_population_interrupted_after_a_member_stopped_resumes_as_if_uninterrupted(
-    tmp_path, monkeypatch, converged, interrupted_at):
+    tmp_path, monkeypatch, converged, interrupted_at
+):
   task = tiny_task()
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   config = lambda workdir: ExperimentConfig(  # noqa: E731
-      workdir=workdir, seeds=(4, 9), **TINY)
+      workdir=workdir, seeds=(4, 9), **TINY
+  )
   monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', _PassesOnCall(2))
   run(config(straight), task)
   monkeypatch.setattr(loop, 'GENERALISING_BIT_ERRORS', _PassesOnCall(2))
@@ -180,23 +212,32 @@ def test_a_population_interrupted_after_a_member_stopped_resumes_as_if_uninterru
 
 def test_a_population_checkpoint_saved_before_members_could_stop_resumes(tmp_path):
   task = tiny_task()
-  config = ExperimentConfig(workdir=str(tmp_path), seeds=(4, 9), **dict(
-      TINY, stop_when_generalising=False))
+  config = ExperimentConfig(
+      workdir=str(tmp_path), seeds=(4, 9), **dict(TINY, stop_when_generalising=False)
+  )
   model = factory.build_model(config, task)
-  members = train_state.create_population_state(model, optim.make_optimizer(config), task,
-                                                config.seeds)
+  members = train_state.create_population_state(
+      model, optim.make_optimizer(config), task, config.seeds
+  )
   old = checkpointing.Checkpointer(config.workdir)
   try:  # the tree as it was saved without the stopped flags
     old.save(0, dict(members=members.to_checkpoint(), failed=jnp.zeros(2, bool)))
   finally:
     old.close()
-  fresh = run(ExperimentConfig(workdir=str(tmp_path / 'fresh'), seeds=(4, 9), **dict(
-      TINY, stop_when_generalising=False)), task)
+  fresh = run(
+      ExperimentConfig(
+          workdir=str(tmp_path / 'fresh'),
+          seeds=(4, 9),
+          **dict(TINY, stop_when_generalising=False),
+      ),
+      task,
+  )
   resumed = run(config, task)
   assert resumed['step'] == 30
   for a, b in zip(fresh['members'], resumed['members']):
-    np.testing.assert_allclose(a['results']['train']['cost'],
-                               b['results']['train']['cost'], rtol=1e-5)
-  assert population.Population.from_checkpoint(dict(
-      members=members.to_checkpoint(), failed=jnp.zeros(2, bool))).stopped.tolist() == [
-          False, False]
+    np.testing.assert_allclose(
+        a['results']['train']['cost'], b['results']['train']['cost'], rtol=1e-5
+    )
+  assert population.Population.from_checkpoint(
+      dict(members=members.to_checkpoint(), failed=jnp.zeros(2, bool))
+  ).stopped.tolist() == [False, False]

@@ -21,8 +21,8 @@ from ntm_jax.training import checkpointing
 from ntm_jax.training import factory
 from ntm_jax.training import optim
 from ntm_jax.training import population
-from ntm_jax.training import train_state
 from ntm_jax.training import run
+from ntm_jax.training import train_state
 
 pytestmark = pytest.mark.gpu
 
@@ -69,15 +69,26 @@ def test_training_steps_on_the_gpu_match_the_cpu(batch_size):
   """The copy default's step (random memories, entropy penalty, RMSProp): same data,
   same updates. Full float32 matmuls on both, so that only rounding differs."""
   config, task = _copy_default(batch_size), CopyTask()
-  model, optimizer, keys = (factory.build_model(config, task), optim.make_optimizer(config),
-                            train_state.Keys(3))
+  model, optimizer, keys = (
+      factory.build_model(config, task),
+      optim.make_optimizer(config),
+      train_state.Keys(3),
+  )
   results = {}
   for platform in ('gpu', 'cpu'):
-    with jax.default_device(jax.devices(platform)[0]), \
-        jax.default_matmul_precision('highest'):
+    with (
+        jax.default_device(jax.devices(platform)[0]),
+        jax.default_matmul_precision('highest'),
+    ):
       state = train_state.create_train_state(model, optimizer, task, keys)
-      step = train_state.make_train_step(model, optimizer, task, batch_size, keys.data,
-                                  entropy_penalty=config.entropy_penalty)
+      step = train_state.make_train_step(
+          model,
+          optimizer,
+          task,
+          batch_size,
+          keys.data,
+          entropy_penalty=config.entropy_penalty,
+      )
       costs = []
       for _ in range(5):
         state, metrics = step(state)
@@ -85,8 +96,11 @@ def test_training_steps_on_the_gpu_match_the_cpu(batch_size):
       results[platform] = costs, jax.device_get(state.params)
   (gpu_costs, gpu_params), (cpu_costs, cpu_params) = results['gpu'], results['cpu']
   np.testing.assert_allclose(gpu_costs, cpu_costs, rtol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               gpu_params, cpu_params)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+      gpu_params,
+      cpu_params,
+  )
 
 
 def test_a_population_step_on_the_gpu_matches_the_cpu():
@@ -96,12 +110,16 @@ def test_a_population_step_on_the_gpu_matches_the_cpu():
   model, optimizer = factory.build_model(config, task), optim.make_optimizer(config)
   results = {}
   for platform in ('gpu', 'cpu'):
-    with jax.default_device(jax.devices(platform)[0]), \
-        jax.default_matmul_precision('highest'):
+    with (
+        jax.default_device(jax.devices(platform)[0]),
+        jax.default_matmul_precision('highest'),
+    ):
       state = population.Population.start(
-          train_state.create_population_state(model, optimizer, task, seeds))
-      step = population.make_population_step(model, optimizer, task, 1, seeds,
-                                             entropy_penalty=config.entropy_penalty)
+          train_state.create_population_state(model, optimizer, task, seeds)
+      )
+      step = population.make_population_step(
+          model, optimizer, task, 1, seeds, entropy_penalty=config.entropy_penalty
+      )
       costs = []
       for _ in range(5):
         state, metrics = step(state)
@@ -109,14 +127,20 @@ def test_a_population_step_on_the_gpu_matches_the_cpu():
       results[platform] = costs, jax.device_get(state.members.params)
   (gpu_costs, gpu_params), (cpu_costs, cpu_params) = results['gpu'], results['cpu']
   np.testing.assert_allclose(gpu_costs, cpu_costs, rtol=1e-4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               gpu_params, cpu_params)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+      gpu_params,
+      cpu_params,
+  )
 
 
 def test_bfloat16_training_steps_stay_finite_on_the_gpu():
   config, task = _copy_default(16).replace(dtype='bfloat16'), CopyTask()
-  model, optimizer, keys = (factory.build_model(config, task), optim.make_optimizer(config),
-                            train_state.Keys(0))
+  model, optimizer, keys = (
+      factory.build_model(config, task),
+      optim.make_optimizer(config),
+      train_state.Keys(0),
+  )
   state = train_state.create_train_state(model, optimizer, task, keys)
   step = train_state.make_train_step(model, optimizer, task, 16, keys.data)
   for _ in range(5):
@@ -126,9 +150,19 @@ def test_bfloat16_training_steps_stay_finite_on_the_gpu():
 
 
 def test_a_run_trains_checkpoints_and_resumes_on_the_gpu(tmp_path):
-  tiny = dict(batch_size=4, memory_size=16, word_size=6, controller_features=32,
-              eval_batch_size=8, log_every=2, eval_every=3, checkpoint_every=3,
-              memory_init='random', entropy_penalty=0.005, ema_decay=0.9)
+  tiny = dict(
+      batch_size=4,
+      memory_size=16,
+      word_size=6,
+      controller_features=32,
+      eval_batch_size=8,
+      log_every=2,
+      eval_every=3,
+      checkpoint_every=3,
+      memory_init='random',
+      entropy_penalty=0.005,
+      ema_decay=0.9,
+  )
   task = CopyTask(bits=3, max_length=4, eval_lengths=(6,))
   whole, parts = str(tmp_path / 'whole'), str(tmp_path / 'parts')
   run(ExperimentConfig(workdir=whole, train_steps=6, **tiny), task)
@@ -136,19 +170,22 @@ def test_a_run_trains_checkpoints_and_resumes_on_the_gpu(tmp_path):
   report = run(ExperimentConfig(workdir=parts, train_steps=6, **tiny), task)
   assert report['step'] == 6
   assert {'learning_curve.png', 'sequence_length_6.png'} <= set(
-      p.name for p in (tmp_path / 'parts').iterdir())
+      p.name for p in (tmp_path / 'parts').iterdir()
+  )
   restored = []
   for workdir in (whole, parts):
     config = ExperimentConfig(workdir=workdir, train_steps=6, **tiny)
     model = factory.build_model(config, task)
-    like = train_state.create_train_state(model, optim.make_optimizer(config), task,
-                                          train_state.Keys(0), ema=True).to_checkpoint()
+    like = train_state.create_train_state(
+        model, optim.make_optimizer(config), task, train_state.Keys(0), ema=True
+    ).to_checkpoint()
     checkpointer = checkpointing.Checkpointer(workdir)
     try:
       restored.append(checkpointer.restore(like))
     finally:
       checkpointer.close()
-  assert all(leaf.devices() == {jax.devices('gpu')[0]}
-             for leaf in jax.tree.leaves(restored[1]))
+  assert all(
+      leaf.devices() == {jax.devices('gpu')[0]} for leaf in jax.tree.leaves(restored[1])
+  )
   # A resumed run sees the data an uninterrupted one sees: the same parameters.
   jax.tree.map(np.testing.assert_array_equal, restored[0], restored[1])

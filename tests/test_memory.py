@@ -2,9 +2,9 @@
 
 import jax
 import jax.numpy as jnp
+from jax.test_util import check_grads
 import numpy as np
 import pytest
-from jax.test_util import check_grads
 
 import ntm_jax
 from tests import reference
@@ -22,10 +22,15 @@ def _case(seed):
 def test_read_and_write_match_numpy_loops(seed):
   memory, w, erase, add = _case(seed)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
-  np.testing.assert_allclose(ntm_jax.read(f32(memory), f32(w)), reference.read(memory, w),
-                             rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ntm_jax.write(f32(memory), f32(w), f32(erase), f32(add)),
-                             reference.write(memory, w, erase, add), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      ntm_jax.read(f32(memory), f32(w)), reference.read(memory, w), rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+      ntm_jax.write(f32(memory), f32(w), f32(erase), f32(add)),
+      reference.write(memory, w, erase, add),
+      rtol=1e-5,
+      atol=1e-6,
+  )
 
 
 def test_read_by_hand():
@@ -44,9 +49,14 @@ def test_write_changes_memory_only_where_the_weighting_is_nonzero():
   memory, _, erase, add = _case(1)
   w = np.zeros(N)
   w[[1, 6]] = [0.3, 0.7]
-  out = np.asarray(ntm_jax.write(jnp.asarray(memory, jnp.float32), jnp.asarray(w, jnp.float32),
-                                 jnp.asarray(erase, jnp.float32),
-                                 jnp.asarray(add, jnp.float32)))
+  out = np.asarray(
+      ntm_jax.write(
+          jnp.asarray(memory, jnp.float32),
+          jnp.asarray(w, jnp.float32),
+          jnp.asarray(erase, jnp.float32),
+          jnp.asarray(add, jnp.float32),
+      )
+  )
   changed = np.any(np.abs(out - memory) > 1e-6, axis=1)
   np.testing.assert_array_equal(changed, w > 0)
 
@@ -60,19 +70,27 @@ def test_write_heads_multiplies_erases_and_sums_adds():
   for i in range(N):
     for j in range(M):
       keep = np.prod([1 - weights[h, i] * erases[h, j] for h in range(3)])
-      expected[i, j] = memory[i, j] * keep + sum(weights[h, i] * adds[h, j]
-                                                 for h in range(3))
+      expected[i, j] = memory[i, j] * keep + sum(
+          weights[h, i] * adds[h, j] for h in range(3)
+      )
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   out = ntm_jax.write_heads(f32(memory), f32(weights), f32(erases), f32(adds))
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
   # The order of the heads does not matter, and one head is `write`.
   np.testing.assert_allclose(
-      ntm_jax.write_heads(f32(memory), f32(weights[::-1]), f32(erases[::-1]),
-                          f32(adds[::-1])), out, rtol=1e-5, atol=1e-6)
+      ntm_jax.write_heads(
+          f32(memory), f32(weights[::-1]), f32(erases[::-1]), f32(adds[::-1])
+      ),
+      out,
+      rtol=1e-5,
+      atol=1e-6,
+  )
   np.testing.assert_allclose(
       ntm_jax.write_heads(f32(memory), f32(weights[:1]), f32(erases[:1]), f32(adds[:1])),
       ntm_jax.write(f32(memory), f32(weights[0]), f32(erases[0]), f32(adds[0])),
-      rtol=1e-6, atol=1e-6)
+      rtol=1e-6,
+      atol=1e-6,
+  )
 
 
 def test_gradients_match_finite_differences_and_jit_vmap_agree():
@@ -83,13 +101,20 @@ def test_gradients_match_finite_differences_and_jit_vmap_agree():
     check_grads(ntm_jax.read, args[:2], order=2, modes=('fwd', 'rev'))
   cases = [_case(s) for s in range(3)]
   stacked = [jnp.asarray(np.stack(parts), jnp.float32) for parts in zip(*cases)]
-  plain = np.stack([ntm_jax.write(*(jnp.asarray(a, jnp.float32) for a in c)) for c in cases])
-  np.testing.assert_allclose(jax.jit(jax.vmap(ntm_jax.write))(*stacked), plain, rtol=1e-5,
-                             atol=1e-6)
-  np.testing.assert_allclose(jax.vmap(ntm_jax.read)(stacked[0], stacked[1]),
-                             np.stack([ntm_jax.read(*(jnp.asarray(a, jnp.float32)
-                                                      for a in c[:2])) for c in cases]),
-                             rtol=1e-5, atol=1e-6)
+  plain = np.stack(
+      [ntm_jax.write(*(jnp.asarray(a, jnp.float32) for a in c)) for c in cases]
+  )
+  np.testing.assert_allclose(
+      jax.jit(jax.vmap(ntm_jax.write))(*stacked), plain, rtol=1e-5, atol=1e-6
+  )
+  np.testing.assert_allclose(
+      jax.vmap(ntm_jax.read)(stacked[0], stacked[1]),
+      np.stack(
+          [ntm_jax.read(*(jnp.asarray(a, jnp.float32) for a in c[:2])) for c in cases]
+      ),
+      rtol=1e-5,
+      atol=1e-6,
+  )
 
 
 def _dot_precisions(jaxpr) -> list:
@@ -110,9 +135,12 @@ def test_the_memory_contractions_ask_for_full_float32_precision(name):
   # A GPU computes default-precision float32 dots in TensorFloat32, a TPU in bfloat16:
   # the equations must not depend on the backend's default (addressing.PRECISION).
   memory, w, erase, add = (jnp.asarray(a, jnp.float32) for a in _case(0))
-  args = dict(address=(memory, w, add, 2.0, 0.5, jnp.array([0.2, 0.6, 0.2]), 1.5),
-              read=(memory, w), write=(memory, w, erase, add),
-              write_heads=(memory, w[None], erase[None], add[None]))[name]
+  args = dict(
+      address=(memory, w, add, 2.0, 0.5, jnp.array([0.2, 0.6, 0.2]), 1.5),
+      read=(memory, w),
+      write=(memory, w, erase, add),
+      write_heads=(memory, w[None], erase[None], add[None]),
+  )[name]
   precisions = _dot_precisions(jax.make_jaxpr(getattr(ntm_jax, name))(*args).jaxpr)
   highest = jax.lax.Precision.HIGHEST
   if name == 'write':  # outer products: no contraction to round

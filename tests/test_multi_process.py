@@ -17,10 +17,20 @@ from tests.commands import copy_command
 pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ['--train_steps=6', '--eval_every=3', '--checkpoint_every=3', '--log_every=3',
-        '--memory_size=8', '--word_size=4', '--controller_features=8',
-        '--eval_batch_size=4', '--max_length=3', '--eval_lengths=4', '--data_parallel',
-        '--restart_after=0']
+TINY = [
+    '--train_steps=6',
+    '--eval_every=3',
+    '--checkpoint_every=3',
+    '--log_every=3',
+    '--memory_size=8',
+    '--word_size=4',
+    '--controller_features=8',
+    '--eval_batch_size=4',
+    '--max_length=3',
+    '--eval_lengths=4',
+    '--data_parallel',
+    '--restart_after=0',
+]
 
 
 def _command(workdir, *args):
@@ -28,14 +38,23 @@ def _command(workdir, *args):
 
 
 def _env(devices):
-  return dict(os.environ, PYTHONPATH=ROOT,
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return dict(
+      os.environ,
+      PYTHONPATH=ROOT,
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
 
 
 def _one_process(workdir, *args):
   """The run on one process with two CPU devices."""
-  result = subprocess.run(_command(workdir, *args), cwd=ROOT, env=_env(2),
-                          capture_output=True, text=True, timeout=600)
+  result = subprocess.run(
+      _command(workdir, *args),
+      cwd=ROOT,
+      env=_env(2),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   return result.stdout
 
@@ -45,11 +64,23 @@ def _two_processes(workdir, *args):
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
-  processes = [subprocess.Popen(
-      _command(workdir, *args, f'--coordinator_address=localhost:{port}',
-               '--num_processes=2', f'--process_id={index}'),
-      cwd=ROOT, env=_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for index in range(2)]
+  processes = [
+      subprocess.Popen(
+          _command(
+              workdir,
+              *args,
+              f'--coordinator_address=localhost:{port}',
+              '--num_processes=2',
+              f'--process_id={index}',
+          ),
+          cwd=ROOT,
+          env=_env(1),
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+          text=True,
+      )
+      for index in range(2)
+  ]
   outputs = []
   try:
     for process in processes:
@@ -64,8 +95,10 @@ def _two_processes(workdir, *args):
 
 def _records(workdir):
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [{k: v for k, v in json.loads(line).items() if k != 'sequences_per_second'}
-            for line in f]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != 'sequences_per_second'}
+        for line in f
+    ]
 
 
 def _report(workdir):
@@ -93,14 +126,19 @@ def _assert_close(a, b):
 def _params(workdir, member=None):
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import loop
+
   config, task = ExperimentConfig.load(workdir)
   return loop.restore_evaluated_params(config, task, member=member)[1:]
 
 
-@pytest.mark.parametrize('run', [['--batch_size=4'], ['--seeds=3-4', '--batch_size=2']],
-                         ids=['single run', 'population'])
+@pytest.mark.parametrize(
+    'run',
+    [['--batch_size=4'], ['--seeds=3-4', '--batch_size=2']],
+    ids=['single run', 'population'],
+)
 def test_two_processes_train_as_one_process_with_their_devices(tmp_path, run):
   import jax
+
   one, two = str(tmp_path / 'one'), str(tmp_path / 'two')
   _one_process(one, *run)
   first, second = _two_processes(two, *run)
@@ -116,10 +154,14 @@ def test_two_processes_train_as_one_process_with_their_devices(tmp_path, run):
   # The checkpoint both processes saved restores as the one process's.
   for member in ((3, 4) if '--seeds=3-4' in run else (None,)):
     (params_one, step_one), (params_two, step_two) = _params(one, member), _params(
-        two, member)
+        two, member
+    )
     assert step_one == step_two == 6
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-                 params_one, params_two)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        params_one,
+        params_two,
+    )
   # Rerunning the two processes resumes (nothing left to train) and reports the same.
   first, _ = _two_processes(two, *run)
   assert 'Resumed from the checkpoint at step 6' in first

@@ -1,10 +1,10 @@
 """`NTMCell` inside a Flax NNX model, through `flax.nnx.bridge`, trained by a jitted step."""
 
+from flax import nnx
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from ntm_jax import NTMCell
 
@@ -13,7 +13,9 @@ class Tagger(nnx.Module):
   """An NNX model whose recurrent layer is the (linen) NTM cell under `nn.RNN`."""
 
   def __init__(self, features: int, rngs: nnx.Rngs):
-    rnn = nn.RNN(NTMCell(features=16, memory_size=16, word_size=6, controller_features=16))
+    rnn = nn.RNN(
+        NTMCell(features=16, memory_size=16, word_size=6, controller_features=16)
+    )
     self.rnn = nnx.bridge.ToNNX(rnn, rngs=rngs)
     self.out = nnx.Linear(16, features, rngs=rngs)
 

@@ -16,7 +16,6 @@ from ntm_jax.training import ExperimentConfig
 from ntm_jax.training import factory
 from ntm_jax.training import optim
 from ntm_jax.training import train_state
-
 from tests.test_cell import CONFIGS
 
 
@@ -33,7 +32,7 @@ def _step(params, carry, x):
 def _scan_loss(step, params, xs):
   carry = (jnp.ones(4) / 4, jnp.int32(0))
   (h, _), ys = jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)
-  return jnp.sum(ys ** 2) + jnp.sum(h)
+  return jnp.sum(ys**2) + jnp.sum(h)
 
 
 def _params():
@@ -45,11 +44,13 @@ def test_packed_residuals_give_the_same_values_and_gradients():
   for step in (_step, residuals.pack_residuals(_step, invariant_argnums=(0,))):
     grad = jax.value_and_grad(functools.partial(_scan_loss, step), argnums=(0, 1))
     got = jax.jit(grad)(_params(), xs), jax.jit(jax.vmap(grad, in_axes=(None, 0)))(
-        _params(), jnp.stack([xs, -xs]))
+        _params(), jnp.stack([xs, -xs])
+    )
     if step is _step:
       expected = got
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               got, expected)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), got, expected
+  )
 
 
 def test_a_scan_saves_one_buffer_per_step_and_keeps_parameter_residuals_outside():
@@ -59,7 +60,7 @@ def test_a_scan_saves_one_buffer_per_step_and_keeps_parameter_residuals_outside(
     jaxpr = jax.make_jaxpr(jax.grad(functools.partial(_scan_loss, step)))(_params(), xs)
     scans = [eqn for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == 'scan']
     forward = scans[0]  # the backward scan comes after it
-    stacked = [v.aval for v in forward.outvars[forward.params['num_carry']:]]
+    stacked = [v.aval for v in forward.outvars[forward.params['num_carry'] :]]
     return [aval for aval in stacked if aval.shape[:1] == (6,)]
 
   plain = forward_scan_outputs(_step)
@@ -74,11 +75,20 @@ def test_a_scan_saves_one_buffer_per_step_and_keeps_parameter_residuals_outside(
   assert max(a.size for a in everything) > max(a.size for a in packed) + 15
 
 
-@pytest.mark.parametrize('config', CONFIGS, ids=lambda c: ','.join(
-    f'{k}={v}' for k, v in c.items()) or 'defaults')
+@pytest.mark.parametrize(
+    'config',
+    CONFIGS,
+    ids=lambda c: ','.join(f'{k}={v}' for k, v in c.items()) or 'defaults',
+)
 def test_the_cells_packed_step_has_the_plain_steps_gradients(config):
-  cell = NTMCell(features=4, memory_size=16, word_size=6, controller_features=12,
-                 residual_packing='always', **config)
+  cell = NTMCell(
+      features=4,
+      memory_size=16,
+      word_size=6,
+      controller_features=12,
+      residual_packing='always',
+      **config,
+  )
   xs = jax.random.normal(jax.random.key(0), (3, 5, 7))
   params = nn.RNN(cell).init(jax.random.key(1), xs)
 
@@ -86,19 +96,30 @@ def test_the_cells_packed_step_has_the_plain_steps_gradients(config):
     return jnp.sum(jnp.sin(nn.RNN(cell).apply(params, xs)))
 
   expected = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(
-      cell.clone(residual_packing='never'), params)
+      cell.clone(residual_packing='never'), params
+  )
   got = jax.jit(jax.value_and_grad(loss, argnums=1), static_argnums=0)(cell, params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-               got, expected)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), got, expected
+  )
 
 
 @pytest.mark.slow
 def test_three_hundred_copy_steps_with_packed_residuals_follow_the_plain_ones():
   # The copy experiment's recipe, storing every intermediate (its remat_chunk).
-  config = ExperimentConfig(workdir='/unused', batch_size=1, learning_rate=1e-4,
-                            optimizer='rmsprop', clip=10.0, clip_mode='elementwise',
-                            controller='lstm', memory_init='random', memory_stddev=0.3,
-                            entropy_penalty=0.005, remat_chunk=0)
+  config = ExperimentConfig(
+      workdir='/unused',
+      batch_size=1,
+      learning_rate=1e-4,
+      optimizer='rmsprop',
+      clip=10.0,
+      clip_mode='elementwise',
+      controller='lstm',
+      memory_init='random',
+      memory_stddev=0.3,
+      entropy_penalty=0.005,
+      remat_chunk=0,
+  )
   task = CopyTask(max_length=20)
   keys = train_state.Keys(3)
   optimizer = optim.make_optimizer(config)
@@ -107,14 +128,18 @@ def test_three_hundred_copy_steps_with_packed_residuals_follow_the_plain_ones():
     model = factory.build_model(config, task)
     model = model.clone(cell=model.cell.clone(residual_packing=packing))
     state = train_state.create_train_state(model, optimizer, task, keys)
-    step = train_state.make_train_step(model, optimizer, task, 1, keys.data,
-                                       entropy_penalty=config.entropy_penalty)
+    step = train_state.make_train_step(
+        model, optimizer, task, 1, keys.data, entropy_penalty=config.entropy_penalty
+    )
     for _ in range(300):
       state, metrics = step(state)
     states[name] = state
   assert float(metrics['cost']) < 60  # it has learned something in 300 steps
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4),
-               states['packed'].params, states['plain'].params)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4),
+      states['packed'].params,
+      states['plain'].params,
+  )
 
 
 def test_on_a_cpu_automatic_packing_compiles_to_the_unpacked_step():
@@ -123,14 +148,31 @@ def test_on_a_cpu_automatic_packing_compiles_to_the_unpacked_step():
   xs = jnp.ones((1, 9, 5))
   programs = []
   for packing in ('never', 'auto'):
-    model = nn.RNN(NTMCell(features=4, memory_size=16, word_size=6,
-                           controller_features=12, residual_packing=packing))
+    model = nn.RNN(
+        NTMCell(
+            features=4,
+            memory_size=16,
+            word_size=6,
+            controller_features=12,
+            residual_packing=packing,
+        )
+    )
     params = model.init(jax.random.key(0), xs)
-    compiled = jax.jit(jax.grad(lambda p, model=model: jnp.sum(model.apply(p, xs)))).lower(
-        params).compile()
+    compiled = (
+        jax.jit(jax.grad(lambda p, model=model: jnp.sum(model.apply(p, xs))))
+        .lower(params)
+        .compile()
+    )
     computations, entry = hlo.parse_hlo(compiled.as_text())
-    bodies = [hlo.called(rest, 'body')[0] for opcode, rest in computations[entry]
-              if opcode == 'while']
-    programs.append((compiled.memory_analysis().temp_size_in_bytes,
-                     [len(computations[body]) for body in bodies]))
+    bodies = [
+        hlo.called(rest, 'body')[0]
+        for opcode, rest in computations[entry]
+        if opcode == 'while'
+    ]
+    programs.append(
+        (
+            compiled.memory_analysis().temp_size_in_bytes,
+            [len(computations[body]) for body in bodies],
+        )
+    )
   assert programs[0] == programs[1]  # the memory, and the instructions of each time loop

@@ -19,9 +19,19 @@ from ntm_jax.training import run
 from ntm_jax.training import train_state
 
 # Nothing converges in 10 steps of this: every attempt stalls.
-TINY = dict(batch_size=2, memory_size=8, word_size=4, controller_features=16,
-            eval_batch_size=4, plots=False, log_every=5, eval_every=10,
-            checkpoint_every=10, train_steps=30, restart_after=10)
+TINY = dict(
+    batch_size=2,
+    memory_size=8,
+    word_size=4,
+    controller_features=16,
+    eval_batch_size=4,
+    plots=False,
+    log_every=5,
+    eval_every=10,
+    checkpoint_every=10,
+    train_steps=30,
+    restart_after=10,
+)
 
 
 def tiny_task():
@@ -36,12 +46,14 @@ def _records(workdir):
 def _state_at(config, task, step):
   model = factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
-  like = train_state.create_train_state(model, optimizer, task,
-                                        train_state.Keys(config.seed))
+  like = train_state.create_train_state(
+      model, optimizer, task, train_state.Keys(config.seed)
+  )
   checkpointer = checkpointing.Checkpointer(config.workdir)
   try:
     return train_state.TrainState.from_checkpoint(
-        checkpointer.restore(like.to_checkpoint(), step=step))
+        checkpointer.restore(like.to_checkpoint(), step=step)
+    )
   finally:
     checkpointer.close()
 
@@ -60,15 +72,19 @@ def test_a_stalled_attempt_restarts_afresh_while_steps_and_data_go_on(tmp_path, 
   # of an initialisation from the seed and that step, and the step count kept.
   model = factory.build_model(config, task)
   fresh = train_state.initializer(model, optim.make_optimizer(config), task)(
-      train_state.Keys(3), 20)
+      train_state.Keys(3), 20
+  )
   saved = _state_at(config, task, 20)
   assert int(saved.step) == 20
   jax.tree.map(np.testing.assert_array_equal, saved.params, fresh.params)
   jax.tree.map(np.testing.assert_array_equal, saved.opt_state, fresh.opt_state)
-  first = train_state.create_train_state(model, optim.make_optimizer(config), task,
-                                         train_state.Keys(3))
-  assert not all(np.array_equal(a, b) for a, b in
-                 zip(jax.tree.leaves(fresh.params), jax.tree.leaves(first.params)))
+  first = train_state.create_train_state(
+      model, optim.make_optimizer(config), task, train_state.Keys(3)
+  )
+  assert not all(
+      np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(fresh.params), jax.tree.leaves(first.params))
+  )
 
 
 def test_a_learning_attempt_is_never_restarted(tmp_path, monkeypatch):
@@ -94,11 +110,13 @@ class _LearningOnlyAtFirst:
     return format(1.0, spec)
 
 
-def test_an_attempt_that_collapses_back_onto_a_plateau_restarts(tmp_path, monkeypatch,
-                                                                capsys):
+def test_an_attempt_that_collapses_back_onto_a_plateau_restarts(
+    tmp_path, monkeypatch, capsys
+):
   monkeypatch.setattr(evaluation, 'LEARNING_BIT_ERRORS', _LearningOnlyAtFirst())
-  report = run(ExperimentConfig(workdir=str(tmp_path), **dict(TINY, eval_every=5)),
-               tiny_task())
+  report = run(
+      ExperimentConfig(workdir=str(tmp_path), **dict(TINY, eval_every=5)), tiny_task()
+  )
   # Below 1 at step 5 only: 10 steps later, at 15, it restarts; the new attempt never
   # learns, but at 25 it would have fewer than 10 steps left.
   assert report['restarts'] == [15] and report['restart_reasons'] == ['collapsed']
@@ -120,7 +138,8 @@ class _StopAt:
 
 @pytest.mark.parametrize('interrupted_at', [10, 14])
 def test_a_run_interrupted_around_a_restart_resumes_as_if_uninterrupted(
-    tmp_path, monkeypatch, interrupted_at):
+    tmp_path, monkeypatch, interrupted_at
+):
   task = tiny_task()
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   run(ExperimentConfig(workdir=straight, **TINY), task)
@@ -140,22 +159,24 @@ def test_a_run_interrupted_around_a_restart_resumes_as_if_uninterrupted(
 
 def test_each_member_restarts_as_its_single_run_does(tmp_path):
   task = tiny_task()
-  population = run(ExperimentConfig(workdir=str(tmp_path / 'population'), seeds=(4, 9),
-                                    **TINY), task)
+  population = run(
+      ExperimentConfig(workdir=str(tmp_path / 'population'), seeds=(4, 9), **TINY), task
+  )
   single = run(ExperimentConfig(workdir=str(tmp_path / 'single'), seed=9, **TINY), task)
   member = population['members'][1]
   assert member['restarts'] == single['restarts'] == [10, 20]
   assert population['summary']['restarted'] == 2
   for label, results in single['results'].items():
-    np.testing.assert_allclose(member['results'][label]['cost'], results['cost'],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        member['results'][label]['cost'], results['cost'], rtol=1e-4
+    )
 
 
 def test_the_current_attempt_is_read_from_the_log():
   records = [
       dict(kind='eval', step=10, train=dict(bit_errors=0.05)),  # converged, then stalled?
       dict(kind='restart', step=20),
-      dict(kind='eval', step=20, train=dict(bit_errors=3.0)),   # the old attempt's
+      dict(kind='eval', step=20, train=dict(bit_errors=3.0)),  # the old attempt's
       dict(kind='eval', step=30, train=dict(bit_errors=0.01)),
       dict(kind='eval', step=10, member=1, train=dict(bit_errors=0.0)),
       # Learning, not converged: on its way down.
@@ -196,12 +217,16 @@ def test_with_a_reference_predictor_learning_is_nearness_to_its_cost():
   assert evaluation.learning(near) and not evaluation.learning(plateau)
   assert evaluation.learning(dict(bit_errors=0.5, cost=3.0))
   assert not evaluation.learning(dict(bit_errors=3.0, cost=9.0))
-  records = [dict(kind='eval', step=8, train=plateau), dict(kind='eval', step=16, train=near),
-             dict(kind='eval', step=24, train=plateau)]
+  records = [
+      dict(kind='eval', step=8, train=plateau),
+      dict(kind='eval', step=16, train=near),
+      dict(kind='eval', step=24, train=plateau),
+  ]
   assert evaluation.current_attempt(records, 24) == (0, 16)
   assert evaluation.not_learning(plateau) == (
       'no evaluation within 15.0% above the reference cost',
-      'now 22.1% above it on the training mix')
+      'now 22.1% above it on the training mix',
+  )
 
 
 def test_a_run_near_its_reference_cost_is_not_restarted(tmp_path, monkeypatch, capsys):
@@ -216,5 +241,7 @@ def test_a_run_near_its_reference_cost_is_not_restarted(tmp_path, monkeypatch, c
   monkeypatch.setattr(evaluation, 'LEARNING_REFERENCE_EXCESS', 0.0)
   report = run(ExperimentConfig(**dict(config, workdir=str(tmp_path / 'far'))), task)
   assert report['restarts'] == [10, 20]
-  assert 'no evaluation within 0.0% above the reference cost in 10 steps' in \
-      capsys.readouterr().out
+  assert (
+      'no evaluation within 0.0% above the reference cost in 10 steps'
+      in capsys.readouterr().out
+  )

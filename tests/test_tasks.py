@@ -6,12 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+from ntm_jax.tasks import TASKS
 from ntm_jax.tasks import AssociativeRecallTask
 from ntm_jax.tasks import CopyTask
 from ntm_jax.tasks import DynamicNGramsTask
 from ntm_jax.tasks import PrioritySortTask
 from ntm_jax.tasks import RepeatCopyTask
-from ntm_jax.tasks import TASKS
 from ntm_jax.tasks import make_task
 
 
@@ -33,8 +33,12 @@ def test_copy_training_batch_layout():
     assert not inputs[length, :8].any()
     # The scored steps are exactly the L steps after the delimiter, and their targets are
     # the input bits in order.
-    np.testing.assert_array_equal(np.flatnonzero(mask), np.arange(length + 1, 2 * length + 1))
-    np.testing.assert_array_equal(targets[length + 1:2 * length + 1], inputs[:length, :8])
+    np.testing.assert_array_equal(
+        np.flatnonzero(mask), np.arange(length + 1, 2 * length + 1)
+    )
+    np.testing.assert_array_equal(
+        targets[length + 1 : 2 * length + 1], inputs[:length, :8]
+    )
     assert not targets[mask == 0].any()
     assert set(np.unique(inputs)) <= {0.0, 1.0}
   assert len(lengths) > 10  # lengths really vary within a batch
@@ -55,12 +59,15 @@ def test_copy_batches_depend_only_on_the_key():
   assert not np.array_equal(a.inputs, c.inputs)
 
 
-@pytest.mark.parametrize('kwargs,message', [
-    (dict(min_length=0), 'min_length'),
-    (dict(min_length=5, max_length=4), 'min_length <= max_length'),
-    (dict(bits=0), 'bits'),
-    (dict(eval_lengths=(0, 10)), 'eval_lengths'),
-])
+@pytest.mark.parametrize(
+    'kwargs,message',
+    [
+        (dict(min_length=0), 'min_length'),
+        (dict(min_length=5, max_length=4), 'min_length <= max_length'),
+        (dict(bits=0), 'bits'),
+        (dict(eval_lengths=(0, 10)), 'eval_lengths'),
+    ],
+)
 def test_copy_rejects_bad_settings(kwargs, message):
   with pytest.raises(ValueError, match=message):
     CopyTask(**kwargs)
@@ -80,7 +87,7 @@ def test_repeat_copy_layout_and_normalised_count():
     end = length + 1 + length * repeats
     np.testing.assert_array_equal(np.flatnonzero(mask), np.arange(length + 1, end + 1))
     expected = np.tile(inputs[:length, :4], (repeats, 1))
-    np.testing.assert_array_equal(targets[length + 1:end, :4], expected)
+    np.testing.assert_array_equal(targets[length + 1 : end, :4], expected)
     np.testing.assert_array_equal(np.flatnonzero(targets[:, 4]), [end])
   assert counts == {1, 2, 3, 4}
   # The normalised count has mean 0 and variance 1 over the training range.
@@ -100,18 +107,18 @@ def test_associative_recall_target_is_the_item_after_the_query():
   assert batch.inputs.shape == (64, 4 * 6 + 8, 8)
   seen = set()
   for inputs, targets, mask in zip(batch.inputs, batch.targets, batch.mask):
-    starts = np.flatnonzero(inputs[:, 6])               # item delimiters
+    starts = np.flatnonzero(inputs[:, 6])  # item delimiters
     n = len(starts)
     seen.add(n)
     np.testing.assert_array_equal(starts, 4 * np.arange(n))
-    items = [inputs[s + 1:s + 4, :6] for s in starts]
+    items = [inputs[s + 1 : s + 4, :6] for s in starts]
     query_delimiters = np.flatnonzero(inputs[:, 7])
     np.testing.assert_array_equal(query_delimiters, [4 * n, 4 * n + 4])
-    query = inputs[4 * n + 1:4 * n + 4, :6]
+    query = inputs[4 * n + 1 : 4 * n + 4, :6]
     matches = [i for i, item in enumerate(items[:-1]) if np.array_equal(item, query)]
     assert matches
     np.testing.assert_array_equal(np.flatnonzero(mask), 4 * n + 5 + np.arange(3))
-    np.testing.assert_array_equal(targets[4 * n + 5:4 * n + 8], items[matches[0] + 1])
+    np.testing.assert_array_equal(targets[4 * n + 5 : 4 * n + 8], items[matches[0] + 1])
   assert seen == {2, 3, 4, 5, 6}
 
 
@@ -138,9 +145,9 @@ def test_priority_sort_spans_narrow_only_the_training_priorities():
   # Each sequence's priorities are the paper's mapped into an interval [c - h, c + h]
   # inside [-1, 1] with h in [0.25, 1]: an exact affine map of each sequence's own.
   half_widths = []
-  for mapped, original, inputs, targets in zip(batch.inputs[:, :20, 8],
-                                               wide.inputs[:, :20, 8], batch.inputs,
-                                               batch.targets):
+  for mapped, original, inputs, targets in zip(
+      batch.inputs[:, :20, 8], wide.inputs[:, :20, 8], batch.inputs, batch.targets
+  ):
     half_width, centre = np.polyfit(original, mapped, 1)
     np.testing.assert_allclose(centre + half_width * original, mapped, atol=1e-6)
     assert 0.25 - 1e-6 <= half_width <= 1 + 1e-6
@@ -151,8 +158,10 @@ def test_priority_sort_spans_narrow_only_the_training_priorities():
   # Log-uniform: about half the sequences below the geometric middle, h = 0.5.
   assert 0.4 < np.mean(np.array(half_widths) < 0.5) < 0.6
   for difficulty in (20, 12):  # evaluation keeps the paper's [-1, 1]
-    for a, b in zip(jax.device_get(narrow.sample_eval(key, 8, difficulty)),
-                    jax.device_get(paper.sample_eval(key, 8, difficulty))):
+    for a, b in zip(
+        jax.device_get(narrow.sample_eval(key, 8, difficulty)),
+        jax.device_get(paper.sample_eval(key, 8, difficulty)),
+    ):
       np.testing.assert_array_equal(a, b)
   for bad in (0.0, -1.0, 2.5):
     with pytest.raises(ValueError, match=r'min_priority_span must be in \(0, 2\]'):
@@ -177,8 +186,12 @@ def test_ngrams_optimal_estimator_by_hand():
   task = DynamicNGramsTask(context=1, length=4)
   bits = np.array([0, 1, 1, 1, 0], np.float32)
   from ntm_jax.tasks import Batch
-  batch = Batch(inputs=bits[None, :-1, None], targets=bits[None, 1:, None],
-                mask=np.ones((1, 4), np.float32))
+
+  batch = Batch(
+      inputs=bits[None, :-1, None],
+      targets=bits[None, 1:, None],
+      mask=np.ones((1, 4), np.float32),
+  )
   expected = 1 + 1 - np.log2(0.75) - np.log2(1 / 6)
   np.testing.assert_allclose(task.reference_cost(batch), [expected], rtol=1e-6)
 
@@ -186,7 +199,9 @@ def test_ngrams_optimal_estimator_by_hand():
 def test_ngrams_optimal_cost_matches_the_paper():
   # The paper's optimum: about 133 bits per 200-bit sequence.
   task = DynamicNGramsTask()
-  cost = float(np.mean(task.reference_cost(task.sample_eval(jax.random.key(0), 500, 200))))
+  cost = float(
+      np.mean(task.reference_cost(task.sample_eval(jax.random.key(0), 500, 200)))
+  )
   assert 128 < cost < 138
 
 
@@ -198,6 +213,7 @@ def _one_hot_writes(slots_by_head, num_slots=128):
 
 def test_write_placement_tells_a_layout_from_search():
   from ntm_jax import analysis
+
   priorities = np.array([[0.9, -0.2, 0.4, -0.8, 0.1, 0.6]])
   descending = np.argsort(np.argsort(-priorities[0]))  # rank 0 = highest
   # Head 0: the paper's layout, slot falling as the priority rises, wrapping past slot
@@ -233,6 +249,7 @@ def test_write_placement_tells_a_layout_from_search():
 
 def test_bit_errors_by_priority_gap():
   from ntm_jax import analysis
+
   task = PrioritySortTask(num_inputs=4, num_outputs=2)
   batch = jax.device_get(task.sample_train(jax.random.key(0), 1))
   priorities = np.array([0.5, 0.505, -0.3, 0.9])  # gaps 0.005, 0.005, 0.8, 0.395
@@ -245,21 +262,35 @@ def test_bit_errors_by_priority_gap():
   logits = np.where(targets > 0.5, 5.0, -5.0)
   logits[0, 6, :3] *= -1  # three wrong bits in the second output (gap 0.005)
   logits[0, 2, :] *= -1  # an unscored step: not counted
-  gaps = analysis.bit_errors_by_priority_gap(logits, batch, num_inputs=4,
-                                                   edges=(0, 0.01, 0.5, np.inf))
-  assert gaps == {'0-0.01': 3.0, '0.01-0.5': 0.0, '0.5-inf': pytest.approx(np.nan,
-                                                                         nan_ok=True)}
+  gaps = analysis.bit_errors_by_priority_gap(
+      logits, batch, num_inputs=4, edges=(0, 0.01, 0.5, np.inf)
+  )
+  assert gaps == {
+      '0-0.01': 3.0,
+      '0.01-0.5': 0.0,
+      '0.5-inf': pytest.approx(np.nan, nan_ok=True),
+  }
 
 
-@pytest.mark.parametrize('task', [
-    CopyTask(bits=3, min_length=2, max_length=4, eval_lengths=(3, 7)),
-    RepeatCopyTask(bits=4, max_length=3, min_repeats=2, max_repeats=4,
-                   eval_difficulties=((3, 4), (5, 6))),
-    AssociativeRecallTask(bits=3, item_length=2, max_items=4, eval_items=(4, 9)),
-    DynamicNGramsTask(context=3, length=30, eval_lengths=(30, 60)),
-    PrioritySortTask(bits=4, num_inputs=6, num_outputs=3, eval_inputs=(6, 9),
-                     min_priority_span=0.5),
-], ids=lambda task: task.name)
+@pytest.mark.parametrize(
+    'task',
+    [
+        CopyTask(bits=3, min_length=2, max_length=4, eval_lengths=(3, 7)),
+        RepeatCopyTask(
+            bits=4,
+            max_length=3,
+            min_repeats=2,
+            max_repeats=4,
+            eval_difficulties=((3, 4), (5, 6)),
+        ),
+        AssociativeRecallTask(bits=3, item_length=2, max_items=4, eval_items=(4, 9)),
+        DynamicNGramsTask(context=3, length=30, eval_lengths=(30, 60)),
+        PrioritySortTask(
+            bits=4, num_inputs=6, num_outputs=3, eval_inputs=(6, 9), min_priority_span=0.5
+        ),
+    ],
+    ids=lambda task: task.name,
+)
 def test_a_task_is_rebuilt_from_its_recorded_settings(task):
   # Through JSON, as a run's config.json keeps them.
   recorded = json.loads(json.dumps(task.settings()))
@@ -276,6 +307,11 @@ def test_every_task_records_all_its_settings():
   for name, task_class in TASKS.items():
     assert make_task(name).settings() == task_class().settings()
   assert set(PrioritySortTask().settings()) == {
-      'bits', 'num_inputs', 'num_outputs', 'eval_inputs', 'min_priority_span'}
+      'bits',
+      'num_inputs',
+      'num_outputs',
+      'eval_inputs',
+      'min_priority_span',
+  }
   with pytest.raises(ValueError, match="task must be one of copy, .*; got 'sort'"):
     make_task('sort')

@@ -18,13 +18,20 @@ pytestmark = pytest.mark.slow
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINED = os.path.join(ROOT, 'trained')
-RUNS = sorted(name for name in os.listdir(TRAINED)
-              if os.path.exists(os.path.join(TRAINED, name, 'expected.json'))
-              ) if os.path.isdir(TRAINED) else []
+RUNS = (
+    sorted(
+        name
+        for name in os.listdir(TRAINED)
+        if os.path.exists(os.path.join(TRAINED, name, 'expected.json'))
+    )
+    if os.path.isdir(TRAINED)
+    else []
+)
 
 
 def test_every_task_has_a_shipped_run():
   from ntm_jax.tasks import TASKS
+
   assert {f'{task}_ntm' for task in TASKS} <= set(RUNS)
 
 
@@ -32,8 +39,9 @@ def test_every_task_has_a_shipped_run():
 def test_shipped_run_keeps_its_metrics(name):
   with open(os.path.join(TRAINED, name, 'expected.json')) as f:
     expected = json.load(f)
-  measured = regression.evaluate_per_sequence(os.path.join(TRAINED, name),
-                                        expected['eval_batch_size'])
+  measured = regression.evaluate_per_sequence(
+      os.path.join(TRAINED, name), expected['eval_batch_size']
+  )
   assert measured.keys() == expected['per_sequence'].keys()
   assert regression.differences(expected['per_sequence'], measured) == []
 
@@ -41,8 +49,11 @@ def test_shipped_run_keeps_its_metrics(name):
 def test_the_comparison_tells_float_noise_from_a_broken_cell():
   """Rounding like another machine's passes; a wrong equation fails (copy, one draw)."""
   broken = ('Eq. 9 left out (gamma = 1)', 'Eq. 7 with the gate swapped (1 - g)')
-  verdicts = dict(regression.check_run(os.path.join(TRAINED, 'copy_ntm'),
-                                              noise=1e-6, draws=1, broken=broken))
+  verdicts = dict(
+      regression.check_run(
+          os.path.join(TRAINED, 'copy_ntm'), noise=1e-6, draws=1, broken=broken
+      )
+  )
   assert verdicts.keys() == {'as shipped', 'noise 1e-06', *broken}
   assert verdicts['as shipped'] == 'passes'
   assert verdicts['noise 1e-06'] == '1 of 1 draws pass'
@@ -57,8 +68,15 @@ def test_every_broken_equation_of_the_tolerance_check_changes_the_model():
   from ntm_jax import NTMCell
   from ntm_jax import models
 
-  model = models.NTM(NTMCell(features=3, memory_size=16, word_size=6,
-                             controller_features=12, memory_init='random'))
+  model = models.NTM(
+      NTMCell(
+          features=3,
+          memory_size=16,
+          word_size=6,
+          controller_features=12,
+          memory_init='random',
+      )
+  )
   xs = jax.random.uniform(jax.random.key(0), (2, 9, 4))
   params = model.init(jax.random.key(1), xs)
   intact = model.apply(params, xs)

@@ -25,8 +25,17 @@ from ntm_jax.training import run
 from ntm_jax.training import train_state
 from ntm_jax.training import workdir as workdir_lib
 
-TINY = dict(batch_size=4, memory_size=8, word_size=4, controller_features=16,
-            eval_batch_size=4, plots=False, log_every=2, eval_every=3, checkpoint_every=3)
+TINY = dict(
+    batch_size=4,
+    memory_size=8,
+    word_size=4,
+    controller_features=16,
+    eval_batch_size=4,
+    plots=False,
+    log_every=2,
+    eval_every=3,
+    checkpoint_every=3,
+)
 
 
 def tiny_task():
@@ -37,8 +46,9 @@ def _params(workdir, memory_init='constant'):
   config = ExperimentConfig(workdir=workdir, **dict(TINY, memory_init=memory_init))
   task = tiny_task()
   model = factory.build_model(config, task)
-  state = train_state.create_train_state(model, optim.make_optimizer(config), task,
-                                         train_state.Keys(config.seed))
+  state = train_state.create_train_state(
+      model, optim.make_optimizer(config), task, train_state.Keys(config.seed)
+  )
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
     return checkpointer.latest_step(), checkpointer.restore(state.to_checkpoint())
@@ -46,40 +56,60 @@ def _params(workdir, memory_init='constant'):
     checkpointer.close()
 
 
-@pytest.mark.parametrize('changes,message', [
-    (dict(batch_size=0), 'batch_size must be a positive integer, got 0'),
-    (dict(memory_size=-3), 'memory_size must be a positive integer'),
-    (dict(optimizer='adagrad'), "optimizer must be one of adam, rmsprop, sgd; got 'adagrad'"),
-    (dict(model='gru'), 'model must be one of ntm, lstm'),
-    (dict(learning_rate=0.0), 'learning_rate must be > 0'),
-    (dict(clip=-1.0), 'clip must be > 0'),
-    (dict(clip_mode='norm'), 'clip_mode must be one of'),
-    (dict(lr_schedule='step'), 'lr_schedule must be one of constant, cosine'),
-    (dict(shift_range=100), 'shift_range=100 needs'),
-    (dict(controller='rnn'), 'controller must be one of lstm, feedforward'),
-    (dict(dtype='float16'), 'dtype must be one of float32, bfloat16'),
-    (dict(entropy_penalty=-0.1), 'entropy_penalty must be a finite number >= 0'),
-    (dict(memory_stddev=float('nan')), 'memory_stddev must be a finite number >= 0'),
-    (dict(entropy_penalty=0.1, model='lstm'), 'entropy_penalty=0.1 needs model=ntm'),
-    (dict(entropy_penalty=0.1, remat_chunk=4), 'and remat_chunk 0 or 1'),
-    (dict(remat_chunk=-1), 'remat_chunk must be an integer >= 0'),
-    (dict(skip_grad_norm=-1.0), 'skip_grad_norm must be a finite number >= 0'),
-    (dict(carry_grad_clip=-1.0), 'carry_grad_clip must be a finite number >= 0'),
-    (dict(carry_grad_clip=100.0, model='lstm'), 'carry_grad_clip=100.0 needs model=ntm'),
-    (dict(write_advance_bias=-1.0), 'write_advance_bias must be a finite number >= 0'),
-    (dict(write_advance_bias=4.0, model='lstm'), 'write_advance_bias=4.0 needs model=ntm'),
-    (dict(write_advance_bias=4.0, shift_range=0), 'write_advance_bias=4.0 needs shift_range'),
-    (dict(ema_decay=1.0), 'ema_decay must be in \\[0, 1\\)'),
-])
+@pytest.mark.parametrize(
+    'changes,message',
+    [
+        (dict(batch_size=0), 'batch_size must be a positive integer, got 0'),
+        (dict(memory_size=-3), 'memory_size must be a positive integer'),
+        (
+            dict(optimizer='adagrad'),
+            "optimizer must be one of adam, rmsprop, sgd; got 'adagrad'",
+        ),
+        (dict(model='gru'), 'model must be one of ntm, lstm'),
+        (dict(learning_rate=0.0), 'learning_rate must be > 0'),
+        (dict(clip=-1.0), 'clip must be > 0'),
+        (dict(clip_mode='norm'), 'clip_mode must be one of'),
+        (dict(lr_schedule='step'), 'lr_schedule must be one of constant, cosine'),
+        (dict(shift_range=100), 'shift_range=100 needs'),
+        (dict(controller='rnn'), 'controller must be one of lstm, feedforward'),
+        (dict(dtype='float16'), 'dtype must be one of float32, bfloat16'),
+        (dict(entropy_penalty=-0.1), 'entropy_penalty must be a finite number >= 0'),
+        (dict(memory_stddev=float('nan')), 'memory_stddev must be a finite number >= 0'),
+        (dict(entropy_penalty=0.1, model='lstm'), 'entropy_penalty=0.1 needs model=ntm'),
+        (dict(entropy_penalty=0.1, remat_chunk=4), 'and remat_chunk 0 or 1'),
+        (dict(remat_chunk=-1), 'remat_chunk must be an integer >= 0'),
+        (dict(skip_grad_norm=-1.0), 'skip_grad_norm must be a finite number >= 0'),
+        (dict(carry_grad_clip=-1.0), 'carry_grad_clip must be a finite number >= 0'),
+        (
+            dict(carry_grad_clip=100.0, model='lstm'),
+            'carry_grad_clip=100.0 needs model=ntm',
+        ),
+        (
+            dict(write_advance_bias=-1.0),
+            'write_advance_bias must be a finite number >= 0',
+        ),
+        (
+            dict(write_advance_bias=4.0, model='lstm'),
+            'write_advance_bias=4.0 needs model=ntm',
+        ),
+        (
+            dict(write_advance_bias=4.0, shift_range=0),
+            'write_advance_bias=4.0 needs shift_range',
+        ),
+        (dict(ema_decay=1.0), 'ema_decay must be in \\[0, 1\\)'),
+    ],
+)
 def test_bad_config_values_are_named_in_the_error(changes, message):
   with pytest.raises(ValueError, match=message):
     ExperimentConfig(workdir='/tmp/x', **changes)
 
 
 def test_checkpoint_round_trip(tmp_path):
-  state = dict(step=jnp.array(7, jnp.int32),
-               params={'w': jnp.arange(6.0).reshape(2, 3), 'b': jnp.ones(3)},
-               opt_state=(jnp.zeros(2), {'mu': jnp.full((2,), 0.5)}))
+  state = dict(
+      step=jnp.array(7, jnp.int32),
+      params={'w': jnp.arange(6.0).reshape(2, 3), 'b': jnp.ones(3)},
+      opt_state=(jnp.zeros(2), {'mu': jnp.full((2,), 0.5)}),
+  )
   checkpointer = checkpointing.Checkpointer(str(tmp_path))
   checkpointer.save(7, state)
   checkpointer.close()
@@ -96,8 +126,9 @@ def test_saved_checkpoints_open_to_read_without_creating_anything(tmp_path):
   with pytest.raises(ValueError, match="checkpoint must be one of latest, best; got 'x'"):
     checkpointing.open_saved(workdir, 'x')
   for which, directory in (('latest', 'checkpoints'), ('best', 'best')):
-    with pytest.raises(FileNotFoundError,
-                       match=re.escape(f'{tmp_path}/{directory} does not exist')):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f'{tmp_path}/{directory} does not exist')
+    ):
       checkpointing.open_saved(workdir, which)
     assert not (tmp_path / directory).exists()
   (tmp_path / 'best').mkdir()  # as a run stopped before its first evaluation leaves it
@@ -161,7 +192,8 @@ def _truncate_data_files(checkpoint_dir):
 
 @pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
-    tmp_path, capsys):
+    tmp_path, capsys
+):
   workdir, straight = str(tmp_path / 'run'), str(tmp_path / 'straight')
   run(ExperimentConfig(workdir=straight, train_steps=9, **TINY), tiny_task())
   run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
@@ -176,12 +208,14 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
   assert os.listdir(os.path.join(workdir, 'damaged')) == ['checkpoints-6']
   assert report['step'] == 9
   # The run went on from step 3 exactly as an uninterrupted one.
-  jax.tree_util.tree_map(np.testing.assert_array_equal, _params(workdir)[1],
-                         _params(straight)[1])
+  jax.tree_util.tree_map(
+      np.testing.assert_array_equal, _params(workdir)[1], _params(straight)[1]
+  )
 
 
-def test_a_damaged_read_prints_no_tracebacks_from_its_closed_event_loop(tmp_path,
-                                                                        monkeypatch):
+def test_a_damaged_read_prints_no_tracebacks_from_its_closed_event_loop(
+    tmp_path, monkeypatch
+):
   # Orbax closes its event loop when a read fails; tensorstore's reads still in flight
   # then complete onto it from other threads, each an unraisable "Event loop is closed".
   seen = []
@@ -199,10 +233,12 @@ def test_a_damaged_read_prints_no_tracebacks_from_its_closed_event_loop(tmp_path
   closed.close()
 
   class LateRead:  # what a straggling read does, from a finaliser: unraisable
+
     def __del__(self):
       closed.call_soon_threadsafe(print)
 
   class OtherFault:
+
     def __del__(self):
       raise ValueError('still reported')
 
@@ -214,8 +250,11 @@ def test_a_damaged_read_prints_no_tracebacks_from_its_closed_event_loop(tmp_path
 def test_eval_only_evaluates_the_latest_checkpoint_without_training(tmp_path):
   workdir = str(tmp_path)
   trained = run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
-  report = run(ExperimentConfig(workdir=workdir, train_steps=100, **TINY), tiny_task(),
-               eval_only=True)
+  report = run(
+      ExperimentConfig(workdir=workdir, train_steps=100, **TINY),
+      tiny_task(),
+      eval_only=True,
+  )
   assert report['step'] == 3 and report['eval_only']
   assert report['results'] == trained['results']
   assert report['converged_at_sequences'] == trained['converged_at_sequences']
@@ -234,9 +273,15 @@ def test_resuming_with_another_model_is_a_clear_error(tmp_path):
   changed = dict(TINY, memory_size=16)
   with pytest.raises(ValueError, match='memory_size: 8 -> 16'):
     run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, **changed), tiny_task())
-  with pytest.raises(ValueError, match="optimiser \\(lr_schedule: 'constant' -> 'cosine'\\)"):
-    run(ExperimentConfig(workdir=str(tmp_path), train_steps=6, lr_schedule='cosine',
-                         **TINY), tiny_task())
+  with pytest.raises(
+      ValueError, match="optimiser \\(lr_schedule: 'constant' -> 'cosine'\\)"
+  ):
+    run(
+        ExperimentConfig(
+            workdir=str(tmp_path), train_steps=6, lr_schedule='cosine', **TINY
+        ),
+        tiny_task(),
+    )
 
 
 @pytest.mark.slow  # several whole runs
@@ -248,12 +293,16 @@ def test_a_run_records_its_task_and_resumes_on_it(tmp_path, capsys):
   assert task.settings() == tiny_task().settings()  # not CopyTask's defaults
   # Wider inputs do not fit the checkpoint: refused, naming what changed.
   with pytest.raises(ValueError, match='input_size: 4 -> 5, output_size: 3 -> 4'):
-    run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY),
-        CopyTask(bits=4, min_length=1, max_length=3, eval_lengths=(2, 5)))
+    run(
+        ExperimentConfig(workdir=workdir, train_steps=6, **TINY),
+        CopyTask(bits=4, min_length=1, max_length=3, eval_lengths=(2, 5)),
+    )
   # Longer training sequences fit: the run goes on with them, and says so.
   longer = CopyTask(bits=3, min_length=1, max_length=4, eval_lengths=(2, 5))
   capsys.readouterr()
-  assert run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), longer)['step'] == 6
+  assert (
+      run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), longer)['step'] == 6
+  )
   out = capsys.readouterr().out
   assert 'resuming with other task settings than' in out
   assert '(max_length: 3 -> 4)' in out
@@ -265,9 +314,11 @@ def test_a_second_run_on_a_busy_workdir_is_a_clear_error(tmp_path):
   run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
   # Another run holds the workdir (here this process, through a second open file).
   with workdir_lib.lock(workdir):
-    with pytest.raises(WorkdirBusyError,
-                       match=rf'--workdir={workdir} is in use by another run \(process '
-                             rf'{os.getpid()}\)'):
+    with pytest.raises(
+        WorkdirBusyError,
+        match=rf'--workdir={workdir} is in use by another run \(process '
+        rf'{os.getpid()}\)',
+    ):
       run(ExperimentConfig(workdir=workdir, train_steps=6, **TINY), tiny_task())
     # Evaluating writes no checkpoint and goes ahead.
     report = run(ExperimentConfig(workdir=workdir, **TINY), tiny_task(), eval_only=True)
@@ -280,7 +331,9 @@ def test_a_workdir_without_checkpoints_accepts_other_sizes(tmp_path):
   # A first run that died before its first save leaves config.json but nothing to resume.
   with open(tmp_path / 'config.json', 'w') as f:
     json.dump(dict(task='copy', model='ntm', memory_size=64), f)
-  report = run(ExperimentConfig(workdir=str(tmp_path), train_steps=1, **TINY), tiny_task())
+  report = run(
+      ExperimentConfig(workdir=str(tmp_path), train_steps=1, **TINY), tiny_task()
+  )
   assert report['step'] == 1
 
 
@@ -297,7 +350,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
   run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
   _, good = _params(workdir)
   poisoned = _PoisonedCopy(bits=3, min_length=1, max_length=3, eval_lengths=(2, 5))
-  with pytest.raises(NonFiniteLossError, match='at step 4.*last good checkpoint \\(step 3\\)'):
+  with pytest.raises(
+      NonFiniteLossError, match='at step 4.*last good checkpoint \\(step 3\\)'
+  ):
     run(ExperimentConfig(workdir=workdir, train_steps=9, **TINY), poisoned)
   step, kept = _params(workdir)
   assert step == 3
@@ -328,8 +383,9 @@ def _interrupt_on_step(monkeypatch, interrupted_step, after_donation):
 
 
 @pytest.mark.parametrize('after_donation,kept_step', [(False, 4), (True, 3)])
-def test_ctrl_c_keeps_a_restorable_checkpoint(tmp_path, monkeypatch, after_donation,
-                                              kept_step):
+def test_ctrl_c_keeps_a_restorable_checkpoint(
+    tmp_path, monkeypatch, after_donation, kept_step
+):
   workdir = str(tmp_path)
   _interrupt_on_step(monkeypatch, 5, after_donation)
   with pytest.raises(KeyboardInterrupt):
@@ -343,14 +399,22 @@ def test_ctrl_c_keeps_a_restorable_checkpoint(tmp_path, monkeypatch, after_donat
 
 
 def test_the_lstm_baseline_trains_through_the_same_runner(tmp_path):
-  config = ExperimentConfig(workdir=str(tmp_path), model='lstm', lstm_features=8,
-                            lstm_layers=2, train_steps=2, **TINY)
+  config = ExperimentConfig(
+      workdir=str(tmp_path),
+      model='lstm',
+      lstm_features=8,
+      lstm_layers=2,
+      train_steps=2,
+      **TINY,
+  )
   report = run(config, tiny_task())
   assert report['model'] == 'lstm' and report['step'] == 2
 
 
 def test_figures_are_written(tmp_path):
-  config = ExperimentConfig(workdir=str(tmp_path), train_steps=3, **dict(TINY, plots=True))
+  config = ExperimentConfig(
+      workdir=str(tmp_path), train_steps=3, **dict(TINY, plots=True)
+  )
   run(config, tiny_task())
   for name in ('learning_curve.png', 'sequence_length_3.png', 'sequence_length_5.png'):
     with open(tmp_path / name, 'rb') as f:
@@ -358,19 +422,33 @@ def test_figures_are_written(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('model,controller,dtype', [('ntm', 'lstm', 'float32'),
-                                                    ('ntm', 'feedforward', 'float32'),
-                                                    ('ntm', 'feedforward', 'bfloat16'),
-                                                    ('lstm', 'lstm', 'float32')])
+@pytest.mark.parametrize(
+    'model,controller,dtype',
+    [
+        ('ntm', 'lstm', 'float32'),
+        ('ntm', 'feedforward', 'float32'),
+        ('ntm', 'feedforward', 'bfloat16'),
+        ('lstm', 'lstm', 'float32'),
+    ],
+)
 def test_a_tiny_model_learns_to_copy_short_sequences(model, controller, dtype):
   # Given a tiny NTM (16 slots of 8), or the LSTM baseline (2 x 64), on copy of 4-bit
   # vectors, length 1-4, when it trains for 400 steps (the LSTM 1,000), then the cost
   # falls tenfold and it copies with almost no bit errors; also with bfloat16 dense
   # computations (float32 parameters and memory).
-  config = ExperimentConfig(workdir='/unused', batch_size=16, memory_size=16, word_size=8,
-                            controller=controller, controller_features=32,
-                            learning_rate=1e-2, dtype=dtype, model=model,
-                            lstm_features=64, lstm_layers=2)
+  config = ExperimentConfig(
+      workdir='/unused',
+      batch_size=16,
+      memory_size=16,
+      word_size=8,
+      controller=controller,
+      controller_features=32,
+      learning_rate=1e-2,
+      dtype=dtype,
+      model=model,
+      lstm_features=64,
+      lstm_layers=2,
+  )
   task = CopyTask(bits=4, min_length=1, max_length=4, eval_lengths=(4,))
   model = factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
@@ -392,8 +470,12 @@ def test_weighting_entropy_counts_bits_per_head_and_step_up_to_the_last_scored_s
   # has 1.5, a one-hot 0 (no NaN where a weight is exactly 0). Steps after the last
   # scored one (padding) do not count; unscored steps before it (the input) do.
   uniform, split, one_hot = [0.25] * 4, [0.5, 0.25, 0.25, 0.0], [1.0, 0.0, 0.0, 0.0]
-  weights = jnp.array([[[uniform, one_hot], [split, split], [uniform, uniform]],
-                       [[one_hot, one_hot], [uniform, split], [split, one_hot]]])
+  weights = jnp.array(
+      [
+          [[uniform, one_hot], [split, split], [uniform, uniform]],
+          [[one_hot, one_hot], [uniform, split], [split, one_hot]],
+      ]
+  )
   mask = jnp.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # (b=2, T=3); weights (2, 3, 2, 4)
   entropy = models.weighting_entropy(weights, mask)
   np.testing.assert_allclose(entropy, [2.0 + 3.0, 0.0 + 3.5 + 1.5], rtol=1e-6)
@@ -407,8 +489,9 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
   # mean weighting entropy computed independently (from trace_ntm), and both steps log
   # the paper's cost for the same parameters.
   c = 0.5
-  config = ExperimentConfig(workdir='/unused', optimizer='sgd', learning_rate=1.0,
-                            clip_mode='none', **TINY)
+  config = ExperimentConfig(
+      workdir='/unused', optimizer='sgd', learning_rate=1.0, clip_mode='none', **TINY
+  )
   task = tiny_task()
   model = factory.build_model(config, task)
   optimizer = optim.make_optimizer(config)
@@ -416,8 +499,9 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
   state = train_state.create_train_state(model, optimizer, task, keys)
 
   def one_step(penalty):
-    step = train_state.make_train_step(model, optimizer, task, config.batch_size,
-                                       keys.data, entropy_penalty=penalty)
+    step = train_state.make_train_step(
+        model, optimizer, task, config.batch_size, keys.data, entropy_penalty=penalty
+    )
     return step(jax.tree.map(jnp.copy, state))  # the step donates its input
 
   (plain, plain_metrics), (penalised, penalised_metrics) = one_step(0.0), one_step(c)
@@ -426,15 +510,24 @@ def test_the_entropy_penalty_adds_its_gradient_and_leaves_the_logged_cost_alone(
 
   def mean_entropy(params):
     _, states = models.trace_ntm(model, params, batch.inputs)
-    return jnp.mean(sum(models.weighting_entropy(w, batch.mask)
-                        for w in (states.read_weights, states.write_weights)))
+    return jnp.mean(
+        sum(
+            models.weighting_entropy(w, batch.mask)
+            for w in (states.read_weights, states.write_weights)
+        )
+    )
 
   expected = jax.tree.map(lambda g: -c * g, jax.grad(mean_entropy)(state.params))
   # The entropy's gradients reach the hundreds near init, so float32 rounding in the two
   # steps is measured against each parameter's largest entry.
-  jax.tree.map(lambda a, b, e: np.testing.assert_allclose(
-      a - b, e, atol=1e-3 * float(jnp.max(jnp.abs(e))) + 1e-6),
-      penalised.params, plain.params, expected)
+  jax.tree.map(
+      lambda a, b, e: np.testing.assert_allclose(
+          a - b, e, atol=1e-3 * float(jnp.max(jnp.abs(e))) + 1e-6
+      ),
+      penalised.params,
+      plain.params,
+      expected,
+  )
 
 
 def test_the_runner_builds_its_ntm_with_the_configured_carry_gradient_clip():
@@ -444,41 +537,81 @@ def test_the_runner_builds_its_ntm_with_the_configured_carry_gradient_clip():
   task = tiny_task()
 
   def one_step(bound):
-    config = ExperimentConfig(workdir='/unused', optimizer='sgd', learning_rate=1.0,
-                              clip_mode='none', carry_grad_clip=bound, **TINY)
+    config = ExperimentConfig(
+        workdir='/unused',
+        optimizer='sgd',
+        learning_rate=1.0,
+        clip_mode='none',
+        carry_grad_clip=bound,
+        **TINY,
+    )
     model = factory.build_model(config, task)
     assert model.carry_grad_clip == bound
     optimizer = optim.make_optimizer(config)
     keys = train_state.Keys(0)
     state = train_state.create_train_state(model, optimizer, task, keys)
-    step = train_state.make_train_step(model, optimizer, task, config.batch_size, keys.data)
+    step = train_state.make_train_step(
+        model, optimizer, task, config.batch_size, keys.data
+    )
     return step(state)
 
   (plain, plain_metrics), (clipped, clipped_metrics) = one_step(0.0), one_step(1e-4)
   np.testing.assert_allclose(clipped_metrics['cost'], plain_metrics['cost'], rtol=1e-6)
-  assert not np.allclose(clipped.params['params']['cell']['initial_read_weight_logits'],
-                         plain.params['params']['cell']['initial_read_weight_logits'])
+  assert not np.allclose(
+      clipped.params['params']['cell']['initial_read_weight_logits'],
+      plain.params['params']['cell']['initial_read_weight_logits'],
+  )
 
 
 def test_the_nested_views_build_the_cell_and_the_optimiser_from_every_field():
   # Every NTMCell field the config sets reaches the cell through config.ntm, and the
   # optimiser's fields through config.optimiser: a field dropped from a view fails here.
   from ntm_jax.cell import NTMCell
-  config = ExperimentConfig(workdir='/unused', memory_size=9, word_size=5, num_heads=2,
-                            controller='feedforward', controller_features=7,
-                            controller_layers=2, shift_range=2, memory_init='random',
-                            memory_stddev=0.5, optimizer='sgd', learning_rate=0.25,
-                            lr_schedule='cosine', train_steps=10, clip=3.0,
-                            clip_mode='elementwise', skip_grad_norm=4.0)
+
+  config = ExperimentConfig(
+      workdir='/unused',
+      memory_size=9,
+      word_size=5,
+      num_heads=2,
+      controller='feedforward',
+      controller_features=7,
+      controller_layers=2,
+      shift_range=2,
+      memory_init='random',
+      memory_stddev=0.5,
+      optimizer='sgd',
+      learning_rate=0.25,
+      lr_schedule='cosine',
+      train_steps=10,
+      clip=3.0,
+      clip_mode='elementwise',
+      skip_grad_norm=4.0,
+  )
   cell = factory.build_model(config, tiny_task()).cell
-  assert cell == NTMCell(features=tiny_task().output_size, dtype=jnp.float32, **config.ntm)
-  assert (cell.memory_size, cell.word_size, cell.num_read_heads, cell.num_write_heads,
-          cell.controller, cell.controller_features, cell.controller_layers,
-          cell.shift_range, cell.memory_init, cell.memory_stddev) == (
-              9, 5, 2, 2, 'feedforward', 7, 2, 2, 'random', 0.5)
+  assert cell == NTMCell(
+      features=tiny_task().output_size, dtype=jnp.float32, **config.ntm
+  )
+  assert (
+      cell.memory_size,
+      cell.word_size,
+      cell.num_read_heads,
+      cell.num_write_heads,
+      cell.controller,
+      cell.controller_features,
+      cell.controller_layers,
+      cell.shift_range,
+      cell.memory_init,
+      cell.memory_stddev,
+  ) == (9, 5, 2, 2, 'feedforward', 7, 2, 2, 'random', 0.5)
   assert config.optimiser == optim.OptimizerConfig(
-      name='sgd', learning_rate=0.25, lr_schedule='cosine', train_steps=10, clip=3.0,
-      clip_mode='elementwise', skip_grad_norm=4.0)
+      name='sgd',
+      learning_rate=0.25,
+      lr_schedule='cosine',
+      train_steps=10,
+      clip=3.0,
+      clip_mode='elementwise',
+      skip_grad_norm=4.0,
+  )
   assert config.loop.train_steps == 10 and config.loop.batch_size == 32
 
 
@@ -488,8 +621,9 @@ def test_the_runner_builds_its_ntm_with_the_configured_write_advance_bias():
   task = tiny_task()
   config = ExperimentConfig(workdir='/unused', write_advance_bias=3.0, **TINY)
   model = factory.build_model(config, task)
-  state = train_state.create_train_state(model, optim.make_optimizer(config), task,
-                                         train_state.Keys(0))
+  state = train_state.create_train_state(
+      model, optim.make_optimizer(config), task, train_state.Keys(0)
+  )
   bias = np.asarray(state.params['params']['cell']['heads']['bias'])
   assert sorted(set(bias.tolist())) == [-3.0, 0.0, 3.0]
 
@@ -499,8 +633,14 @@ def test_the_spike_guard_skips_large_and_non_finite_gradients_and_nothing_else()
   # guarded optimiser sees gradients of global norm 2 (threshold 3), 4, and NaN, then the
   # first gives exactly the unguarded update and state, and the other two a zero update
   # and the state they were given (its step count included).
-  config = ExperimentConfig(workdir='/unused', optimizer='rmsprop', learning_rate=1e-2,
-                            clip=1.0, clip_mode='elementwise', lr_schedule='cosine')
+  config = ExperimentConfig(
+      workdir='/unused',
+      optimizer='rmsprop',
+      learning_rate=1e-2,
+      clip=1.0,
+      clip_mode='elementwise',
+      lr_schedule='cosine',
+  )
   inner = optim.make_optimizer(config)
   guarded = optim.make_optimizer(config.replace(skip_grad_norm=3.0))
   params = {'w': jnp.arange(4.0)}
@@ -510,8 +650,9 @@ def test_the_spike_guard_skips_large_and_non_finite_gradients_and_nothing_else()
   _, state = inner.update(warm, state, params)  # a state with non-zero moments
   small = {'w': jnp.array([1.0, -1.0, 1.0, 1.0])}  # norm 2
   expected = inner.update(small, state, params)
-  jax.tree.map(np.testing.assert_array_equal, guarded.update(small, state, params),
-               expected)
+  jax.tree.map(
+      np.testing.assert_array_equal, guarded.update(small, state, params), expected
+  )
   for rejected in ({'w': 2.0 * small['w']}, {'w': small['w'].at[1].set(jnp.nan)}):
     updates, kept = guarded.update(rejected, state, params)
     np.testing.assert_array_equal(updates['w'], np.zeros(4))
@@ -520,15 +661,18 @@ def test_the_spike_guard_skips_large_and_non_finite_gradients_and_nothing_else()
 
 @pytest.mark.slow  # several whole runs
 def test_a_run_whose_every_step_is_skipped_keeps_its_parameters_and_logs_the_skips(
-    tmp_path):
+    tmp_path,
+):
   # Given a run trained without the guard, when it is resumed with a guard no gradient
   # passes, then the checkpoint (saved without it) restores, the parameters stay as they
   # were, and every logged window says all its steps were skipped.
   workdir = str(tmp_path)
   run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
   _, before = _params(workdir)
-  run(ExperimentConfig(workdir=workdir, train_steps=6, skip_grad_norm=1e-12, **TINY),
-      tiny_task())
+  run(
+      ExperimentConfig(workdir=workdir, train_steps=6, skip_grad_norm=1e-12, **TINY),
+      tiny_task(),
+  )
   _, after = _params(workdir)
   assert int(after['step']) == 6
   jax.tree.map(np.testing.assert_array_equal, after['params'], before['params'])
@@ -536,12 +680,15 @@ def test_a_run_whose_every_step_is_skipped_keeps_its_parameters_and_logs_the_ski
     records = [json.loads(line) for line in f]
   resumed = [r for r in records if r['kind'] == 'train' and r['step'] > 3]
   assert resumed and all(r['skipped'] == 1.0 for r in resumed)
-  assert all('skipped' not in r for r in records if r['kind'] == 'train' and r['step'] <= 3)
+  assert all(
+      'skipped' not in r for r in records if r['kind'] == 'train' and r['step'] <= 3
+  )
 
 
 @pytest.mark.slow  # several whole runs
 def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates(
-    tmp_path):
+    tmp_path,
+):
   # Given the same run with and without ema_decay=0.5, when both train for 3 steps, then
   # their parameters are the same, the average is the recurrence worked out by hand from
   # the saved parameters of steps 0-3, and the report evaluates the average (the
@@ -550,16 +697,23 @@ def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates
   plain_dir, averaged_dir = str(tmp_path / 'plain'), str(tmp_path / 'averaged')
   steps = []
   for train_steps in (1, 2, 3):
-    run(ExperimentConfig(workdir=plain_dir, train_steps=train_steps,
-                         **dict(TINY, checkpoint_every=1)), tiny_task())
+    run(
+        ExperimentConfig(
+            workdir=plain_dir, train_steps=train_steps, **dict(TINY, checkpoint_every=1)
+        ),
+        tiny_task(),
+    )
     steps.append(_params(plain_dir)[1]['params'])
-  report = run(ExperimentConfig(workdir=averaged_dir, train_steps=3, ema_decay=decay,
-                                **TINY), tiny_task())
+  report = run(
+      ExperimentConfig(workdir=averaged_dir, train_steps=3, ema_decay=decay, **TINY),
+      tiny_task(),
+  )
   config = ExperimentConfig(workdir=averaged_dir, ema_decay=decay, **TINY)
   task = tiny_task()
   model = factory.build_model(config, task)
-  like = train_state.create_train_state(model, optim.make_optimizer(config), task,
-                                        train_state.Keys(0), ema=True).to_checkpoint()
+  like = train_state.create_train_state(
+      model, optim.make_optimizer(config), task, train_state.Keys(0), ema=True
+  ).to_checkpoint()
   initial = like['params']
   checkpointer = checkpointing.Checkpointer(averaged_dir)
   try:
@@ -571,10 +725,16 @@ def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates
   expected = initial
   for params in steps:
     expected = jax.tree.map(lambda a, p: decay * a + (1 - decay) * p, expected, params)
-  jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
-               saved['ema_params'], expected)
-  plain_report = run(ExperimentConfig(workdir=plain_dir, train_steps=3, **TINY),
-                     tiny_task(), eval_only=True)
+  jax.tree.map(
+      lambda a, e: np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-7),
+      saved['ema_params'],
+      expected,
+  )
+  plain_report = run(
+      ExperimentConfig(workdir=plain_dir, train_steps=3, **TINY),
+      tiny_task(),
+      eval_only=True,
+  )
   assert report['unaveraged_results'] == plain_report['results']
   assert report['results'] != plain_report['results']
   with open(os.path.join(averaged_dir, 'metrics.jsonl')) as f:
@@ -584,14 +744,20 @@ def test_the_moving_average_follows_the_parameters_and_is_what_the_run_evaluates
 
 @pytest.mark.slow  # several whole runs
 def test_a_run_saved_without_an_average_resumes_with_one_and_the_other_way_round(
-    tmp_path):
+    tmp_path,
+):
   # The average starts from the restored parameters; resuming without it drops it.
   workdir = str(tmp_path)
   run(ExperimentConfig(workdir=workdir, train_steps=3, **TINY), tiny_task())
-  report = run(ExperimentConfig(workdir=workdir, train_steps=3, ema_decay=0.9, **TINY),
-               tiny_task(), eval_only=True)
+  report = run(
+      ExperimentConfig(workdir=workdir, train_steps=3, ema_decay=0.9, **TINY),
+      tiny_task(),
+      eval_only=True,
+  )
   assert report['results'] == report['unaveraged_results']  # the average is the params
-  run(ExperimentConfig(workdir=workdir, train_steps=6, ema_decay=0.9, **TINY), tiny_task())
+  run(
+      ExperimentConfig(workdir=workdir, train_steps=6, ema_decay=0.9, **TINY), tiny_task()
+  )
   checkpointer = checkpointing.Checkpointer(workdir)
   try:
     assert 'ema_params' in checkpointer.saved_keys()
@@ -604,12 +770,22 @@ def test_a_run_saved_without_an_average_resumes_with_one_and_the_other_way_round
 
 
 def test_the_best_checkpoint_keeps_the_lowest_cost_across_reopening(tmp_path):
-  state = lambda step: dict(step=jnp.array(step, jnp.int32), params={'w': jnp.full(3, step)})
+  state = lambda step: dict(
+      step=jnp.array(step, jnp.int32), params={'w': jnp.full(3, step)}
+  )
   best = checkpointing.BestCheckpointer(str(tmp_path))
   assert best.latest_step() is None and best.best_cost() == float('inf')
-  saved = [best.save(step, state(step), cost)
-           for step, cost in [(1, 5.0), (2, 3.0), (3, 4.0), (4, float('nan')), (5, 3.0),
-                              (2, 2.0)]]
+  saved = [
+      best.save(step, state(step), cost)
+      for step, cost in [
+          (1, 5.0),
+          (2, 3.0),
+          (3, 4.0),
+          (4, float('nan')),
+          (5, 3.0),
+          (2, 2.0),
+      ]
+  ]
   best.close()
   assert saved == [True, True, False, False, False, False]
   reopened = checkpointing.BestCheckpointer(str(tmp_path))
@@ -624,6 +800,7 @@ def test_the_best_checkpoint_keeps_the_lowest_cost_across_reopening(tmp_path):
 
 def test_ending_worse_than_the_best_evaluation_is_judged_beyond_noise():
   from ntm_jax.training.evaluation import ended_worse
+
   assert not ended_worse(0.0012, 0.0009)  # a converged copy model's wander
   assert ended_worse(0.22, 0.002)  # a copy run inside a spike
   assert not ended_worse(130.9, 130.8)  # N-grams: a tenth of a bit in 130
@@ -637,8 +814,10 @@ def test_a_run_that_gets_worse_keeps_its_best_evaluation_for_eval_only(tmp_path,
   # Resumed at a rate that wrecks the parameters: its evaluations are all worse, and its
   # latest checkpoints (9, 12, 15) replace every one the good part saved.
   capsys.readouterr()
-  wrecked = run(ExperimentConfig(workdir=workdir, train_steps=15, learning_rate=3.0,
-                                 **TINY), tiny_task())
+  wrecked = run(
+      ExperimentConfig(workdir=workdir, train_steps=15, learning_rate=3.0, **TINY),
+      tiny_task(),
+  )
   # It says so, and report.json records it.
   assert 'Ended worse than its best evaluation' in capsys.readouterr().out
   with open(os.path.join(workdir, 'report.json')) as f:
@@ -646,11 +825,19 @@ def test_a_run_that_gets_worse_keeps_its_best_evaluation_for_eval_only(tmp_path,
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     evals = [json.loads(line) for line in f if '"eval"' in line]
   lowest = min(evals, key=lambda record: record['train']['cost'])
-  assert lowest['step'] <= 6 < 9 <= min(int(s) for s in os.listdir(
-      os.path.join(workdir, 'checkpoints')))
+  assert (
+      lowest['step']
+      <= 6
+      < 9
+      <= min(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
+  )
   assert wrecked['best'] == dict(step=lowest['step'], cost=lowest['train']['cost'])
-  report = run(ExperimentConfig(workdir=workdir, train_steps=15, **TINY), tiny_task(),
-               eval_only=True, checkpoint='best')
+  report = run(
+      ExperimentConfig(workdir=workdir, train_steps=15, **TINY),
+      tiny_task(),
+      eval_only=True,
+      checkpoint='best',
+  )
   assert report['step'] == lowest['step'] and report['checkpoint'] == 'best'
   assert report['results']['train'] == lowest['train']
   assert report['results']['train']['cost'] < wrecked['results']['train']['cost']

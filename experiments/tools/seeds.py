@@ -39,8 +39,10 @@ def main(argv):
   tasks = {row['task'] for row in rows}
   labels = {tuple(row['results']) for row in rows}
   if len(tasks) > 1 or len(labels) > 1:
-    sys.exit(f'error: the runs are of different tasks or evaluated difficulties '
-             f'({", ".join(sorted(tasks))}); name runs of one experiment.')
+    sys.exit(
+        f'error: the runs are of different tasks or evaluated difficulties '
+        f'({", ".join(sorted(tasks))}); name runs of one experiment.'
+    )
   _, task = ExperimentConfig.load(workdirs[0])
   summary = population.summary(rows, list(rows[0]['results']))
   print(population.format_table(task, rows, summary))

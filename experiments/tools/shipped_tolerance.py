@@ -16,11 +16,15 @@ from absl import flags
 from absl import logging
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float('noise', 1e-6, 'Relative standard deviation of the parameter noise.',
-                   lower_bound=0.0)
+flags.DEFINE_float(
+    'noise', 1e-6, 'Relative standard deviation of the parameter noise.', lower_bound=0.0
+)
 flags.DEFINE_integer('draws', 8, 'Noisy draws per run.', lower_bound=0)
-flags.DEFINE_list('runs', None, 'Shipped runs to check (names under --trained); all of '
-                  'them by default.')
+flags.DEFINE_list(
+    'runs',
+    None,
+    'Shipped runs to check (names under --trained); all of ' 'them by default.',
+)
 flags.DEFINE_string('trained', 'trained', 'Where shipped runs live.')
 
 
@@ -29,19 +33,27 @@ def main(argv):
     sys.exit(f'error: unexpected arguments {argv[1:]}.')
   logging.set_verbosity(logging.WARNING)
   from ntm_jax.training import backend
+
   backend.tune_cpu_compiler()  # the compiler flags the tests use
   from ntm_jax.training import regression
-  shipped = sorted(name for name in os.listdir(FLAGS.trained)
-                   if os.path.exists(os.path.join(FLAGS.trained, name, 'expected.json')))
+
+  shipped = sorted(
+      name
+      for name in os.listdir(FLAGS.trained)
+      if os.path.exists(os.path.join(FLAGS.trained, name, 'expected.json'))
+  )
   unknown = sorted(set(FLAGS.runs or ()) - set(shipped))
   if unknown:
-    sys.exit(f'error: --runs={",".join(unknown)} not shipped in --trained={FLAGS.trained}; '
-             f'shipped: {", ".join(shipped)}.')
+    sys.exit(
+        f'error: --runs={",".join(unknown)} not shipped in --trained={FLAGS.trained}; '
+        f'shipped: {", ".join(shipped)}.'
+    )
   print(f'{"run":>24} | {"case":<36} | verdict')
   print('-' * 90)
   for name in FLAGS.runs or shipped:
-    for case, verdict in regression.check_run(os.path.join(FLAGS.trained, name),
-                                              FLAGS.noise, FLAGS.draws):
+    for case, verdict in regression.check_run(
+        os.path.join(FLAGS.trained, name), FLAGS.noise, FLAGS.draws
+    ):
       print(f'{name:>24} | {case:<36} | {verdict}', flush=True)
 
 

@@ -13,15 +13,19 @@ sequences (`Keys.check_batch`, never the reported ones) and counts the slips (mo
 import os
 import sys
 
-import numpy as np
 from absl import app
 from absl import flags
+import numpy as np
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer('sequences', 4096, 'Check sequences per run.')
-flags.DEFINE_float('wrong_fraction', 0.1, 'A sequence with more than this fraction of its '
-                   'scored bits wrong counts as a slip (one off, about half its bits '
-                   'wrong; a copy model\'s other errors are a few bits).')
+flags.DEFINE_float(
+    'wrong_fraction',
+    0.1,
+    'A sequence with more than this fraction of its '
+    'scored bits wrong counts as a slip (one off, about half its bits '
+    "wrong; a copy model's other errors are a few bits).",
+)
 
 
 def count_slips(model, params, batch, wrong_fraction: float) -> dict:
@@ -31,6 +35,7 @@ def count_slips(model, params, batch, wrong_fraction: float) -> dict:
   The batch is evaluated at once, as the runner evaluates its sets: random starting
   memories are drawn for the whole batch, so a part of it would get others."""
   import jax
+
   from ntm_jax.training import metrics
 
   @jax.jit
@@ -40,8 +45,12 @@ def count_slips(model, params, batch, wrong_fraction: float) -> dict:
     return metrics.bit_errors_per_sequence(logits, batch), scored
 
   errors, scored = (np.asarray(x) for x in errors_and_bits(params, batch))
-  return dict(sequences=len(errors), slips=int(np.sum(errors > wrong_fraction * scored)),
-              any_error=int(np.sum(errors > 0)), worst=float(errors.max()))
+  return dict(
+      sequences=len(errors),
+      slips=int(np.sum(errors > wrong_fraction * scored)),
+      any_error=int(np.sum(errors > 0)),
+      worst=float(errors.max()),
+  )
 
 
 def main(argv):
@@ -53,8 +62,10 @@ def main(argv):
   if not 0 <= FLAGS.wrong_fraction < 1:
     sys.exit(f'error: --wrong_fraction must be in [0, 1); got {FLAGS.wrong_fraction}.')
   from absl import logging
+
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   from ntm_jax import training
+
   training.select_accelerator('cpu')
   from ntm_jax.training import ExperimentConfig
   from ntm_jax.training import evaluation
@@ -72,21 +83,28 @@ def main(argv):
     for seed in config.seeds or (config.seed,):
       try:
         model, params, step = loop.restore_evaluated_params(
-            config, task, member=seed if config.seeds else None)
+            config, task, member=seed if config.seeds else None
+        )
       except FileNotFoundError as error:
         sys.exit(f'error: {workdir} has no checkpoint to check ({error})')
       batch = evaluation.eval_set(task, Keys(seed), hardest, FLAGS.sequences, check=True)
       result = count_slips(model, params, batch, FLAGS.wrong_fraction)
       counts.append(result['slips'])
       label = os.path.basename(os.path.normpath(workdir)) + (
-          f'/seed{seed}' if config.seeds else '')
-      print(f'{label}: step {step}, {task.difficulty_label(hardest)}: '
-            f'{result["slips"]} slips in {result["sequences"]} sequences, '
-            f'{result["any_error"]} with any error, worst {result["worst"]:.0f} bit '
-            f'errors', flush=True)
+          f'/seed{seed}' if config.seeds else ''
+      )
+      print(
+          f'{label}: step {step}, {task.difficulty_label(hardest)}: '
+          f'{result["slips"]} slips in {result["sequences"]} sequences, '
+          f'{result["any_error"]} with any error, worst {result["worst"]:.0f} bit '
+          f'errors',
+          flush=True,
+      )
   if len(counts) > 1:
-    print(f'{len(counts)} runs: slips median {np.median(counts):g}, most '
-          f'{max(counts)}, none on {counts.count(0)}')
+    print(
+        f'{len(counts)} runs: slips median {np.median(counts):g}, most '
+        f'{max(counts)}, none on {counts.count(0)}'
+    )
 
 
 if __name__ == '__main__':

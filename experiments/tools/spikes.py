@@ -12,18 +12,23 @@ import json
 import os
 import sys
 
-import numpy as np
 from absl import app
 from absl import flags
+import numpy as np
 
 FLAGS = flags.FLAGS
-flags.DEFINE_float('bit_errors', 0.2, 'A training window above this many bit errors per '
-                   'sequence, after convergence, is part of a spike.')
+flags.DEFINE_float(
+    'bit_errors',
+    0.2,
+    'A training window above this many bit errors per '
+    'sequence, after convergence, is part of a spike.',
+)
 
 
 def _runs(workdir):
   """(label, member index or None, report of that run or member) per run in a workdir."""
   from ntm_jax.training import metrics
+
   records = metrics.read_log(workdir)
   report = {}
   if os.path.exists(os.path.join(workdir, 'report.json')):
@@ -33,13 +38,20 @@ def _runs(workdir):
     return records, [(os.path.basename(os.path.normpath(workdir)), None, report)]
   members = report.get('members') or []
   indices = sorted({r['member'] for r in records if 'member' in r})
-  return records, [(f'{os.path.basename(os.path.normpath(workdir))}/seed'
-                    f'{members[i]["seed"] if i < len(members) else i}', i,
-                    members[i] if i < len(members) else {}) for i in indices]
+  return records, [
+      (
+          f'{os.path.basename(os.path.normpath(workdir))}/seed'
+          f'{members[i]["seed"] if i < len(members) else i}',
+          i,
+          members[i] if i < len(members) else {},
+      )
+      for i in indices
+  ]
 
 
 def main(argv):
   from ntm_jax import analysis
+
   workdirs = argv[1:]
   if not workdirs:
     sys.exit('error: name one or more run workdirs, e.g. runs/copy_ntm_seed0.')
@@ -58,29 +70,39 @@ def main(argv):
       converged_runs += 1
       final = report.get('results', {}).get('train', {}).get('bit_errors')
       ended_worse.append(final is not None and final >= 0.1)
-      rows.append(f'{label}: {len(spikes)} spike(s); median grad norm after converging '
-                  f'{baseline:.3f}; final bit errors on the training mix: '
-                  f'{"-" if final is None else f"{final:.3f}"}')
+      rows.append(
+          f'{label}: {len(spikes)} spike(s); median grad norm after converging '
+          f'{baseline:.3f}; final bit errors on the training mix: '
+          f'{"-" if final is None else f"{final:.3f}"}'
+      )
       for spike in spikes:
-        rows.append(f'  step {spike["step"]:>6}: peak {spike["bit_errors"]:6.2f} bit '
-                    f'errors at {spike["peak_step"]}; grad norm {fmt(spike["grad_norm_ratio"])}'
-                    f' the median (window before {fmt(spike["before_ratio"])}, after '
-                    f'{fmt(spike["after_ratio"])}; largest step {fmt(spike["largest_step_ratio"])})')
+        rows.append(
+            f'  step {spike["step"]:>6}: peak {spike["bit_errors"]:6.2f} bit '
+            f'errors at {spike["peak_step"]}; grad norm {fmt(spike["grad_norm_ratio"])}'
+            f' the median (window before {fmt(spike["before_ratio"])}, after '
+            f'{fmt(spike["after_ratio"])}; largest step {fmt(spike["largest_step_ratio"])})'
+        )
         ratios.append(spike['grad_norm_ratio'])
         if spike['before_ratio'] is not None:
           before.append(spike['before_ratio'])
         if spike['after_ratio'] is not None:
           after.append(spike['after_ratio'])
   print('\n'.join(rows))
-  print(f'\n{converged_runs} converged run(s), {len(ratios)} spike(s) above '
-        f'{FLAGS.bit_errors} bit errors per sequence after converging.')
+  print(
+      f'\n{converged_runs} converged run(s), {len(ratios)} spike(s) above '
+      f'{FLAGS.bit_errors} bit errors per sequence after converging.'
+  )
   if ratios:
-    print(f'Gradient norm in a spike\'s windows: median {np.median(ratios):.0f}x the run\'s '
-          f'median, smallest {min(ratios):.0f}x; the window before: median '
-          f'{np.median(before):.1f}x ({sum(b >= 10 for b in before)} of {len(before)} at '
-          f'10x or more); the window after: median {np.median(after):.1f}x.')
-  print(f'Converged runs that end at 0.1 bit errors per sequence or more on the training '
-        f'mix (inside a spike): {sum(ended_worse)} of {len(ended_worse)}.')
+    print(
+        f"Gradient norm in a spike's windows: median {np.median(ratios):.0f}x the run's "
+        f'median, smallest {min(ratios):.0f}x; the window before: median '
+        f'{np.median(before):.1f}x ({sum(b >= 10 for b in before)} of {len(before)} at '
+        f'10x or more); the window after: median {np.median(after):.1f}x.'
+    )
+  print(
+      f'Converged runs that end at 0.1 bit errors per sequence or more on the training '
+      f'mix (inside a spike): {sum(ended_worse)} of {len(ended_worse)}.'
+  )
 
 
 if __name__ == '__main__':

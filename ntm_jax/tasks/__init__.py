@@ -9,8 +9,16 @@ from ntm_jax.tasks.priority_sort import PrioritySortTask
 from ntm_jax.tasks.repeat_copy import RepeatCopyTask
 
 # Every task by its `name`, as recorded in a run's config.json.
-TASKS = {task.name: task for task in (CopyTask, RepeatCopyTask, AssociativeRecallTask,
-                                      DynamicNGramsTask, PrioritySortTask)}
+TASKS = {
+    task.name: task
+    for task in (
+        CopyTask,
+        RepeatCopyTask,
+        AssociativeRecallTask,
+        DynamicNGramsTask,
+        PrioritySortTask,
+    )
+}
 
 
 def make_task(name: str, settings: dict | None = None) -> Task:
@@ -28,5 +36,14 @@ def make_task(name: str, settings: dict | None = None) -> Task:
   return TASKS[name](**{key: as_tuples(value) for key, value in (settings or {}).items()})
 
 
-__all__ = ['AssociativeRecallTask', 'Batch', 'CopyTask', 'DynamicNGramsTask',
-           'PrioritySortTask', 'RepeatCopyTask', 'TASKS', 'Task', 'make_task']
+__all__ = [
+    'AssociativeRecallTask',
+    'Batch',
+    'CopyTask',
+    'DynamicNGramsTask',
+    'PrioritySortTask',
+    'RepeatCopyTask',
+    'TASKS',
+    'Task',
+    'make_task',
+]

@@ -24,8 +24,14 @@ class AssociativeRecallTask(Task):
 
   name = 'associative_recall'
 
-  def __init__(self, bits: int = 6, item_length: int = 3, min_items: int = 2,
-               max_items: int = 6, eval_items: tuple[int, ...] = (6, 10, 15, 20)):
+  def __init__(
+      self,
+      bits: int = 6,
+      item_length: int = 3,
+      min_items: int = 2,
+      max_items: int = 6,
+      eval_items: tuple[int, ...] = (6, 10, 15, 20),
+  ):
     if bits < 1 or item_length < 1:
       raise ValueError(f'bits and item_length must be >= 1, got {bits}, {item_length}.')
     if not 2 <= min_items <= max_items:
@@ -60,45 +66,57 @@ class AssociativeRecallTask(Task):
     batch_size = num_items.shape[0]
     items_key, query_key = jax.random.split(key)
     span = self.item_length + 1
-    items = jax.random.bernoulli(items_key, 0.5,
-                                 (batch_size, max_items, self.item_length, self.bits))
+    items = jax.random.bernoulli(
+        items_key, 0.5, (batch_size, max_items, self.item_length, self.bits)
+    )
     items = items.astype(jnp.float32)
     query = jax.random.randint(query_key, (batch_size,), 0, num_items - 1)
     num_steps = self._num_steps(max_items)
     t = jnp.arange(num_steps)[None, :]
     n = num_items[:, None]
-    query_start = span * n                       # delimiter B before the query
-    output_start = query_start + span + 1        # after the closing delimiter B
+    query_start = span * n  # delimiter B before the query
+    output_start = query_start + span + 1  # after the closing delimiter B
 
     def vectors_at(item_index, position):
       """(b, T, bits): items[b, item_index[b, t], position[b, t]]."""
       flat = items.reshape(batch_size, max_items * self.item_length, self.bits)
       index = jnp.clip(item_index, 0, max_items - 1) * self.item_length + jnp.clip(
-          position, 0, self.item_length - 1)
+          position, 0, self.item_length - 1
+      )
       return jnp.take_along_axis(flat, index[..., None], axis=1)
 
     in_list = t < query_start
     list_position = t % span - 1
-    list_vectors = vectors_at(t // span, list_position) * (
-        in_list & (list_position >= 0))[..., None]
+    list_vectors = (
+        vectors_at(t // span, list_position) * (in_list & (list_position >= 0))[..., None]
+    )
     query_position = t - query_start - 1
     in_query = (query_position >= 0) & (query_position < self.item_length)
-    query_vectors = vectors_at(jnp.broadcast_to(query[:, None], query_position.shape),
-                               query_position) * in_query[..., None]
+    query_vectors = (
+        vectors_at(jnp.broadcast_to(query[:, None], query_position.shape), query_position)
+        * in_query[..., None]
+    )
     delimiter_a = (in_list & (t % span == 0)).astype(jnp.float32)
     delimiter_b = ((t == query_start) | (t == query_start + span)).astype(jnp.float32)
-    inputs = jnp.concatenate([list_vectors + query_vectors, delimiter_a[..., None],
-                              delimiter_b[..., None]], axis=-1)
+    inputs = jnp.concatenate(
+        [list_vectors + query_vectors, delimiter_a[..., None], delimiter_b[..., None]],
+        axis=-1,
+    )
     output_position = t - output_start
     scored = (output_position >= 0) & (output_position < self.item_length)
-    targets = vectors_at(jnp.broadcast_to(query[:, None] + 1, output_position.shape),
-                         output_position) * scored[..., None]
+    targets = (
+        vectors_at(
+            jnp.broadcast_to(query[:, None] + 1, output_position.shape), output_position
+        )
+        * scored[..., None]
+    )
     return Batch(inputs=inputs, targets=targets, mask=scored.astype(jnp.float32))
 
   def sample_train(self, key, batch_size) -> Batch:
     count_key, key = jax.random.split(key)
-    num_items = jax.random.randint(count_key, (batch_size,), self.min_items,
-                                   self.max_items + 1)
+    num_items = jax.random.randint(
+        count_key, (batch_size,), self.min_items, self.max_items + 1
+    )
     return self._sample(key, num_items, self.max_items)
 
   def sample_eval(self, key, batch_size, difficulty) -> Batch:

@@ -25,6 +25,7 @@ class Batch(NamedTuple):
     targets: (b, T, O) float32 targets in [0, 1].
     mask: (b, T) float32, 1 where a step's output is scored, 0 elsewhere.
   """
+
   inputs: jax.Array
   targets: jax.Array
   mask: jax.Array
@@ -85,8 +86,14 @@ class Task(abc.ABC):
     the same name, with or without a leading underscore.
     """
     names = list(inspect.signature(type(self).__init__).parameters)[1:]  # after self
-    return {name: getattr(self, f'_{name}') if hasattr(self, f'_{name}')
-            else getattr(self, name) for name in names}
+    return {
+        name: (
+            getattr(self, f'_{name}')
+            if hasattr(self, f'_{name}')
+            else getattr(self, name)
+        )
+        for name in names
+    }
 
   def reference_cost(self, batch: Batch) -> jax.Array | None:
     """(b,) the cost in bits per sequence of a reference predictor, if the task has one."""

@@ -24,14 +24,20 @@ class CopyTask(Task):
 
   name = 'copy'
 
-  def __init__(self, bits: int = 8, min_length: int = 1, max_length: int = 20,
-               eval_lengths: tuple[int, ...] = (10, 20, 30, 50, 120)):
+  def __init__(
+      self,
+      bits: int = 8,
+      min_length: int = 1,
+      max_length: int = 20,
+      eval_lengths: tuple[int, ...] = (10, 20, 30, 50, 120),
+  ):
     if bits < 1:
       raise ValueError(f'bits must be >= 1, got {bits}.')
     if not 1 <= min_length <= max_length:
       raise ValueError(
           f'need 1 <= min_length <= max_length, got min_length={min_length}, '
-          f'max_length={max_length}.')
+          f'max_length={max_length}.'
+      )
     if not eval_lengths or min(eval_lengths) < 1:
       raise ValueError(f'eval_lengths must be positive lengths, got {eval_lengths}.')
     self.bits, self.min_length, self.max_length = bits, min_length, max_length
@@ -59,8 +65,8 @@ class CopyTask(Task):
     num_steps = 2 * max_length + 1
     bits = jax.random.bernoulli(key, 0.5, (batch_size, max_length, self.bits))
     bits = bits.astype(jnp.float32)
-    t = jnp.arange(num_steps)[None, :]                     # (1, T)
-    length = lengths[:, None]                              # (b, 1)
+    t = jnp.arange(num_steps)[None, :]  # (1, T)
+    length = lengths[:, None]  # (b, 1)
     # Input bits at t < L: bits[t]; the delimiter at t = L.
     in_bits = jnp.pad(bits, ((0, 0), (0, num_steps - max_length), (0, 0)))
     in_bits = in_bits * (t < length)[..., None]
@@ -74,8 +80,9 @@ class CopyTask(Task):
 
   def sample_train(self, key, batch_size) -> Batch:
     length_key, bits_key = jax.random.split(key)
-    lengths = jax.random.randint(length_key, (batch_size,), self.min_length,
-                                 self.max_length + 1)
+    lengths = jax.random.randint(
+        length_key, (batch_size,), self.min_length, self.max_length + 1
+    )
     return self._sample(bits_key, lengths, self.max_length)
 
   def sample_eval(self, key, batch_size, difficulty) -> Batch:

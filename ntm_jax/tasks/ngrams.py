@@ -27,8 +27,9 @@ class DynamicNGramsTask(Task):
   name = 'ngrams'
   judged_by = 'cost'
 
-  def __init__(self, context: int = 5, length: int = 200,
-               eval_lengths: tuple[int, ...] = (200,)):
+  def __init__(
+      self, context: int = 5, length: int = 200, eval_lengths: tuple[int, ...] = (200,)
+  ):
     if context < 1 or context > 16:
       raise ValueError(f'context must be between 1 and 16 bits, got {context}.')
     if length < 1 or not eval_lengths or min(eval_lengths) < 1:
@@ -60,7 +61,7 @@ class DynamicNGramsTask(Task):
     weights = 2 ** jnp.arange(self.context - 1, -1, -1)
 
     def next_bit(context_bits, key_t):
-      index = context_bits @ weights                            # (b,)
+      index = context_bits @ weights  # (b,)
       p = jnp.take_along_axis(tables, index[:, None], axis=1)[:, 0]
       bit = jax.random.bernoulli(key_t, p).astype(jnp.int32)
       return jnp.concatenate([context_bits[:, 1:], bit[:, None]], axis=1), bit
@@ -68,8 +69,9 @@ class DynamicNGramsTask(Task):
     _, later = jax.lax.scan(next_bit, start, jax.random.split(bits_key, length))
     bits = jnp.concatenate([start, later.T], axis=1).astype(jnp.float32)  # (b, ctx+len)
     t = jnp.arange(self.context + length - 1)[None, :]
-    mask = jnp.broadcast_to((t >= self.context - 1).astype(jnp.float32),
-                            (batch_size, t.shape[1]))
+    mask = jnp.broadcast_to(
+        (t >= self.context - 1).astype(jnp.float32), (batch_size, t.shape[1])
+    )
     return Batch(inputs=bits[:, :-1, None], targets=bits[:, 1:, None], mask=mask)
 
   def sample_train(self, key, batch_size) -> Batch:
@@ -80,23 +82,26 @@ class DynamicNGramsTask(Task):
 
   def reference_cost(self, batch: Batch) -> jax.Array:
     """(b,) cost in bits per sequence of the optimal Bayesian estimator."""
-    inputs = batch.inputs[..., 0].astype(jnp.int32)             # (b, T)
+    inputs = batch.inputs[..., 0].astype(jnp.int32)  # (b, T)
     targets = batch.targets[..., 0].astype(jnp.int32)
     batch_size, num_steps = inputs.shape
     weights = 2 ** jnp.arange(self.context - 1, -1, -1)
     # The context of the prediction at step t is inputs[t - context + 1 .. t].
     padded = jnp.pad(inputs, ((0, 0), (self.context - 1, 0)))
-    windows = jnp.stack([padded[:, i:i + num_steps] for i in range(self.context)], -1)
-    contexts = windows @ weights                                 # (b, T)
+    windows = jnp.stack([padded[:, i : i + num_steps] for i in range(self.context)], -1)
+    contexts = windows @ weights  # (b, T)
 
     def predict(counts, step):
-      context, bit, scored = step                                # (b,) each
+      context, bit, scored = step  # (b,) each
       ones = jnp.take_along_axis(counts[..., 1], context[:, None], 1)[:, 0]
       zeros = jnp.take_along_axis(counts[..., 0], context[:, None], 1)[:, 0]
       p_one = (ones + 0.5) / (ones + zeros + 1.0)
       nats = -jnp.log(jnp.where(bit == 1, p_one, 1.0 - p_one)) * scored
-      update = jax.nn.one_hot(context, 2**self.context)[..., None] * jax.nn.one_hot(
-          bit, 2)[:, None, :] * scored[:, None, None]
+      update = (
+          jax.nn.one_hot(context, 2**self.context)[..., None]
+          * jax.nn.one_hot(bit, 2)[:, None, :]
+          * scored[:, None, None]
+      )
       return counts + update, nats
 
     counts = jnp.zeros((batch_size, 2**self.context, 2))

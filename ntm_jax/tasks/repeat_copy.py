@@ -25,21 +25,35 @@ class RepeatCopyTask(Task):
 
   name = 'repeat_copy'
 
-  def __init__(self, bits: int = 8, min_length: int = 1, max_length: int = 10,
-               min_repeats: int = 1, max_repeats: int = 10,
-               eval_difficulties: tuple[tuple[int, int], ...] = (
-                   (10, 10), (10, 20), (20, 10), (20, 20))):
+  def __init__(
+      self,
+      bits: int = 8,
+      min_length: int = 1,
+      max_length: int = 10,
+      min_repeats: int = 1,
+      max_repeats: int = 10,
+      eval_difficulties: tuple[tuple[int, int], ...] = (
+          (10, 10),
+          (10, 20),
+          (20, 10),
+          (20, 20),
+      ),
+  ):
     if bits < 1:
       raise ValueError(f'bits must be >= 1, got {bits}.')
     if not 1 <= min_length <= max_length:
-      raise ValueError(f'need 1 <= min_length <= max_length, got {min_length}, '
-                       f'{max_length}.')
+      raise ValueError(
+          f'need 1 <= min_length <= max_length, got {min_length}, ' f'{max_length}.'
+      )
     if not 1 <= min_repeats <= max_repeats:
-      raise ValueError(f'need 1 <= min_repeats <= max_repeats, got {min_repeats}, '
-                       f'{max_repeats}.')
+      raise ValueError(
+          f'need 1 <= min_repeats <= max_repeats, got {min_repeats}, ' f'{max_repeats}.'
+      )
     if not eval_difficulties or any(len(d) != 2 or min(d) < 1 for d in eval_difficulties):
-      raise ValueError('eval_difficulties must be (length, repeats) pairs of positive '
-                       f'integers, got {eval_difficulties}.')
+      raise ValueError(
+          'eval_difficulties must be (length, repeats) pairs of positive '
+          f'integers, got {eval_difficulties}.'
+      )
     self.bits = bits
     self.min_length, self.max_length = min_length, max_length
     self.min_repeats, self.max_repeats = min_repeats, max_repeats
@@ -78,11 +92,18 @@ class RepeatCopyTask(Task):
     t = jnp.arange(num_steps)[None, :]
     length, repeat = lengths[:, None], repeats[:, None]
     source = jnp.clip(t, 0, max_length - 1)
-    in_bits = jnp.take_along_axis(bits, source[..., None], axis=1) * (t < length)[..., None]
+    in_bits = (
+        jnp.take_along_axis(bits, source[..., None], axis=1) * (t < length)[..., None]
+    )
     marker = (t == length).astype(jnp.float32)
     inputs = jnp.concatenate(
-        [in_bits, marker[..., None],
-         (marker * self.normalise_repeats(repeat.astype(jnp.float32)))[..., None]], axis=-1)
+        [
+            in_bits,
+            marker[..., None],
+            (marker * self.normalise_repeats(repeat.astype(jnp.float32)))[..., None],
+        ],
+        axis=-1,
+    )
     end = length + 1 + length * repeat
     copying = (t > length) & (t < end)
     source = jnp.mod(t - length - 1, length)
@@ -93,15 +114,21 @@ class RepeatCopyTask(Task):
 
   def sample_train(self, key, batch_size) -> Batch:
     length_key, repeat_key, bits_key = jax.random.split(key, 3)
-    lengths = jax.random.randint(length_key, (batch_size,), self.min_length,
-                                 self.max_length + 1)
-    repeats = jax.random.randint(repeat_key, (batch_size,), self.min_repeats,
-                                 self.max_repeats + 1)
+    lengths = jax.random.randint(
+        length_key, (batch_size,), self.min_length, self.max_length + 1
+    )
+    repeats = jax.random.randint(
+        repeat_key, (batch_size,), self.min_repeats, self.max_repeats + 1
+    )
     num_steps = self.max_length * (self.max_repeats + 1) + 2
     return self._sample(bits_key, lengths, repeats, self.max_length, num_steps)
 
   def sample_eval(self, key, batch_size, difficulty) -> Batch:
     length, repeats = difficulty
-    return self._sample(key, jnp.full((batch_size,), length),
-                        jnp.full((batch_size,), repeats), length,
-                        length * (repeats + 1) + 2)
+    return self._sample(
+        key,
+        jnp.full((batch_size,), length),
+        jnp.full((batch_size,), repeats),
+        length,
+        length * (repeats + 1) + 2,
+    )

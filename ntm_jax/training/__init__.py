@@ -11,6 +11,14 @@ from ntm_jax.training.loop import run
 from ntm_jax.training.workdir import WorkdirBusyError
 from ntm_jax.training.workdir import WorkdirMismatchError
 
-__all__ = ['AcceleratorUnavailableError', 'ExperimentConfig', 'NonFiniteLossError',
-           'WorkdirBusyError', 'WorkdirMismatchError', 'run', 'select_accelerator',
-           'tune_cpu_compiler', 'usable_cores']
+__all__ = [
+    'AcceleratorUnavailableError',
+    'ExperimentConfig',
+    'NonFiniteLossError',
+    'WorkdirBusyError',
+    'WorkdirMismatchError',
+    'run',
+    'select_accelerator',
+    'tune_cpu_compiler',
+    'usable_cores',
+]

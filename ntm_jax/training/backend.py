@@ -12,16 +12,23 @@ import jaxlib
 
 _PLATFORMS = {'cpu': 'cpu', 'gpu': 'cuda', 'tpu': 'tpu'}
 _INSTALL_HINTS = {
-    'gpu': "install the CUDA build of JAX: pip install -e '.[gpu]' (jax[cuda13], NVIDIA "
-           "driver >= 580; '.[gpu-cuda12]' for older drivers)",
+    'gpu': (
+        "install the CUDA build of JAX: pip install -e '.[gpu]' (jax[cuda13], NVIDIA "
+        "driver >= 580; '.[gpu-cuda12]' for older drivers)"
+    ),
     'tpu': "install the TPU build of JAX on a TPU VM: pip install -U 'jax[tpu]'",
     'cpu': 'reinstall jax and jaxlib',
 }
 # The modules that bring each accelerator's backend: installed, it found no device.
-_PLUGINS = {'gpu': ('jax_plugins.xla_cuda13', 'jax_plugins.xla_cuda12'), 'tpu': ('libtpu',)}
+_PLUGINS = {
+    'gpu': ('jax_plugins.xla_cuda13', 'jax_plugins.xla_cuda12'),
+    'tpu': ('libtpu',),
+}
 _DEVICE_HINTS = {
-    'gpu': "JAX's CUDA plugin is installed, so check for an NVIDIA GPU and its driver "
-           "(>= 580 for '.[gpu]', >= 525 for '.[gpu-cuda12]')",
+    'gpu': (
+        "JAX's CUDA plugin is installed, so check for an NVIDIA GPU and its driver "
+        "(>= 580 for '.[gpu]', >= 525 for '.[gpu-cuda12]')"
+    ),
     'tpu': "JAX's TPU runtime is installed, so run on a TPU VM",
 }
 
@@ -45,8 +52,11 @@ def tune_cpu_compiler() -> tuple[str, ...]:
   """
   version = tuple(int(part) for part in jaxlib.__version__.split('.')[:2])
   current = os.environ.get('XLA_FLAGS', '')
-  added = tuple(flag for flag in _CPU_XLA_FLAGS.get(version, ())
-                if flag.split('=')[0] not in current)
+  added = tuple(
+      flag
+      for flag in _CPU_XLA_FLAGS.get(version, ())
+      if flag.split('=')[0] not in current
+  )
   if added:
     os.environ['XLA_FLAGS'] = ' '.join((current,) + added).strip()
   return added
@@ -59,9 +69,13 @@ def usable_cores() -> int:
   return os.cpu_count() or 1
 
 
-def select_accelerator(accelerator: str, coordinator_address: str | None = None,
-                       num_processes: int | None = None, process_id: int | None = None,
-                       cpu_devices: int | None = None) -> list[jax.Device]:
+def select_accelerator(
+    accelerator: str,
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    cpu_devices: int | None = None,
+) -> list[jax.Device]:
   """Makes `accelerator` ('cpu', 'gpu' or 'tpu') JAX's only backend; returns its devices.
 
   Must run before the first JAX computation. On the CPU, `cpu_devices` splits the host
@@ -74,12 +88,14 @@ def select_accelerator(accelerator: str, coordinator_address: str | None = None,
   """
   if accelerator not in _PLATFORMS:
     raise ValueError(
-        f'--accelerator must be one of {", ".join(_PLATFORMS)}; got {accelerator!r}.')
+        f'--accelerator must be one of {", ".join(_PLATFORMS)}; got {accelerator!r}.'
+    )
   jax.config.update('jax_platforms', _PLATFORMS[accelerator])
   if accelerator == 'cpu':
     tune_cpu_compiler()
     if cpu_devices and 'xla_force_host_platform_device_count' not in os.environ.get(
-        'XLA_FLAGS', ''):
+        'XLA_FLAGS', ''
+    ):
       jax.config.update('jax_num_cpu_devices', cpu_devices)
   if coordinator_address is not None:
     if num_processes is None or process_id is None:
@@ -90,14 +106,19 @@ def select_accelerator(accelerator: str, coordinator_address: str | None = None,
       devices = jax.devices()
       replay()
   except Exception:  # noqa: BLE001 - JAX raises RuntimeError or AssertionError here
-    installed = any(importlib.util.find_spec(name.split('.')[0]) and
-                    importlib.util.find_spec(name)
-                    for name in _PLUGINS.get(accelerator, ()))
-    hint = _DEVICE_HINTS[accelerator] if installed else (
-        f'to use one, {_INSTALL_HINTS[accelerator]}')
+    installed = any(
+        importlib.util.find_spec(name.split('.')[0]) and importlib.util.find_spec(name)
+        for name in _PLUGINS.get(accelerator, ())
+    )
+    hint = (
+        _DEVICE_HINTS[accelerator]
+        if installed
+        else (f'to use one, {_INSTALL_HINTS[accelerator]}')
+    )
     raise AcceleratorUnavailableError(
         f'--accelerator={accelerator}: no {accelerator.upper()} backend is available on '
-        f'this machine; {hint}; or run with --accelerator=cpu.') from None
+        f'this machine; {hint}; or run with --accelerator=cpu.'
+    ) from None
   return devices
 
 

@@ -4,12 +4,13 @@ Orbax writes each checkpoint into a temporary directory and renames it when comp
 run killed during a save still restores from the last complete checkpoint.
 """
 
+from collections.abc import Callable
 import gc
 import logging
 import math
 import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
@@ -45,8 +46,10 @@ def _quiet_callbacks_onto_closed_loops() -> None:
     return
 
   def hook(unraisable):
-    if (unraisable.exc_type is RuntimeError and
-        str(unraisable.exc_value) == 'Event loop is closed'):
+    if (
+        unraisable.exc_type is RuntimeError
+        and str(unraisable.exc_value) == 'Event loop is closed'
+    ):
       return
     previous(unraisable)
 
@@ -67,12 +70,15 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory,
         item_handlers=ocp.StandardCheckpointHandler(),  # lets saved_keys read metadata
-        options=self._options())
+        options=self._options(),
+    )
 
   def _options(self) -> ocp.CheckpointManagerOptions:
     return ocp.CheckpointManagerOptions(
-        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST),
-        enable_async_checkpointing=_save_in_background())
+        create=True,
+        preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST),
+        enable_async_checkpointing=_save_in_background(),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -147,9 +153,12 @@ class Checkpointer:
     self._manager.wait_until_finished()
     os.rename(os.path.join(self.directory, str(step)), target)
     reason = ' '.join(str(error).split())[:200]
-    print(f'Warning: the checkpoint at step {step} in {self.directory} cannot be read '
-          f'({type(error).__name__}: {reason}); moved it to {target} and restored the '
-          'newest one that reads.', flush=True)
+    print(
+        f'Warning: the checkpoint at step {step} in {self.directory} cannot be read '
+        f'({type(error).__name__}: {reason}); moved it to {target} and restored the '
+        'newest one that reads.',
+        flush=True,
+    )
     self._manager.reload()
 
   def close(self) -> None:
@@ -178,9 +187,13 @@ class BestCheckpointer(Checkpointer):
 
   def _options(self) -> ocp.CheckpointManagerOptions:
     return ocp.CheckpointManagerOptions(
-        create=True, max_to_keep=1, best_fn=lambda metrics: metrics['cost'],
-        best_mode='min', keep_checkpoints_without_metrics=False,
-        enable_async_checkpointing=_save_in_background())
+        create=True,
+        max_to_keep=1,
+        best_fn=lambda metrics: metrics['cost'],
+        best_mode='min',
+        keep_checkpoints_without_metrics=False,
+        enable_async_checkpointing=_save_in_background(),
+    )
 
   def latest_step(self) -> int | None:
     return self._manager.best_step()
@@ -197,8 +210,9 @@ class BestCheckpointer(Checkpointer):
     """
     if step == self.latest_step() or not cost < self.best_cost():  # also refuses NaN
       return False
-    self._manager.save(step, args=ocp.args.StandardSave(state), metrics={'cost': cost},
-                       force=True)
+    self._manager.save(
+        step, args=ocp.args.StandardSave(state), metrics={'cost': cost}, force=True
+    )
     self._cost = cost
     return True
 
@@ -212,8 +226,9 @@ def open_saved(workdir: str, checkpoint: str = 'latest') -> Checkpointer:
   """
   sources = {'latest': Checkpointer, 'best': BestCheckpointer}
   if checkpoint not in sources:
-    raise ValueError(f'checkpoint must be one of {", ".join(sources)}; got '
-                     f'{checkpoint!r}.')
+    raise ValueError(
+        f'checkpoint must be one of {", ".join(sources)}; got ' f'{checkpoint!r}.'
+    )
   source_class = sources[checkpoint]
   directory = os.path.join(os.path.abspath(workdir), source_class.subdirectory)
   if not os.path.isdir(directory):

@@ -13,8 +13,8 @@ import dataclasses
 import json
 import os
 
-from ntm_jax.tasks import make_task
 from ntm_jax.tasks import Task
+from ntm_jax.tasks import make_task
 
 MODELS = ('ntm', 'lstm')
 OPTIMIZERS = ('adam', 'rmsprop', 'sgd')
@@ -29,6 +29,7 @@ CHECKPOINTS = ('latest', 'best')
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """The optimiser's part of a config (`optim.make_optimizer`); fields as there."""
+
   name: str = 'adam'
   learning_rate: float = 1e-3
   lr_schedule: str = 'constant'
@@ -42,6 +43,7 @@ class OptimizerConfig:
 class LoopConfig:
   """The training loop's part of a config: how long, and how often it logs, saves and
   evaluates (fields as in ExperimentConfig)."""
+
   train_steps: int
   batch_size: int
   log_every: int
@@ -136,6 +138,7 @@ class ExperimentConfig:
       fewer intermediates; 0 chooses: all at once (vmap) on an accelerator, 4 at a time
       on a CPU (population.make_population_step).
   """
+
   workdir: str
   seed: int = 0
   seeds: tuple[int, ...] = ()
@@ -182,42 +185,72 @@ class ExperimentConfig:
     if not self.workdir:
       raise ValueError('workdir must be a directory path, got an empty string.')
     object.__setattr__(self, 'seeds', tuple(self.seeds))  # config.json holds a list
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds) or \
-        len(set(self.seeds)) != len(self.seeds):
+    if any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds
+    ) or len(set(self.seeds)) != len(self.seeds):
       raise ValueError(f'seeds must be distinct integers >= 0, got {self.seeds!r}.')
-    positive = ('batch_size', 'train_steps', 'eval_every', 'checkpoint_every',
-                'log_every', 'eval_batch_size', 'memory_size', 'word_size', 'num_heads',
-                'controller_features', 'controller_layers', 'lstm_features',
-                'lstm_layers')
+    positive = (
+        'batch_size',
+        'train_steps',
+        'eval_every',
+        'checkpoint_every',
+        'log_every',
+        'eval_batch_size',
+        'memory_size',
+        'word_size',
+        'num_heads',
+        'controller_features',
+        'controller_layers',
+        'lstm_features',
+        'lstm_layers',
+    )
     for name in positive:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'{name} must be a positive integer, got {value!r}.')
-    if (isinstance(self.remat_chunk, bool) or not isinstance(self.remat_chunk, int) or
-        self.remat_chunk < 0):
+    if (
+        isinstance(self.remat_chunk, bool)
+        or not isinstance(self.remat_chunk, int)
+        or self.remat_chunk < 0
+    ):
       raise ValueError(f'remat_chunk must be an integer >= 0, got {self.remat_chunk!r}.')
-    if isinstance(self.generalisation_batch_size, bool) or not isinstance(
-        self.generalisation_batch_size, int) or self.generalisation_batch_size < 0:
-      raise ValueError('generalisation_batch_size must be an integer >= 0, got '
-                       f'{self.generalisation_batch_size!r}.')
-    if isinstance(self.restart_after, bool) or not isinstance(self.restart_after, int) or \
-        self.restart_after < 0:
+    if (
+        isinstance(self.generalisation_batch_size, bool)
+        or not isinstance(self.generalisation_batch_size, int)
+        or self.generalisation_batch_size < 0
+    ):
       raise ValueError(
-          f'restart_after must be an integer >= 0, got {self.restart_after!r}.')
+          'generalisation_batch_size must be an integer >= 0, got '
+          f'{self.generalisation_batch_size!r}.'
+      )
+    if (
+        isinstance(self.restart_after, bool)
+        or not isinstance(self.restart_after, int)
+        or self.restart_after < 0
+    ):
+      raise ValueError(
+          f'restart_after must be an integer >= 0, got {self.restart_after!r}.'
+      )
     if not isinstance(self.members_at_once, int) or self.members_at_once < 0:
       raise ValueError(
-          f'members_at_once must be an integer >= 0, got {self.members_at_once!r}.')
+          f'members_at_once must be an integer >= 0, got {self.members_at_once!r}.'
+      )
     if not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 0:
       raise ValueError(
-          f'micro_batch_size must be an integer >= 0, got {self.micro_batch_size!r}.')
+          f'micro_batch_size must be an integer >= 0, got {self.micro_batch_size!r}.'
+      )
     if self.micro_batch_size and self.batch_size % self.micro_batch_size:
-      raise ValueError(f'micro_batch_size={self.micro_batch_size} must divide '
-                       f'batch_size={self.batch_size}.')
+      raise ValueError(
+          f'micro_batch_size={self.micro_batch_size} must divide '
+          f'batch_size={self.batch_size}.'
+      )
     if not isinstance(self.shift_range, int) or self.shift_range < 0:
       raise ValueError(f'shift_range must be an integer >= 0, got {self.shift_range!r}.')
     if 2 * self.shift_range + 1 > self.memory_size:
-      raise ValueError(f'shift_range={self.shift_range} needs 2 * shift_range + 1 <= '
-                       f'memory_size={self.memory_size}.')
+      raise ValueError(
+          f'shift_range={self.shift_range} needs 2 * shift_range + 1 <= '
+          f'memory_size={self.memory_size}.'
+      )
     if not self.learning_rate > 0:
       raise ValueError(f'learning_rate must be > 0, got {self.learning_rate!r}.')
     if not self.clip > 0:
@@ -226,40 +259,65 @@ class ExperimentConfig:
       raise ValueError(f'ema_decay must be in [0, 1), got {self.ema_decay!r}.')
     if self.target_bit_errors < 0:
       raise ValueError(f'target_bit_errors must be >= 0, got {self.target_bit_errors!r}.')
-    for name in ('memory_stddev', 'entropy_penalty', 'skip_grad_norm', 'carry_grad_clip',
-                 'write_advance_bias'):
+    for name in (
+        'memory_stddev',
+        'entropy_penalty',
+        'skip_grad_norm',
+        'carry_grad_clip',
+        'write_advance_bias',
+    ):
       if not 0 <= getattr(self, name) < float('inf'):
         raise ValueError(
-            f'{name} must be a finite number >= 0, got {getattr(self, name)!r}.')
+            f'{name} must be a finite number >= 0, got {getattr(self, name)!r}.'
+        )
     if self.entropy_penalty and (self.model != 'ntm' or self.remat_chunk > 1):
-      raise ValueError(f'entropy_penalty={self.entropy_penalty} needs model=ntm and '
-                       f'remat_chunk 0 or 1 (got model={self.model!r}, '
-                       f'remat_chunk={self.remat_chunk}); use entropy_penalty=0 otherwise.')
+      raise ValueError(
+          f'entropy_penalty={self.entropy_penalty} needs model=ntm and '
+          f'remat_chunk 0 or 1 (got model={self.model!r}, '
+          f'remat_chunk={self.remat_chunk}); use entropy_penalty=0 otherwise.'
+      )
     for name in ('carry_grad_clip', 'write_advance_bias'):
       if getattr(self, name) and self.model != 'ntm':
-        raise ValueError(f'{name}={getattr(self, name)} needs model=ntm (got '
-                         f'model={self.model!r}); use {name}=0 otherwise.')
+        raise ValueError(
+            f'{name}={getattr(self, name)} needs model=ntm (got '
+            f'model={self.model!r}); use {name}=0 otherwise.'
+        )
     if self.write_advance_bias and self.shift_range < 1:
-      raise ValueError(f'write_advance_bias={self.write_advance_bias} needs shift_range '
-                       f'>= 1 (a +1 shift), got {self.shift_range}.')
-    choices = dict(model=MODELS, optimizer=OPTIMIZERS, clip_mode=CLIP_MODES,
-                   lr_schedule=LR_SCHEDULES,
-                   controller=('lstm', 'feedforward'),
-                   memory_init=('constant', 'learned', 'random'), dtype=DTYPES)
+      raise ValueError(
+          f'write_advance_bias={self.write_advance_bias} needs shift_range '
+          f'>= 1 (a +1 shift), got {self.shift_range}.'
+      )
+    choices = dict(
+        model=MODELS,
+        optimizer=OPTIMIZERS,
+        clip_mode=CLIP_MODES,
+        lr_schedule=LR_SCHEDULES,
+        controller=('lstm', 'feedforward'),
+        memory_init=('constant', 'learned', 'random'),
+        dtype=DTYPES,
+    )
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
         raise ValueError(
-            f'{name} must be one of {", ".join(allowed)}; got {getattr(self, name)!r}.')
+            f'{name} must be one of {", ".join(allowed)}; got {getattr(self, name)!r}.'
+        )
 
   @property
   def ntm(self) -> dict:
     """The `NTMCell` keyword arguments besides `features` and `dtype`: the cell is built
     as `NTMCell(features=..., dtype=..., **config.ntm)`."""
-    return dict(memory_size=self.memory_size, word_size=self.word_size,
-                num_read_heads=self.num_heads, num_write_heads=self.num_heads,
-                controller=self.controller, controller_features=self.controller_features,
-                controller_layers=self.controller_layers, shift_range=self.shift_range,
-                memory_init=self.memory_init, memory_stddev=self.memory_stddev)
+    return dict(
+        memory_size=self.memory_size,
+        word_size=self.word_size,
+        num_read_heads=self.num_heads,
+        num_write_heads=self.num_heads,
+        controller=self.controller,
+        controller_features=self.controller_features,
+        controller_layers=self.controller_layers,
+        shift_range=self.shift_range,
+        memory_init=self.memory_init,
+        memory_stddev=self.memory_stddev,
+    )
 
   @property
   def lstm(self) -> dict:
@@ -269,18 +327,28 @@ class ExperimentConfig:
   @property
   def optimiser(self) -> 'OptimizerConfig':
     return OptimizerConfig(
-        name=self.optimizer, learning_rate=self.learning_rate,
-        lr_schedule=self.lr_schedule, train_steps=self.train_steps, clip=self.clip,
-        clip_mode=self.clip_mode, skip_grad_norm=self.skip_grad_norm)
+        name=self.optimizer,
+        learning_rate=self.learning_rate,
+        lr_schedule=self.lr_schedule,
+        train_steps=self.train_steps,
+        clip=self.clip,
+        clip_mode=self.clip_mode,
+        skip_grad_norm=self.skip_grad_norm,
+    )
 
   @property
   def loop(self) -> 'LoopConfig':
     return LoopConfig(
-        train_steps=self.train_steps, batch_size=self.batch_size,
-        log_every=self.log_every, checkpoint_every=self.checkpoint_every,
-        eval_every=self.eval_every, eval_batch_size=self.eval_batch_size,
-        target_bit_errors=self.target_bit_errors, restart_after=self.restart_after,
-        plots=self.plots)
+        train_steps=self.train_steps,
+        batch_size=self.batch_size,
+        log_every=self.log_every,
+        checkpoint_every=self.checkpoint_every,
+        eval_every=self.eval_every,
+        eval_batch_size=self.eval_batch_size,
+        target_bit_errors=self.target_bit_errors,
+        restart_after=self.restart_after,
+        plots=self.plots,
+    )
 
   @property
   def difficulty_batch_size(self) -> int:
@@ -310,8 +378,16 @@ class ExperimentConfig:
     """The fields that fix the parameters' shapes: a checkpoint needs them unchanged."""
     names = ['model', 'dtype']
     if self.model == 'ntm':
-      names += ['memory_size', 'word_size', 'num_heads', 'controller',
-                'controller_features', 'controller_layers', 'shift_range', 'memory_init']
+      names += [
+          'memory_size',
+          'word_size',
+          'num_heads',
+          'controller',
+          'controller_features',
+          'controller_layers',
+          'shift_range',
+          'memory_init',
+      ]
     else:
       names += ['lstm_features', 'lstm_layers']
     return {name: getattr(self, name) for name in names}

@@ -1,6 +1,7 @@
 """Evaluation on a run's fixed evaluation sets, and when a run counts as converged."""
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -42,12 +43,19 @@ WORSE_THAN_BEST_FRACTION = 0.001
 
 def ended_worse(final_cost: float, best_cost: float) -> bool:
   """Whether a final cost is worse than the best evaluation's beyond noise."""
-  return final_cost > best_cost + max(WORSE_THAN_BEST_BITS,
-                                      WORSE_THAN_BEST_FRACTION * best_cost)
+  return final_cost > best_cost + max(
+      WORSE_THAN_BEST_BITS, WORSE_THAN_BEST_FRACTION * best_cost
+  )
 
 
-def eval_set(task: Task, keys: Keys, difficulty, batch_size: int,
-             check: bool = False, difficulty_batch_size: int = 0) -> Batch:
+def eval_set(
+    task: Task,
+    keys: Keys,
+    difficulty,
+    batch_size: int,
+    check: bool = False,
+    difficulty_batch_size: int = 0,
+) -> Batch:
   """The run's fixed evaluation sequences for a difficulty (None: the training mix);
   with `check`, its check sequences instead (Keys.check_batch). `batch_size` of them,
   or `difficulty_batch_size` of a generalisation difficulty where that is set."""
@@ -57,9 +65,14 @@ def eval_set(task: Task, keys: Keys, difficulty, batch_size: int,
   return task.sample_eval(key, difficulty_batch_size or batch_size, difficulty)
 
 
-def make_evaluator(model: nn.Module, task: Task, keys: Keys, batch_size: int,
-                   check: bool = False, difficulty_batch_size: int = 0
-                   ) -> Callable[[Any, Any], dict[str, float]]:
+def make_evaluator(
+    model: nn.Module,
+    task: Task,
+    keys: Keys,
+    batch_size: int,
+    check: bool = False,
+    difficulty_batch_size: int = 0,
+) -> Callable[[Any, Any], dict[str, float]]:
   """(params, difficulty) -> mean cost and bit errors per sequence on a fixed eval set
   (with `check`, on the check set: `eval_set`) of `batch_size` sequences, or of
   `difficulty_batch_size` for a generalisation difficulty where that is set.
@@ -99,24 +112,35 @@ def evaluate_all(evaluate: Callable, params, task: Task) -> dict:
   return results
 
 
-def converged_at(records: list[dict], up_to_step: int,
-                 member: int | None = None) -> int | None:
+def converged_at(
+    records: list[dict], up_to_step: int, member: int | None = None
+) -> int | None:
   """Sequences seen (from the run's start) at the current attempt's first logged
   evaluation below CONVERGED_BIT_ERRORS (of the population member with that index, if
   given): an attempt discarded by a restart does not count, even if it converged."""
   restarts = restarts_in(records, up_to_step, member)
   start = restarts[-1]['step'] if restarts else 0
-  return next((r['sequences'] for r in records
-               if r.get('kind') == 'eval' and start < r['step'] <= up_to_step
-               and r.get('member') == member
-               and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS), None)
+  return next(
+      (
+          r['sequences']
+          for r in records
+          if r.get('kind') == 'eval'
+          and start < r['step'] <= up_to_step
+          and r.get('member') == member
+          and r['train']['bit_errors'] < CONVERGED_BIT_ERRORS
+      ),
+      None,
+  )
 
 
 def evaluations(records: list[dict], member: int | None = None) -> list[dict]:
   """The logged evaluations (of the population member with that index, if given); a
   failed member's records do not count."""
-  return [r for r in records
-          if r.get('kind') == 'eval' and r.get('member') == member and not r.get('failed')]
+  return [
+      r
+      for r in records
+      if r.get('kind') == 'eval' and r.get('member') == member and not r.get('failed')
+  ]
 
 
 def best_evaluation(records: list[dict], member: int | None = None) -> dict | None:
@@ -126,12 +150,18 @@ def best_evaluation(records: list[dict], member: int | None = None) -> dict | No
   return dict(zip(('cost', 'step'), min(evals))) if evals else None
 
 
-def restarts_in(records: list[dict], up_to_step: int,
-                member: int | None = None) -> list[dict]:
+def restarts_in(
+    records: list[dict], up_to_step: int, member: int | None = None
+) -> list[dict]:
   """The logged restarts (ExperimentConfig.restart_after) up to a step, of the
   population member with that index if given."""
-  return [r for r in records if r.get('kind') == 'restart' and r['step'] <= up_to_step
-          and r.get('member') == member]
+  return [
+      r
+      for r in records
+      if r.get('kind') == 'restart'
+      and r['step'] <= up_to_step
+      and r.get('member') == member
+  ]
 
 
 def learning(train_eval: dict) -> bool:
@@ -139,8 +169,9 @@ def learning(train_eval: dict) -> bool:
   its plateau): below LEARNING_BIT_ERRORS, or within LEARNING_REFERENCE_EXCESS above
   the reference cost where the task has a reference predictor."""
   if 'reference_cost' in train_eval:
-    return (train_eval['cost'] <
-            train_eval['reference_cost'] * (1 + LEARNING_REFERENCE_EXCESS))
+    return train_eval['cost'] < train_eval['reference_cost'] * (
+        1 + LEARNING_REFERENCE_EXCESS
+    )
   return train_eval['bit_errors'] < LEARNING_BIT_ERRORS
 
 
@@ -148,29 +179,52 @@ def not_learning(train_eval: dict) -> tuple[str, str]:
   """What an attempt that is not `learning` lacks, and where this evaluation is."""
   if 'reference_cost' in train_eval:
     excess = train_eval['cost'] / train_eval['reference_cost'] - 1
-    return (f'no evaluation within {LEARNING_REFERENCE_EXCESS:.1%} above the reference '
-            'cost', f'now {excess:.1%} above it on the training mix')
-  return (f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence',
-          f'now {train_eval["bit_errors"]:.3f} on the training mix')
+    return (
+        f'no evaluation within {LEARNING_REFERENCE_EXCESS:.1%} above the reference '
+        'cost',
+        f'now {excess:.1%} above it on the training mix',
+    )
+  return (
+      f'no evaluation below {LEARNING_BIT_ERRORS:g} bit errors per sequence',
+      f'now {train_eval["bit_errors"]:.3f} on the training mix',
+  )
 
 
-def current_attempt(records: list[dict], up_to_step: int,
-                    member: int | None = None) -> tuple[int, int | None]:
+def current_attempt(
+    records: list[dict], up_to_step: int, member: int | None = None
+) -> tuple[int, int | None]:
   """The step the current attempt started at (0, or its last restart) and the step of
   its last evaluation up to `up_to_step` that was `learning` (None: none yet)."""
   restarts = restarts_in(records, up_to_step, member)
   start = restarts[-1]['step'] if restarts else 0
-  learned_at = max((r['step'] for r in records if r.get('kind') == 'eval'
-                    and start < r['step'] <= up_to_step and r.get('member') == member
-                    and learning(r['train'])), default=None)
+  learned_at = max(
+      (
+          r['step']
+          for r in records
+          if r.get('kind') == 'eval'
+          and start < r['step'] <= up_to_step
+          and r.get('member') == member
+          and learning(r['train'])
+      ),
+      default=None,
+  )
   return start, learned_at
 
 
-def generalisation_passed(records: list[dict], step: int,
-                          member: int | None = None) -> dict | None:
+def generalisation_passed(
+    records: list[dict], step: int, member: int | None = None
+) -> dict | None:
   """The generalisation check the run (or the population member with that index)
   passed at `step`, its state's step, and so stopped at; None if it did not stop there
   (ExperimentConfig.stop_when_generalising: a run resumed without it trains on)."""
-  return next((r for r in records if r.get('kind') == 'generalisation_check'
-               and r['step'] == step and r.get('member') == member
-               and r['passed']), None)
+  return next(
+      (
+          r
+          for r in records
+          if r.get('kind') == 'generalisation_check'
+          and r['step'] == step
+          and r.get('member') == member
+          and r['passed']
+      ),
+      None,
+  )

@@ -18,10 +18,12 @@ def build_model(config: ExperimentConfig, task: Task) -> nn.Module:
     return models.LSTMBaseline(features=task.output_size, dtype=dtype, **config.lstm)
   cell = NTMCell(features=task.output_size, dtype=dtype, **config.ntm)
   if config.write_advance_bias:
-    cell = cell.clone(head_bias_init=advancing_write_heads(cell.head_layout,
-                                                           config.write_advance_bias))
-  return models.NTM(cell, remat_chunk=config.remat_chunk,
-                    carry_grad_clip=config.carry_grad_clip)
+    cell = cell.clone(
+        head_bias_init=advancing_write_heads(cell.head_layout, config.write_advance_bias)
+    )
+  return models.NTM(
+      cell, remat_chunk=config.remat_chunk, carry_grad_clip=config.carry_grad_clip
+  )
 
 
 def advancing_write_heads(layout: HeadLayout, bias: float):

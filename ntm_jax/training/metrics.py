@@ -33,8 +33,10 @@ def bit_errors_per_sequence(logits: jax.Array, batch: Batch) -> jax.Array:
 
 def summarize(logits: jax.Array, batch: Batch) -> dict[str, jax.Array]:
   """Batch means of the cost and bit errors per sequence."""
-  return dict(cost=jnp.mean(cost_per_sequence(logits, batch)),
-              bit_errors=jnp.mean(bit_errors_per_sequence(logits, batch)))
+  return dict(
+      cost=jnp.mean(cost_per_sequence(logits, batch)),
+      bit_errors=jnp.mean(bit_errors_per_sequence(logits, batch)),
+  )
 
 
 LOG_NAME = 'metrics.jsonl'

@@ -9,7 +9,8 @@ from ntm_jax.training.config import OptimizerConfig  # noqa: F401 - re-exported
 
 
 def make_optimizer(
-    config: OptimizerConfig | ExperimentConfig) -> optax.GradientTransformation:
+    config: OptimizerConfig | ExperimentConfig,
+) -> optax.GradientTransformation:
   """Gradient clipping followed by Adam, Graves' RMSProp or SGD, at the scheduled rate.
 
   `config` is an OptimizerConfig, or an ExperimentConfig, whose `optimiser` is taken.
@@ -24,15 +25,17 @@ def make_optimizer(
     clip = optax.identity()
   learning_rate = config.learning_rate
   if config.lr_schedule == 'cosine':
-    learning_rate = optax.cosine_decay_schedule(config.learning_rate, config.train_steps,
-                                                alpha=0.1)
+    learning_rate = optax.cosine_decay_schedule(
+        config.learning_rate, config.train_steps, alpha=0.1
+    )
   if config.name == 'adam':
     update = optax.adam(learning_rate)
   elif config.name == 'rmsprop':
     # Graves (2013), as in the paper: centered, decay 0.95, momentum 0.9, eps 1e-4 inside
     # the square root.
-    update = optax.rmsprop(learning_rate, decay=0.95, eps=1e-4, centered=True,
-                           momentum=0.9, eps_in_sqrt=True)
+    update = optax.rmsprop(
+        learning_rate, decay=0.95, eps=1e-4, centered=True, momentum=0.9, eps_in_sqrt=True
+    )
   else:
     update = optax.sgd(learning_rate)
   optimizer = optax.chain(clip, update)
@@ -41,8 +44,9 @@ def make_optimizer(
   return optimizer
 
 
-def skip_large_gradients(inner: optax.GradientTransformation,
-                         max_norm: float) -> optax.GradientTransformation:
+def skip_large_gradients(
+    inner: optax.GradientTransformation, max_norm: float
+) -> optax.GradientTransformation:
   """`inner`, except that a gradient of global norm above `max_norm` (or not finite)
   gives a zero update and leaves `inner`'s state as it was.
 

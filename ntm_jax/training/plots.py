@@ -30,8 +30,10 @@ def learning_curve(workdir: str, path: str) -> None:
     learning_curves({None: workdir}, path)
     return
   fig, (ax_cost, ax_err) = plt.subplots(1, 2, figsize=(11, 4))
-  for kind, ax, value in (('train', ax_cost, lambda r: r['cost']),
-                          ('eval', ax_err, lambda r: r['train']['bit_errors'])):
+  for kind, ax, value in (
+      ('train', ax_cost, lambda r: r['cost']),
+      ('eval', ax_err, lambda r: r['train']['bit_errors']),
+  ):
     by_member = {}
     for r in records:
       if r.get('kind') == kind and not r.get('failed'):
@@ -40,21 +42,35 @@ def learning_curve(workdir: str, path: str) -> None:
       ax.plot(list(curve), list(curve.values()), color='tab:blue', alpha=0.25, lw=0.8)
     sequences = sorted({s for curve in by_member.values() for s in curve})
     median = [np.median([c[s] for c in by_member.values() if s in c]) for s in sequences]
-    ax.plot(sequences, median, color='black', lw=2,
-            label=f'median of {len(by_member)} members')
+    ax.plot(
+        sequences,
+        median,
+        color='black',
+        lw=2,
+        label=f'median of {len(by_member)} members',
+    )
     ax.legend()
-  ax_cost.set(xlabel='sequences seen (per member)', ylabel='cost per sequence (bits)',
-              title='training cost', yscale='log')
-  ax_err.set(xlabel='sequences seen (per member)', ylabel='bit errors per sequence',
-             title='evaluation on the training distribution', yscale='symlog')
+  ax_cost.set(
+      xlabel='sequences seen (per member)',
+      ylabel='cost per sequence (bits)',
+      title='training cost',
+      yscale='log',
+  )
+  ax_err.set(
+      xlabel='sequences seen (per member)',
+      ylabel='bit errors per sequence',
+      title='evaluation on the training distribution',
+      yscale='symlog',
+  )
   ax_err.axhline(0.1, color='grey', linestyle=':')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
 
 
-def learning_curves(runs: dict, path: str, title: str | None = None,
-                    reference_cost: float | None = None) -> None:
+def learning_curves(
+    runs: dict, path: str, title: str | None = None, reference_cost: float | None = None
+) -> None:
   """One or more runs' learning curves on shared axes (the paper's Fig. 3, 7, 10, 13, 16).
 
   Args:
@@ -69,18 +85,36 @@ def learning_curves(runs: dict, path: str, title: str | None = None,
     train = [r for r in records if r.get('kind') == 'train']
     evals = [r for r in records if r.get('kind') == 'eval']
     ax_cost.plot([r['sequences'] for r in train], [r['cost'] for r in train], label=label)
-    lines = ax_err.plot([r['sequences'] for r in evals],
-                        [r['train']['bit_errors'] for r in evals], marker='.', label=label)
+    lines = ax_err.plot(
+        [r['sequences'] for r in evals],
+        [r['train']['bit_errors'] for r in evals],
+        marker='.',
+        label=label,
+    )
     if evals:  # the evaluation that best/ holds: the lowest cost
       best = min(evals, key=lambda r: r['train']['cost'])
-      ax_err.plot([best['sequences']], [best['train']['bit_errors']], marker='*',
-                  markersize=12, color=lines[0].get_color(), linestyle='none')
+      ax_err.plot(
+          [best['sequences']],
+          [best['train']['bit_errors']],
+          marker='*',
+          markersize=12,
+          color=lines[0].get_color(),
+          linestyle='none',
+      )
   if reference_cost is not None:
     ax_cost.axhline(reference_cost, color='black', linestyle='--', label='optimal')
-  ax_cost.set(xlabel='sequences seen', ylabel='cost per sequence (bits)',
-              title='training cost', yscale='log')
-  ax_err.set(xlabel='sequences seen', ylabel='bit errors per sequence',
-             title='evaluation on the training distribution', yscale='symlog')
+  ax_cost.set(
+      xlabel='sequences seen',
+      ylabel='cost per sequence (bits)',
+      title='training cost',
+      yscale='log',
+  )
+  ax_err.set(
+      xlabel='sequences seen',
+      ylabel='bit errors per sequence',
+      title='evaluation on the training distribution',
+      yscale='symlog',
+  )
   ax_err.axhline(0.1, color='grey', linestyle=':')
   if any(label is not None for label in runs):
     ax_cost.legend()
@@ -115,11 +149,22 @@ def sequence_view(task, model, params, key, difficulty, path: str) -> None:
     return max(2.0, min(6.0, image.shape[0] / 12))
 
   heights = [height(title, image) for title, image in panels]
-  fig, axes = plt.subplots(len(panels), 1, figsize=(12, sum(heights) + 1),
-                           gridspec_kw=dict(height_ratios=heights), squeeze=False)
+  fig, axes = plt.subplots(
+      len(panels),
+      1,
+      figsize=(12, sum(heights) + 1),
+      gridspec_kw=dict(height_ratios=heights),
+      squeeze=False,
+  )
   for ax, (title, image) in zip(axes[:, 0], panels):
-    ax.imshow(image, aspect='auto', interpolation='nearest', cmap='viridis',
-              vmin=0.0, vmax=1.0 if 'weighting' not in title else None)
+    ax.imshow(
+        image,
+        aspect='auto',
+        interpolation='nearest',
+        cmap='viridis',
+        vmin=0.0,
+        vmax=1.0 if 'weighting' not in title else None,
+    )
     ax.set_ylabel('slot' if 'weighting' in title else 'channel')
     ax.set_title(title, fontsize=9)
   axes[-1, 0].set_xlabel('time step')
@@ -134,9 +179,11 @@ def write_all(workdir: str, task, model, params, keys) -> list[str]:
   learning_curve(workdir, paths[0])
   for index, difficulty in enumerate(task.example_difficulties()):
     label = task.difficulty_label(difficulty)
-    path = os.path.join(workdir, f'sequence_{task.difficulty_name}_{label}.png'.replace(
-        ' ', '_'))
-    sequence_view(task, model, params, jax.random.fold_in(keys.figures, index),
-                  difficulty, path)
+    path = os.path.join(
+        workdir, f'sequence_{task.difficulty_name}_{label}.png'.replace(' ', '_')
+    )
+    sequence_view(
+        task, model, params, jax.random.fold_in(keys.figures, index), difficulty, path
+    )
     paths.append(path)
   return paths

@@ -19,17 +19,18 @@ the stacked TrainState and the failed and stopped flags); best/ holds, per membe
 state of that member's best evaluation so far, with its cost and step (`BestMembers`).
 """
 
+from collections.abc import Callable, Sequence
 import math
 import os
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from ntm_jax.tasks.base import Task
 from ntm_jax.training import checkpointing
@@ -57,8 +58,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise ValueError
       seeds.extend(range(first, last + 1))
   except ValueError:
-    raise ValueError(f'--seeds must be seeds like 0-9 or 3,7,11 (integers >= 0, ranges '
-                     f'low-high); got {text!r}.') from None
+    raise ValueError(
+        f'--seeds must be seeds like 0-9 or 3,7,11 (integers >= 0, ranges '
+        f'low-high); got {text!r}.'
+    ) from None
   if len(set(seeds)) != len(seeds):
     raise ValueError(f'--seeds names a seed twice: {text!r}.')
   return tuple(seeds)
@@ -73,6 +76,7 @@ class Population(NamedTuple):
     stopped: bool[K], the members that have finished early (they passed their
       generalisation check); their state, step included, no longer changes.
   """
+
   members: TrainState
   failed: jax.Array
   stopped: jax.Array
@@ -101,8 +105,9 @@ class Population(NamedTuple):
     return self.members.evaluated_params
 
   def to_checkpoint(self) -> dict:
-    return dict(members=self.members.to_checkpoint(), failed=self.failed,
-                stopped=self.stopped)
+    return dict(
+        members=self.members.to_checkpoint(), failed=self.failed, stopped=self.stopped
+    )
 
   @classmethod
   def from_checkpoint(cls, tree: dict) -> 'Population':
@@ -119,17 +124,21 @@ class Population(NamedTuple):
 
   def with_stopped(self, stopped: Sequence[bool]) -> 'Population':
     """This population with these stopped flags, placed as the old ones are."""
-    return self._replace(stopped=_placed(np.asarray(stopped, bool), self.stopped.sharding))
+    return self._replace(
+        stopped=_placed(np.asarray(stopped, bool), self.stopped.sharding)
+    )
 
   def replace_members(self, states: dict[int, TrainState]) -> 'Population':
     """This population with member i's state replaced by `states[i]` (a restart); the
     arrays keep their placement."""
     members = self.members
     for index, state in states.items():
-      members = jax.tree.map(lambda stacked, new: stacked.at[index].set(new), members,
-                             state)
-    members = jax.tree.map(lambda new, old: _placed(new, old.sharding), members,
-                           self.members)
+      members = jax.tree.map(
+          lambda stacked, new, index=index: stacked.at[index].set(new), members, state
+      )
+    members = jax.tree.map(
+        lambda new, old: _placed(new, old.sharding), members, self.members
+    )
     return self._replace(members=members)
 
 
@@ -145,11 +154,14 @@ def make_population_mesh(size: int) -> jax.sharding.Mesh:
   """A mesh over all devices along the member axis: each device trains size/devices."""
   num_devices = jax.device_count()
   if size % num_devices:
-    raise ValueError(f'--seeds or --population gives {size} members, which must be '
-                     f'divisible by the number of devices ({num_devices}) for '
-                     '--data_parallel.')
-  return jax.make_mesh((num_devices,), (MEMBER_AXIS,),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+    raise ValueError(
+        f'--seeds or --population gives {size} members, which must be '
+        f'divisible by the number of devices ({num_devices}) for '
+        '--data_parallel.'
+    )
+  return jax.make_mesh(
+      (num_devices,), (MEMBER_AXIS,), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def shard_members(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
@@ -182,10 +194,16 @@ def automatic_members_at_once(platform: str) -> int:
   return CPU_MEMBERS_AT_ONCE if platform == 'cpu' else 0
 
 
-def make_population_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                         task: Task, batch_size: int, seeds: Sequence[int],
-                         mesh: jax.sharding.Mesh | None = None,
-                         members_at_once: int = 0, **step_options) -> Callable:
+def make_population_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    task: Task,
+    batch_size: int,
+    seeds: Sequence[int],
+    mesh: jax.sharding.Mesh | None = None,
+    members_at_once: int = 0,
+    **step_options,
+) -> Callable:
   """A jitted (population) -> (population, metrics) step that donates its input.
 
   Every member takes its single run's step (`step_function` with `step_options`, on its
@@ -205,43 +223,59 @@ def make_population_step(model: nn.Module, optimizer: optax.GradientTransformati
   key_data = np.stack([jax.random.key_data(Keys(seed).data) for seed in seeds])
   key_impl = jax.random.key_impl(Keys(seeds[0]).data)
 
-  def advance(members: TrainState, failed: jax.Array, stopped: jax.Array,
-              keys: jax.Array):
+  def advance(
+      members: TrainState, failed: jax.Array, stopped: jax.Array, keys: jax.Array
+  ):
     if members_at_once and members_at_once < keys.shape[0]:
-      new, metrics = jax.lax.map(lambda args: step(*args), (members, keys),
-                                 batch_size=members_at_once)
+      new, metrics = jax.lax.map(
+          lambda args: step(*args), (members, keys), batch_size=members_at_once
+      )
     else:
       new, metrics = jax.vmap(step)(members, keys)
     failed = failed | (~jnp.isfinite(metrics['cost']) & ~stopped)
     frozen = failed | stopped
 
     def keep_frozen(updated, old):
-      return jnp.where(frozen.reshape(frozen.shape + (1,) * (updated.ndim - 1)), old,
-                       updated)
+      return jnp.where(
+          frozen.reshape(frozen.shape + (1,) * (updated.ndim - 1)), old, updated
+      )
 
     new = jax.tree.map(keep_frozen, new, members)
-    return new._replace(step=jnp.where(stopped, members.step, members.step + 1)), \
-        failed, metrics
+    return (
+        new._replace(step=jnp.where(stopped, members.step, members.step + 1)),
+        failed,
+        metrics,
+    )
 
   if mesh is not None:
     # Each device advances its own members: no communication between devices.
     spec = jax.sharding.PartitionSpec(MEMBER_AXIS)
-    advance = jax.shard_map(advance, mesh=mesh, in_specs=(spec, spec, spec, spec),
-                            out_specs=(spec, spec, spec), check_vma=False)
+    advance = jax.shard_map(
+        advance,
+        mesh=mesh,
+        in_specs=(spec, spec, spec, spec),
+        out_specs=(spec, spec, spec),
+        check_vma=False,
+    )
 
   def population_step(population: Population):
     keys = jax.random.wrap_key_data(jnp.asarray(key_data), impl=key_impl)
-    members, failed, metrics = advance(population.members, population.failed,
-                                       population.stopped, keys)
+    members, failed, metrics = advance(
+        population.members, population.failed, population.stopped, keys
+    )
     return Population(members, failed, population.stopped), metrics
 
   return jax.jit(population_step, donate_argnums=0)
 
 
-def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int],
-                              batch_size: int, check: bool = False,
-                              difficulty_batch_size: int = 0
-                              ) -> Callable[[Any, Any], list[dict]]:
+def make_population_evaluator(
+    model: nn.Module,
+    task: Task,
+    seeds: Sequence[int],
+    batch_size: int,
+    check: bool = False,
+    difficulty_batch_size: int = 0,
+) -> Callable[[Any, Any], list[dict]]:
   """(stacked params, difficulty) -> each member's results on its own run's eval set
   (with `check`, its check set), of as many sequences as `evaluation.make_evaluator`'s.
 
@@ -257,11 +291,16 @@ def make_population_evaluator(model: nn.Module, task: Task, seeds: Sequence[int]
     if difficulty not in sets:  # fixed sets: drawn once
       sets[difficulty] = jax.tree.map(
           lambda *xs: jnp.stack(xs),
-          *[eval_set(task, k, difficulty, batch_size, check, difficulty_batch_size)
-            for k in keys])
+          *[
+              eval_set(task, k, difficulty, batch_size, check, difficulty_batch_size)
+              for k in keys
+          ],
+      )
     results = fetch(evaluate_batch(params, sets[difficulty]))
-    return [{name: float(values[i]) for name, values in results.items()}
-            for i in range(len(seeds))]
+    return [
+        {name: float(values[i]) for name, values in results.items()}
+        for i in range(len(seeds))
+    ]
 
   return evaluate
 
@@ -289,12 +328,16 @@ class BestMembers(checkpointing.Checkpointer):
 
   def _options(self) -> ocp.CheckpointManagerOptions:
     return ocp.CheckpointManagerOptions(
-        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(1))
+        create=True, preservation_policy=ocp.checkpoint_managers.LatestN(1)
+    )
 
   @staticmethod
   def _tree(members: TrainState, costs, steps) -> dict:
-    return dict(members=members.to_checkpoint(), costs=np.asarray(costs, np.float64),
-                steps=np.asarray(steps, np.int64))
+    return dict(
+        members=members.to_checkpoint(),
+        costs=np.asarray(costs, np.float64),
+        steps=np.asarray(steps, np.int64),
+    )
 
   def update(self, step: int, population: Population, costs: Sequence[float]) -> bool:
     """Takes every member whose cost is below its best (and finite); saves if any did."""
@@ -307,14 +350,20 @@ class BestMembers(checkpointing.Checkpointer):
     def select(new, old):
       return jnp.where(chosen.reshape(chosen.shape + (1,) * (new.ndim - 1)), new, old)
 
-    self.states = jax.tree.map(select, population.members,
-                               population.members if self.states is None else self.states)
+    self.states = jax.tree.map(
+        select,
+        population.members,
+        population.members if self.states is None else self.states,
+    )
     self.costs = np.where(improved, costs, self.costs)
     self.steps = np.where(improved, step, self.steps)
     if step == self.latest_step():
       return True
-    self._manager.save(step, args=ocp.args.StandardSave(
-        self._tree(self.states, self.costs, self.steps)), force=True)
+    self._manager.save(
+        step,
+        args=ocp.args.StandardSave(self._tree(self.states, self.costs, self.steps)),
+        force=True,
+    )
     return True
 
   def population(self, failed: jax.Array) -> Population:
@@ -351,22 +400,34 @@ def overall_score(report: dict, judged_by: str = 'bit_errors') -> tuple[float, .
   results = report['results'].values()
   train_errors = report['results']['train']['bit_errors']
   misses = judged_by == 'bit_errors' and not train_errors < CONVERGED_BIT_ERRORS
-  return (float(misses),
-          float(sum(judged_value(result, judged_by) for result in results)),
-          float(sum(result['cost'] for result in results)))
+  return (
+      float(misses),
+      float(sum(judged_value(result, judged_by) for result in results)),
+      float(sum(result['cost'] for result in results)),
+  )
 
 
 def best_member(scores: Sequence, failed: Sequence[bool]) -> int | None:
   """The index of the member with the lowest score (a number, or a tuple compared in
   order) among those that have not failed and whose score is finite."""
-  candidates = [(score, index) for index, (score, dead) in enumerate(zip(scores, failed))
-                if not dead and all(map(math.isfinite, np.atleast_1d(score)))]
+  candidates = [
+      (score, index)
+      for index, (score, dead) in enumerate(zip(scores, failed))
+      if not dead and all(map(math.isfinite, np.atleast_1d(score)))
+  ]
   return min(candidates)[1] if candidates else None
 
 
 def _stats(values: list[float]) -> dict | None:
-  return dict(median=float(np.median(values)), mean=float(np.mean(values)),
-              worst=float(np.max(values))) if values else None
+  return (
+      dict(
+          median=float(np.median(values)),
+          mean=float(np.mean(values)),
+          worst=float(np.max(values)),
+      )
+      if values
+      else None
+  )
 
 
 def _above_reference(result: dict) -> float:
@@ -377,22 +438,32 @@ def summary(members: list[dict], labels: Sequence[str]) -> dict:
   """Over the members' reports: how many converged, the median sequences to converge,
   and the median, mean and worst bit errors and cost per evaluated difficulty (and the
   cost above the reference predictor's, for a task that has one)."""
-  converged = [m['converged_at_sequences'] for m in members
-               if m['converged_at_sequences'] is not None and not m['failed']]
+  converged = [
+      m['converged_at_sequences']
+      for m in members
+      if m['converged_at_sequences'] is not None and not m['failed']
+  ]
   alive = [m for m in members if not m['failed']]
   result = dict(
-      members=len(members), failed=sum(m['failed'] for m in members),
-      converged=len(converged), restarted=sum(bool(m.get('restarts')) for m in members),
+      members=len(members),
+      failed=sum(m['failed'] for m in members),
+      converged=len(converged),
+      restarted=sum(bool(m.get('restarts')) for m in members),
       stopped=sum('stopped_generalising' in m for m in members),
       median_sequences_to_converge=float(np.median(converged)) if converged else None,
-      bit_errors={label: _stats([m['results'][label]['bit_errors'] for m in alive])
-                  for label in labels},
-      cost={label: _stats([m['results'][label]['cost'] for m in alive])
-            for label in labels})
+      bit_errors={
+          label: _stats([m['results'][label]['bit_errors'] for m in alive])
+          for label in labels
+      },
+      cost={
+          label: _stats([m['results'][label]['cost'] for m in alive]) for label in labels
+      },
+  )
   if members and 'reference_cost' in members[0]['results'][labels[0]]:
     result['above_reference'] = {
         label: _stats([_above_reference(m['results'][label]) for m in alive])
-        for label in labels}
+        for label in labels
+    }
   return result
 
 
@@ -403,8 +474,11 @@ def _table_metric(task: Task, members: list[dict]) -> tuple[str, str, Callable]:
   if task.judged_by == 'bit_errors':
     return ('bit errors per sequence', 'bit_errors', lambda r: r['bit_errors'])
   if 'reference_cost' in first:
-    return ("cost per sequence above the optimal estimator's (bits)", 'above_reference',
-            _above_reference)
+    return (
+        "cost per sequence above the optimal estimator's (bits)",
+        'above_reference',
+        _above_reference,
+    )
   return ('cost per sequence (bits)', 'cost', lambda r: r['cost'])
 
 
@@ -416,36 +490,59 @@ def format_table(task: Task, members: list[dict], summary_: dict) -> str:
   names = ['train mix' if label == 'train' else label for label in labels]
   title, key, value = _table_metric(task, members)
   stops = any('stopped_generalising' in m for m in members)
-  header = (f'{"seed":>6} | {"converged at":>12} | ' +
-            (f'{"stopped at":>10} | ' if stops else '') +
-            ' | '.join(f'{name:>9}' for name in names))
+  header = (
+      f'{"seed":>6} | {"converged at":>12} | '
+      + (f'{"stopped at":>10} | ' if stops else '')
+      + ' | '.join(f'{name:>9}' for name in names)
+  )
   lines = [f'{title} by {task.difficulty_name}:', header, '-' * len(header)]
   for m in members:
-    at = 'failed' if m['failed'] else (
-        '-' if m['converged_at_sequences'] is None else str(m['converged_at_sequences']))
+    at = (
+        'failed'
+        if m['failed']
+        else (
+            '-'
+            if m['converged_at_sequences'] is None
+            else str(m['converged_at_sequences'])
+        )
+    )
     if m.get('restarts'):  # sequences counted from the run's start, restarts included
       at = f'{"r" * len(m["restarts"])} {at}'
-    stopped = str(m['stopped_generalising']['step']) if 'stopped_generalising' in m \
-        else '-'
-    lines.append(f'{m["seed"]:>6} | {at:>12} | ' +
-                 (f'{stopped:>10} | ' if stops else '') + ' | '.join(
-                     f'{value(m["results"][label]):9.3f}' for label in labels))
+    stopped = (
+        str(m['stopped_generalising']['step']) if 'stopped_generalising' in m else '-'
+    )
+    lines.append(
+        f'{m["seed"]:>6} | {at:>12} | '
+        + (f'{stopped:>10} | ' if stops else '')
+        + ' | '.join(f'{value(m["results"][label]):9.3f}' for label in labels)
+    )
   lines.append('-' * len(header))
   median = summary_['median_sequences_to_converge']
   converged = f'{summary_["converged"]}/{summary_["members"]}'
   for row in ('median', 'mean', 'worst'):
-    at = {'median': '-' if median is None else f'{median:.0f}', 'mean': converged,
-          'worst': ''}[row]
+    at = {
+        'median': '-' if median is None else f'{median:.0f}',
+        'mean': converged,
+        'worst': '',
+    }[row]
     values = [summary_[key][label] for label in labels]
     stopped = {'mean': f'{summary_["stopped"]}/{summary_["members"]}'}.get(row, '')
-    lines.append(f'{row:>6} | {at:>12} | ' + (f'{stopped:>10} | ' if stops else '') +
-                 ' | '.join('        -' if v is None else f'{v[row]:9.3f}'
-                            for v in values))
-  lines.append('(converged at: below 0.1 bit errors per sequence on the training mix; '
-               'median row, the median over members that converged; '
-               'mean row, how many converged; r: a restart from a fresh initialisation' +
-               ('; stopped at: the step it stopped at, converged and generalising '
-                '(stop_when_generalising), mean row, how many did)' if stops else ')'))
+    lines.append(
+        f'{row:>6} | {at:>12} | '
+        + (f'{stopped:>10} | ' if stops else '')
+        + ' | '.join('        -' if v is None else f'{v[row]:9.3f}' for v in values)
+    )
+  lines.append(
+      '(converged at: below 0.1 bit errors per sequence on the training mix; '
+      'median row, the median over members that converged; '
+      'mean row, how many converged; r: a restart from a fresh initialisation'
+      + (
+          '; stopped at: the step it stopped at, converged and generalising '
+          '(stop_when_generalising), mean row, how many did)'
+          if stops
+          else ')'
+      )
+  )
   return '\n'.join(lines)
 
 

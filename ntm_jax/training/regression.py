@@ -31,8 +31,9 @@ def evaluate_per_sequence(directory: str, eval_batch_size: int) -> dict:
 
   config, task = ExperimentConfig.load(directory)
   model, params, _ = loop.restore_evaluated_params(config, task)
-  return metrics_per_sequence(model, params, task, train_state.Keys(config.seed),
-                              eval_batch_size)
+  return metrics_per_sequence(
+      model, params, task, train_state.Keys(config.seed), eval_batch_size
+  )
 
 
 def metrics_per_sequence(model, params, task, keys, eval_batch_size: int) -> dict:
@@ -41,19 +42,23 @@ def metrics_per_sequence(model, params, task, keys, eval_batch_size: int) -> dic
   @jax.jit
   def per_sequence(params, batch):
     logits = model.apply(params, batch.inputs)
-    return (metrics.bit_errors_per_sequence(logits, batch),
-            metrics.cost_per_sequence(logits, batch))
+    return (
+        metrics.bit_errors_per_sequence(logits, batch),
+        metrics.cost_per_sequence(logits, batch),
+    )
 
   rows = {}
   for difficulty in (None,) + tuple(task.eval_difficulties):
     label = 'train' if difficulty is None else task.difficulty_label(difficulty)
-    bit_errors, cost = per_sequence(params, evaluation.eval_set(task, keys, difficulty,
-                                                                eval_batch_size))
+    bit_errors, cost = per_sequence(
+        params, evaluation.eval_set(task, keys, difficulty, eval_batch_size)
+    )
     # Six significant digits: far below the tolerance of `differences`.
-    rows[label] = dict(bit_errors=[int(value) for value in bit_errors],
-                       cost=[float(f'{value:.6g}') for value in cost])
+    rows[label] = dict(
+        bit_errors=[int(value) for value in bit_errors],
+        cost=[float(f'{value:.6g}') for value in cost],
+    )
   return rows
-
 
 
 # Float rounding differs between CPUs (their instruction sets pick different kernels), and
@@ -95,22 +100,30 @@ def differences(expected: dict, measured: dict) -> list[str]:
   for row, want in expected.items():
     got = measured[row]
     moves = [b - a for a, b in zip(want['bit_errors'], got['bit_errors'])]
-    flipped = [i for i, (errors, move) in enumerate(zip(want['bit_errors'], moves))
-               if abs(move) > small_move(errors)]
+    flipped = [
+        i
+        for i, (errors, move) in enumerate(zip(want['bit_errors'], moves))
+        if abs(move) > small_move(errors)
+    ]
     if len(flipped) > MAX_FLIPPED_SEQUENCES:
-      found.append(f'row {row}: the bit errors of {len(flipped)} sequences moved too far '
-                   f'{flipped}')
+      found.append(
+          f'row {row}: the bit errors of {len(flipped)} sequences moved too far '
+          f'{flipped}'
+      )
     drift = sum(move for i, move in enumerate(moves) if i not in flipped)
     if abs(drift) > max_drift(sum(want['bit_errors'])):
       found.append(f'row {row}: the small moves add up to {drift:+d} bit errors')
     kept = [i for i in range(len(moves)) if i not in flipped]
-    want_cost, got_cost = (sum(costs[i] for i in kept) / max(len(kept), 1)
-                           for costs in (want['cost'], got['cost']))
+    want_cost, got_cost = (
+        sum(costs[i] for i in kept) / max(len(kept), 1)
+        for costs in (want['cost'], got['cost'])
+    )
     if not math.isclose(got_cost, want_cost, rel_tol=COST_TOLERANCE, abs_tol=1e-6):
-      found.append(f'row {row}: mean cost {got_cost:.6g} on the sequences that did not '
-                   f'flip, expected {want_cost:.6g}')
+      found.append(
+          f'row {row}: mean cost {got_cost:.6g} on the sequences that did not '
+          f'flip, expected {want_cost:.6g}'
+      )
   return found
-
 
 
 def broken_equations() -> dict:
@@ -122,29 +135,38 @@ def broken_equations() -> dict:
 
   def address_with(change):
     def address(memory_, w_prev, key, beta, gate, shift_weights, gamma):
-      return addressing.address(memory_, w_prev, key,
-                                **change(beta=beta, gate=gate, shift_weights=shift_weights,
-                                         gamma=gamma))
+      return addressing.address(
+          memory_,
+          w_prev,
+          key,
+          **change(beta=beta, gate=gate, shift_weights=shift_weights, gamma=gamma),
+      )
+
     return dict(address_fn=address)
 
   return {
       'Eq. 9 left out (gamma = 1)': address_with(lambda **p: dict(p, gamma=1.0)),
       'Eq. 5 with half the key strength': address_with(
-          lambda **p: dict(p, beta=p['beta'] / 2)),
+          lambda **p: dict(p, beta=p['beta'] / 2)
+      ),
       'Eq. 7 with the gate swapped (1 - g)': address_with(
-          lambda **p: dict(p, gate=1 - p['gate'])),
+          lambda **p: dict(p, gate=1 - p['gate'])
+      ),
       'Eq. 8 shifting the other way': address_with(
-          lambda **p: dict(p, shift_weights=p['shift_weights'][::-1])),
+          lambda **p: dict(p, shift_weights=p['shift_weights'][::-1])
+      ),
       'Eq. 3 without the erase': dict(
-          write_fn=lambda memory_, w, erase, add: memory.write_heads(memory_, w,
-                                                                     0 * erase, add)),
+          write_fn=lambda memory_, w, erase, add: memory.write_heads(
+              memory_, w, 0 * erase, add
+          )
+      ),
   }
 
 
-def check_run(directory: str, noise: float, draws: int,
-              broken: tuple[str, ...] | None = None) -> list[tuple[str, str]]:
+def check_run(
+    directory: str, noise: float, draws: int, broken: tuple[str, ...] | None = None
+) -> list[tuple[str, str]]:
   """(case, verdict) rows for one shipped run; `broken` picks equations by label (all)."""
-
 
   with open(os.path.join(directory, 'expected.json')) as f:
     recorded = json.load(f)
@@ -154,9 +176,9 @@ def check_run(directory: str, noise: float, draws: int,
   keys = train_state.Keys(config.seed)
 
   def verdict(params, model=model) -> str:
-    found = differences(expected,
-                             metrics_per_sequence(model, params, task, keys,
-                                                       batch_size))
+    found = differences(
+        expected, metrics_per_sequence(model, params, task, keys, batch_size)
+    )
     return 'fails: ' + found[0][:80] if found else 'passes'
 
   rows = [('as shipped', verdict(params))]
@@ -164,9 +186,13 @@ def check_run(directory: str, noise: float, draws: int,
   passed = 0
   for draw in range(draws):
     draw_keys = jax.random.split(jax.random.key(100 + draw), len(leaves))
-    noisy = jax.tree.unflatten(tree, [
-        leaf * (1 + noise * jax.random.normal(key, leaf.shape, leaf.dtype))
-        for leaf, key in zip(leaves, draw_keys)])
+    noisy = jax.tree.unflatten(
+        tree,
+        [
+            leaf * (1 + noise * jax.random.normal(key, leaf.shape, leaf.dtype))
+            for leaf, key in zip(leaves, draw_keys)
+        ],
+    )
     passed += verdict(noisy) == 'passes'
   if draws:
     rows.append((f'noise {noise:g}', f'{passed} of {draws} draws pass'))

@@ -12,12 +12,15 @@ class Progress:
     self.total_steps = total_steps
     self.interactive = sys.stderr.isatty()
 
-  def update(self, step: int, sequences_per_second: float, cost: float,
-             bit_errors: float) -> None:
+  def update(
+      self, step: int, sequences_per_second: float, cost: float, bit_errors: float
+  ) -> None:
     done = step / self.total_steps
-    line = (f'step {step}/{self.total_steps} [{"#" * int(20 * done):<20}] '
-            f'{sequences_per_second:7.1f} seq/s  cost {cost:8.3f} bits  '
-            f'bit errors {bit_errors:7.3f}')
+    line = (
+        f'step {step}/{self.total_steps} [{"#" * int(20 * done):<20}] '
+        f'{sequences_per_second:7.1f} seq/s  cost {cost:8.3f} bits  '
+        f'bit errors {bit_errors:7.3f}'
+    )
     if self.interactive:
       print('\r' + line, end='', file=sys.stderr, flush=True)
     else:

@@ -6,7 +6,8 @@ for memory_init='random', the starting memory) depends only on the seed and the 
 resumed run sees exactly the data an uninterrupted one would have.
 """
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -30,6 +31,7 @@ class TrainState(NamedTuple):
     opt_state: the optimiser's state.
     ema_params: with an `ema_decay`, the moving average of `params`; else None.
   """
+
   step: jax.Array
   params: Any
   opt_state: Any
@@ -82,14 +84,23 @@ def _per_difficulty(key: jax.Array, difficulty) -> jax.Array:
   return key
 
 
-def create_train_state(model: nn.Module, optimizer: optax.GradientTransformation,
-                       task: Task, keys: Keys, ema: bool = False) -> TrainState:
+def create_train_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    task: Task,
+    keys: Keys,
+    ema: bool = False,
+) -> TrainState:
   """The state before the first step; with `ema`, the average starts at the parameters."""
   return initializer(model, optimizer, task, ema)(keys, 0)
 
 
-def initializer(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
-                ema: bool = False) -> Callable[[Keys, int], TrainState]:
+def initializer(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    task: Task,
+    ema: bool = False,
+) -> Callable[[Keys, int], TrainState]:
   """(keys, step) -> the state of an attempt starting at `step`, compiled once.
 
   Step 0 is the run's start (`create_train_state`); a later step is a restart
@@ -105,8 +116,13 @@ def initializer(model: nn.Module, optimizer: optax.GradientTransformation, task:
   return initialize
 
 
-def create_population_state(model: nn.Module, optimizer: optax.GradientTransformation,
-                            task: Task, seeds, ema: bool = False) -> TrainState:
+def create_population_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    task: Task,
+    seeds,
+    ema: bool = False,
+) -> TrainState:
   """The states of the runs with these seeds, stacked along a leading member axis.
 
   Member k's state is `create_train_state(..., Keys(seeds[k]))`, by construction: the
@@ -128,8 +144,12 @@ def _initial_state(model, optimizer, task, ema) -> Callable:
     params = model.init(params_key, sample.inputs)
     # A copy: the training step donates every buffer of its state.
     ema_params = jax.tree.map(jnp.copy, params) if ema else None
-    return TrainState(step=jnp.array(0, jnp.int32), params=params,
-                      opt_state=optimizer.init(params), ema_params=ema_params)
+    return TrainState(
+        step=jnp.array(0, jnp.int32),
+        params=params,
+        opt_state=optimizer.init(params),
+        ema_params=ema_params,
+    )
 
   return initial_state
 
@@ -138,29 +158,50 @@ def make_mesh(batch_size: int) -> jax.sharding.Mesh:
   """A mesh over all devices along the batch axis, for data-parallel training."""
   num_devices = jax.device_count()
   if batch_size % num_devices:
-    raise ValueError(f'batch_size={batch_size} must be divisible by the number of '
-                     f'devices ({num_devices}) for data-parallel training.')
+    raise ValueError(
+        f'batch_size={batch_size} must be divisible by the number of '
+        f'devices ({num_devices}) for data-parallel training.'
+    )
   # An Auto axis: XLA's sharding propagation partitions the step from the batch's sharding.
-  return jax.make_mesh((num_devices,), ('batch',),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh(
+      (num_devices,), ('batch',), axis_types=(jax.sharding.AxisType.Auto,)
+  )
 
 
 def replicate(state: TrainState, mesh: jax.sharding.Mesh) -> TrainState:
   """The state on every device of `mesh`, as the data-parallel step expects it."""
-  return jax.device_put(state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return jax.device_put(
+      state, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  )
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
-                    batch_size: int, data_key: jax.Array,
-                    mesh: jax.sharding.Mesh | None = None,
-                    micro_batch_size: int = 0, entropy_penalty: float = 0.0,
-                    skip_grad_norm: float = 0.0, ema_decay: float = 0.0) -> Callable:
+def make_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    task: Task,
+    batch_size: int,
+    data_key: jax.Array,
+    mesh: jax.sharding.Mesh | None = None,
+    micro_batch_size: int = 0,
+    entropy_penalty: float = 0.0,
+    skip_grad_norm: float = 0.0,
+    ema_decay: float = 0.0,
+) -> Callable:
   """A jitted (state) -> (state, metrics) training step that donates its input state.
 
   It is `step_function`'s step with the run's data key; see there.
   """
-  step = step_function(model, optimizer, task, batch_size, mesh, micro_batch_size,
-                       entropy_penalty, skip_grad_norm, ema_decay)
+  step = step_function(
+      model,
+      optimizer,
+      task,
+      batch_size,
+      mesh,
+      micro_batch_size,
+      entropy_penalty,
+      skip_grad_norm,
+      ema_decay,
+  )
   train_step = lambda state: step(state, data_key)  # noqa: E731
   if mesh is None:
     return jax.jit(train_step, donate_argnums=0)
@@ -168,10 +209,17 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, t
   return jax.jit(train_step, donate_argnums=0, out_shardings=replicated)
 
 
-def step_function(model: nn.Module, optimizer: optax.GradientTransformation, task: Task,
-                  batch_size: int, mesh: jax.sharding.Mesh | None = None,
-                  micro_batch_size: int = 0, entropy_penalty: float = 0.0,
-                  skip_grad_norm: float = 0.0, ema_decay: float = 0.0) -> Callable:
+def step_function(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    task: Task,
+    batch_size: int,
+    mesh: jax.sharding.Mesh | None = None,
+    micro_batch_size: int = 0,
+    entropy_penalty: float = 0.0,
+    skip_grad_norm: float = 0.0,
+    ema_decay: float = 0.0,
+) -> Callable:
   """The (state, data key) -> (state, metrics) training step, not jitted.
 
   The step draws its batch from fold_in(data key, step), so that it is a function of the
@@ -192,20 +240,28 @@ def step_function(model: nn.Module, optimizer: optax.GradientTransformation, tas
   per_device = batch_size // num_devices
   micro = micro_batch_size or per_device
   if per_device % micro:
-    raise ValueError(f'micro_batch_size={micro_batch_size} must divide the batch on each '
-                     f'device: batch_size={batch_size} over {num_devices} device(s).')
+    raise ValueError(
+        f'micro_batch_size={micro_batch_size} must divide the batch on each '
+        f'device: batch_size={batch_size} over {num_devices} device(s).'
+    )
 
   def sums(params, batch, memory_key):
     """Summed cost, bit errors and cost gradients over one micro-batch."""
+
     def objective(params):
       # With a penalty the NTM also returns the weightings it recorded at every step.
-      logits, recorded = model.apply(params, batch.inputs, rngs={'memory': memory_key},
-                                     mutable=['intermediates'] if entropy_penalty else [])
+      logits, recorded = model.apply(
+          params,
+          batch.inputs,
+          rngs={'memory': memory_key},
+          mutable=['intermediates'] if entropy_penalty else [],
+      )
       cost = jnp.sum(metrics_lib.cost_per_sequence(logits, batch))
       if not entropy_penalty:
         return cost, (cost, logits)
-      entropy = jnp.sum(model.recorded_weighting_entropy(recorded['intermediates'],
-                                                         batch.mask))
+      entropy = jnp.sum(
+          model.recorded_weighting_entropy(recorded['intermediates'], batch.mask)
+      )
       return cost + entropy_penalty * entropy, (cost, logits)
 
     (_, (cost, logits)), grads = jax.value_and_grad(objective, has_aux=True)(params)
@@ -216,16 +272,20 @@ def step_function(model: nn.Module, optimizer: optax.GradientTransformation, tas
     if mesh is not None:  # each device draws its own random memories
       memory_key = jax.random.fold_in(memory_key, jax.lax.axis_index('batch'))
     if per_device > micro:
+
       def accumulate(totals, micro_batch_and_key):
         return jax.tree.map(jnp.add, totals, sums(params, *micro_batch_and_key)), None
 
       num_micro = per_device // micro
       micro_batches = jax.tree.map(  # every Batch field has the batch axis first
-          lambda x: x.reshape((num_micro, micro) + x.shape[1:]), batch)
-      zeros = jax.tree.map(jnp.zeros_like,
-                           jax.eval_shape(sums, params, batch, memory_key))
-      totals, _ = jax.lax.scan(accumulate, zeros,
-                               (micro_batches, jax.random.split(memory_key, num_micro)))
+          lambda x: x.reshape((num_micro, micro) + x.shape[1:]), batch
+      )
+      zeros = jax.tree.map(
+          jnp.zeros_like, jax.eval_shape(sums, params, batch, memory_key)
+      )
+      totals, _ = jax.lax.scan(
+          accumulate, zeros, (micro_batches, jax.random.split(memory_key, num_micro))
+      )
     else:
       totals = sums(params, batch, memory_key)
     return totals if mesh is None else jax.lax.psum(totals, 'batch')
@@ -234,9 +294,13 @@ def step_function(model: nn.Module, optimizer: optax.GradientTransformation, tas
     P = jax.sharding.PartitionSpec  # noqa: N806 - the usual short name
     # check_vma=False: the models' scans start from carries made of (replicated)
     # parameters and take per-device inputs, which the varying-axes check rejects.
-    device_sums = jax.shard_map(device_sums, mesh=mesh,
-                                in_specs=(P(), P('batch'), P()), out_specs=P(),
-                                check_vma=False)
+    device_sums = jax.shard_map(
+        device_sums,
+        mesh=mesh,
+        in_specs=(P(), P('batch'), P()),
+        out_specs=P(),
+        check_vma=False,
+    )
 
   def train_step(state, data_key):
     step_key = jax.random.fold_in(data_key, state.step)
@@ -248,10 +312,13 @@ def step_function(model: nn.Module, optimizer: optax.GradientTransformation, tas
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.global_norm(grads)
-    metrics = dict(cost=cost / batch_size, bit_errors=bit_errors / batch_size,
-                   grad_norm=grad_norm)
+    metrics = dict(
+        cost=cost / batch_size, bit_errors=bit_errors / batch_size, grad_norm=grad_norm
+    )
     if skip_grad_norm:  # the fraction of steps the optimiser skipped (optim.py)
-      metrics['skipped'] = jnp.logical_not(grad_norm <= skip_grad_norm).astype(jnp.float32)
+      metrics['skipped'] = jnp.logical_not(grad_norm <= skip_grad_norm).astype(
+          jnp.float32
+      )
     ema_params = None
     if ema_decay:
       ema_params = optax.incremental_update(params, state.ema_params, 1 - ema_decay)
@@ -272,18 +339,23 @@ def repeated_steps(train_step: Callable, max_steps: int) -> Callable:
   (BUILD_NOTES.md, "Several devices on a CPU"). The loop body is the step itself, so n
   steps here and n calls of `train_step` give the same states.
   """
+
   def run(state, n):
     _, metric_shapes = jax.eval_shape(train_step, state)
-    buffers = jax.tree.map(lambda s: jnp.zeros((max_steps,) + s.shape, s.dtype),
-                           metric_shapes)
+    buffers = jax.tree.map(
+        lambda s: jnp.zeros((max_steps,) + s.shape, s.dtype), metric_shapes
+    )
 
     def one_step(index, carry):
       state, buffers = carry
       state, metrics = train_step(state)
       return state, jax.tree.map(
-          lambda buffer, value: jax.lax.dynamic_update_index_in_dim(buffer, value, index,
-                                                                    0),
-          buffers, metrics)
+          lambda buffer, value: jax.lax.dynamic_update_index_in_dim(
+              buffer, value, index, 0
+          ),
+          buffers,
+          metrics,
+      )
 
     return jax.lax.fori_loop(0, n, one_step, (state, buffers))
 

@@ -40,16 +40,21 @@ def prepare(workdir: str, eval_only: bool = False) -> str:
   if it is a file or (for training) cannot be written."""
   path = os.path.abspath(workdir)
   if os.path.exists(path) and not os.path.isdir(path):
-    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose a '
-                       'directory (it is created if missing).')
+    raise WorkdirError(
+        f'--workdir={workdir} is a file, not a directory; choose a '
+        'directory (it is created if missing).'
+    )
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as error:
-    raise WorkdirError(f'--workdir={workdir} cannot be created ({error.strerror}); '
-                       'choose a directory you can write to.') from None
+    raise WorkdirError(
+        f'--workdir={workdir} cannot be created ({error.strerror}); '
+        'choose a directory you can write to.'
+    ) from None
   if not eval_only and not os.access(path, os.W_OK | os.X_OK):
-    raise WorkdirError(f'--workdir={workdir} cannot be written; choose a directory you '
-                       'can write to.')
+    raise WorkdirError(
+        f'--workdir={workdir} cannot be written; choose a directory you ' 'can write to.'
+    )
   return path
 
 
@@ -73,7 +78,8 @@ def lock(workdir: str):
       raise WorkdirBusyError(
           f'--workdir={workdir} is in use by another run (process {holder}). Wait for it '
           'to end (after SIGTERM or Ctrl-C it saves a checkpoint first, then exits), or '
-          'choose another --workdir.') from None
+          'choose another --workdir.'
+      ) from None
     f.truncate(0)
     f.write(str(os.getpid()))
     f.flush()
@@ -110,8 +116,9 @@ class MetricsLog:
       f.write(json.dumps(record) + '\n')
 
 
-def record_config(workdir: str, config: ExperimentConfig, task: Task,
-                  resuming: bool) -> None:
+def record_config(
+    workdir: str, config: ExperimentConfig, task: Task, resuming: bool
+) -> None:
   """Refuses to resume a checkpoint its state does not fit; records the config.
 
   The model's shapes and the task's input and output widths fix the parameters, the
@@ -120,8 +127,12 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
   curriculum does), but not unnoticed: the run says which.
   """
   path = os.path.join(workdir, 'config.json')
-  current = dict(task=task.name, **config.model_fields(), input_size=task.input_size,
-                 output_size=task.output_size)
+  current = dict(
+      task=task.name,
+      **config.model_fields(),
+      input_size=task.input_size,
+      output_size=task.output_size,
+  )
   settings = task.settings()
   if resuming and os.path.exists(path):
     with open(path) as f:
@@ -130,14 +141,17 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
     # file records is compared: one from before the optimiser fields, the task's widths
     # or its settings were recorded cannot tell about them.
     fixed = dict(current, optimizer=config.optimizer, lr_schedule=config.lr_schedule)
-    changed = ', '.join(f'{name}: {saved[name]!r} -> {value!r}'
-                        for name, value in fixed.items()
-                        if name in saved and saved[name] != value)
+    changed = ', '.join(
+        f'{name}: {saved[name]!r} -> {value!r}'
+        for name, value in fixed.items()
+        if name in saved and saved[name] != value
+    )
     if changed:
       raise WorkdirMismatchError(
           f'--workdir={workdir} holds a run with a different model, task width or '
           f'optimiser ({changed}); resume it with the same flags or choose a new '
-          '--workdir.')
+          '--workdir.'
+      )
     saved_seeds = tuple(saved.get('seeds') or ())
     if bool(saved_seeds) != bool(config.seeds):
       if saved_seeds:
@@ -149,25 +163,40 @@ def record_config(workdir: str, config: ExperimentConfig, task: Task,
         own = f'--population=1 --seed={saved.get("seed", 0)}'
       raise WorkdirMismatchError(
           f'--workdir={workdir} holds {held}; it cannot resume as {wanted}. Resume it '
-          f'with {own} or choose a new --workdir.')
+          f'with {own} or choose a new --workdir.'
+      )
     if saved_seeds != config.seeds:
       raise WorkdirMismatchError(
           f'--workdir={workdir} holds a population of seeds {_seed_list(saved_seeds)}, '
           f'not {_seed_list(config.seeds)}; resume it with --seeds='
-          f'{_seed_list(saved_seeds)} or choose a new --workdir.')
+          f'{_seed_list(saved_seeds)} or choose a new --workdir.'
+      )
     recorded = saved.get('task_settings')
     if recorded is not None:
       now = json.loads(json.dumps(settings))  # as JSON holds them: tuples as lists
-      changed = ', '.join(f'{name}: {recorded.get(name)!r} -> {now[name]!r}'
-                          for name in now if recorded.get(name) != now[name])
+      changed = ', '.join(
+          f'{name}: {recorded.get(name)!r} -> {now[name]!r}'
+          for name in now
+          if recorded.get(name) != now[name]
+      )
       if changed:
-        print(f'Note: resuming with other task settings than {path} records '
-              f'({changed}); training goes on with the new ones.', flush=True)
+        print(
+            f'Note: resuming with other task settings than {path} records '
+            f'({changed}); training goes on with the new ones.',
+            flush=True,
+        )
   if not is_writer():
     return
   with open(path, 'w') as f:
-    json.dump(dict(current, **{k: v for k, v in vars(config).items()
-                               if k not in current}, task_settings=settings), f, indent=2)
+    json.dump(
+        dict(
+            current,
+            **{k: v for k, v in vars(config).items() if k not in current},
+            task_settings=settings,
+        ),
+        f,
+        indent=2,
+    )
 
 
 def _seed_list(seeds) -> str:
