@@ -7,7 +7,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -384,23 +383,11 @@ def test_helpfull_shows_each_experiments_own_defaults_grouped():
   assert '--remat_chunk' in help_text.split('\nmodel:\n')[1].split('\n\n')[0]
 
 
-_CONFIG_SCRIPT = textwrap.dedent("""
-    import importlib, json, sys
-    from absl import flags
-    from experiments import common
-    name = sys.argv[1]
-    experiment = importlib.import_module('experiments.' + name)
-    flags.FLAGS([name] + sys.argv[2:])
-    config = common.make_config(name, experiment.DEFAULTS, experiment.MODEL_DEFAULTS)
-    print(json.dumps(vars(config)))
-""")
-
-
 def _config_from_flags(*args, experiment='copy'):
   """The config an experiment's runner makes from these flags."""
   env = dict(os.environ, PYTHONPATH=ROOT)
   result = subprocess.run(
-      [sys.executable, '-c', _CONFIG_SCRIPT, experiment, *args],
+      [sys.executable, '-m', 'tests.experiment_config', experiment, *args],
       cwd=ROOT,
       env=env,
       capture_output=True,
