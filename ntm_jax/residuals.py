@@ -45,38 +45,50 @@ def pack_residuals(fn: Callable, invariant_argnums: Sequence[int] = ()) -> Calla
     `jax.vjp(fn, ...)`'s own, fed the unpacked residuals).
   """
   invariant_argnums = frozenset(invariant_argnums)
-  # (treedef, [(shape, dtype, packed?)]) of the residuals, set where `forward` is traced
-  # and read where `backward` is, which JAX always traces after it.
-  layout = {}
 
-  def residual_leaves(*args):
-    return jax.tree.leaves(jax.vjp(fn, *args)[1])
+  def layout(*args) -> tuple:
+    """(the residuals' treedef, ((shape, dtype, packed?) per residual)) for these
+    arguments' shapes: a static argument of the custom VJP, so that each use of the
+    function, at whatever shapes, unpacks its own residuals."""
+    flat, structure = jax.tree.flatten(args)
+    found = {}
 
-  @jax.custom_vjp
-  def packed(*args):
-    return fn(*args)
+    def residual_leaves(*flat):
+      leaves, found['treedef'] = jax.tree.flatten(
+          jax.vjp(fn, *jax.tree.unflatten(structure, flat))[1]
+      )
+      return leaves
 
-  def forward(*args):
-    out, vjp_fn = jax.vjp(fn, *args)
-    leaves, treedef = jax.tree.flatten(vjp_fn)
-    flat_args = [jax.tree.leaves(arg) for arg in args]
-    shapes = [
-        jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in jax.tree.leaves(args)
-    ]
+    jaxpr = jax.make_jaxpr(residual_leaves)(
+        *[jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in flat]
+    )
     varying_inputs = [
         i not in invariant_argnums
-        for i, leaves_i in enumerate(flat_args)
-        for _ in leaves_i
+        for i, arg in enumerate(args)
+        for _ in jax.tree.leaves(arg)
     ]
-    jaxpr = jax.make_jaxpr(
-        lambda *flat: residual_leaves(*jax.tree.unflatten(jax.tree.structure(args), flat))
-    )(*shapes)
     varying = _varying_outputs(jaxpr, varying_inputs)
-    layout['residuals'] = treedef, [
-        (leaf.shape, leaf.dtype, flag) for leaf, flag in zip(leaves, varying)
-    ]
+    return found['treedef'], tuple(
+        (tuple(v.aval.shape), v.aval.dtype, flag)
+        for v, flag in zip(jaxpr.jaxpr.outvars, varying)
+    )
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  def packed(residual_layout, *args):
+    del residual_layout
+    return fn(*args)
+
+  def forward(residual_layout, *args):
+    out, vjp_fn = jax.vjp(fn, *args)
+    leaves = jax.tree.leaves(vjp_fn)
+    _, leaf_layout = residual_layout
+    if len(leaves) != len(leaf_layout):
+      raise AssertionError(
+          'pack_residuals: the function saves other values than when '
+          'its layout was traced.'
+      )
     groups, kept = {}, []
-    for leaf, flag in zip(leaves, varying):
+    for leaf, (_, _, flag) in zip(leaves, leaf_layout):
       if flag:
         groups.setdefault(jnp.dtype(leaf.dtype).name, []).append(jnp.ravel(leaf))
       else:
@@ -84,9 +96,11 @@ def pack_residuals(fn: Callable, invariant_argnums: Sequence[int] = ()) -> Calla
     buffers = {name: jnp.concatenate(parts) for name, parts in groups.items()}
     return out, (buffers, kept)
 
-  def backward(residuals, cotangent):
+  def backward(residual_layout, residuals, cotangent):
+    # The pullback is a `jax.tree_util.Partial`: its static part is the same function of
+    # the residuals whichever trace of `fn` made it.
+    treedef, leaf_layout = residual_layout
     buffers, kept = residuals
-    treedef, leaf_layout = layout['residuals']
     offsets = dict.fromkeys(buffers, 0)
     kept = iter(kept)
     leaves = []
@@ -100,4 +114,9 @@ def pack_residuals(fn: Callable, invariant_argnums: Sequence[int] = ()) -> Calla
     return jax.tree.unflatten(treedef, leaves)(cotangent)
 
   packed.defvjp(forward, backward)
-  return functools.wraps(fn)(packed)
+
+  @functools.wraps(fn)
+  def with_layout(*args):
+    return packed(layout(*args), *args)
+
+  return with_layout

@@ -176,3 +176,24 @@ def test_on_a_cpu_automatic_packing_compiles_to_the_unpacked_step():
         )
     )
   assert programs[0] == programs[1]  # the memory, and the instructions of each time loop
+
+
+def test_one_packed_function_used_at_two_shapes_in_one_gradient():
+  # Both forward passes are traced before either backward pass: each keeps its layout.
+  def step(gain, h):
+    return jnp.tanh(gain * h) * jax.nn.softmax(h)
+
+  def loss(step, gain, a, b):
+    return jnp.sum(step(gain, a) ** 2) + jnp.sum(step(gain, b) ** 3)
+
+  args = (
+      jnp.float32(0.7),
+      jax.random.normal(jax.random.key(1), (4,)),
+      jax.random.normal(jax.random.key(2), (7,)),
+  )
+  grad = lambda step: jax.grad(functools.partial(loss, step), argnums=(0, 1, 2))(*args)
+  jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+      grad(residuals.pack_residuals(step, invariant_argnums=(0,))),
+      grad(step),
+  )
