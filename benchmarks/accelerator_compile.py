@@ -216,7 +216,7 @@ def training_step(config, task, members: int):
 
 def worker(args) -> None:
   """One child: an experiment's rows (or the nn.RNN rows), one JSON line each."""
-  from benchmarks.hlo import count_kernels  # noqa: F401 - fail early if missing
+  import jax
 
   jobs = []
   if args.worker == 'rnn':
@@ -254,6 +254,12 @@ def worker(args) -> None:
         result = compile_for(name, step, *step_args, num_steps=num_steps)
       except TargetUnavailableError as error:
         result = dict(error=str(error))
+      except jax.errors.JaxRuntimeError as error:
+        # A TPU compiler refuses a program larger than the chip's memory.
+        message = str(error).splitlines()[0]
+        if 'RESOURCE_EXHAUSTED' not in message:
+          raise
+        result = dict(error=f'does not fit: {message}', fits=False)
       print(
           json.dumps(dict(row, target=name, time_steps=num_steps, **result)), flush=True
       )
