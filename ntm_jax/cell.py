@@ -390,7 +390,7 @@ class NTMCell(nn.RNNCellBase):
     (everywhere with residual_packing='always')."""
     cell = self.clone(parent=None)
     step = lambda params, carry, x: cell.apply(
-        {'params': params}, carry, x, method=NTMCell._step  # noqa: E731
+        {'params': params}, carry, x, method=NTMCell._step
     )
     packed = residuals.pack_residuals(step, invariant_argnums=(0,))
     params = self.variables['params']

@@ -2,7 +2,6 @@
 
 import contextlib
 import importlib.util
-import logging
 import os
 import sys
 import tempfile
@@ -127,13 +126,10 @@ def _plugin_output_held():
   """Holds back what starting the backends writes to stderr (a failing plugin logs a
   traceback, libtpu its C++ log) and yields a function that writes it out: called once
   the backend has started, so that only a failure, reported in one line, drops it."""
-  logger = logging.getLogger('jax._src.xla_bridge')
-  level = logger.level
   held = tempfile.TemporaryFile()
   saved = os.dup(2)
   sys.stderr.flush()
   os.dup2(held.fileno(), 2)
-  logger.setLevel(logging.CRITICAL)
   released = []
 
   def restore():
@@ -141,7 +137,6 @@ def _plugin_output_held():
       sys.stderr.flush()
       os.dup2(saved, 2)
       os.close(saved)
-      logger.setLevel(level)
       released.append(True)
 
   def replay():
