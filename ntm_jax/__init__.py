@@ -12,10 +12,10 @@ from ntm_jax.addressing import content_weights
 from ntm_jax.addressing import interpolate
 from ntm_jax.addressing import sharpen
 from ntm_jax.addressing import shift
-from ntm_jax.cell import HeadLayout
 from ntm_jax.cell import NTMCell
 from ntm_jax.cell import NTMState
-from ntm_jax.cell import head_bias_init
+from ntm_jax.heads import HeadLayout
+from ntm_jax.heads import head_bias_init
 from ntm_jax.memory import read
 from ntm_jax.memory import write
 from ntm_jax.memory import write_heads

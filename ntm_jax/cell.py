@@ -11,7 +11,6 @@ R = read heads, W = write heads, S = 2 * shift_range + 1 shift offsets.
 
 from collections.abc import Callable
 import functools
-import itertools
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from ntm_jax import addressing
+from ntm_jax import heads
 from ntm_jax import memory as memory_ops
 from ntm_jax import residuals
 
@@ -57,152 +57,12 @@ class NTMState(NamedTuple):
   is_initial: jax.Array
 
 
-class HeadParameters(NamedTuple):
-  """Addressing (and, for write heads, writing) parameters for a group of heads.
-
-  Shapes for b examples and H heads: key (b, H, M); beta, gate, gamma (b, H);
-  shift_weights (b, H, S); erase and add (b, H, M) for write heads, None for read heads.
-  """
-
-  key: jax.Array
-  beta: jax.Array
-  gate: jax.Array
-  shift_weights: jax.Array
-  gamma: jax.Array
-  erase: jax.Array | None = None
-  add: jax.Array | None = None
-
-
 def _initial_focus(key, shape, dtype=jnp.float32):
   """Logits whose softmax puts about 95% of each head's weight on slot 0 (see above)."""
   del key
   num_slots = shape[-1]
   margin = jnp.log(num_slots) + INITIAL_FOCUS_MARGIN
   return jnp.zeros(shape, dtype).at[..., 0].set(margin)
-
-
-class HeadLayout(NamedTuple):
-  """Where each head parameter sits in the output of the cell's fused head layer.
-
-  One vector per example: the read heads' raw parameters, then the write heads'. Within
-  a head: key (M), beta, gate, shift logits (S = 2R + 1, offsets -R..R), gamma, and for
-  a write head erase (M) and add (M). The cell, its initializers and the benchmarks all
-  read the layout from here.
-  """
-
-  num_read_heads: int
-  num_write_heads: int
-  word_size: int
-  num_shifts: int
-
-  @property
-  def read_size(self) -> int:
-    return self.word_size + self.num_shifts + 3
-
-  @property
-  def write_size(self) -> int:
-    return 3 * self.word_size + self.num_shifts + 3
-
-  @property
-  def size(self) -> int:
-    return self.num_read_heads * self.read_size + self.num_write_heads * self.write_size
-
-  def field_sizes(self, is_write: bool) -> dict[str, int]:
-    """{field: width} of one head's raw parameters, in their order."""
-    m = self.word_size
-    sizes = dict(key=m, beta=1, gate=1, shift=self.num_shifts, gamma=1)
-    return dict(sizes, erase=m, add=m) if is_write else sizes
-
-  def indices(self, field: str, is_write: bool, offset: int | None = None) -> jax.Array:
-    """The positions of `field` in the layer's output, for every head of one kind.
-
-    `offset` picks one entry: a shift offset in -R..R for 'shift', an index into the
-    field otherwise. Returns integers of shape (heads,) with an `offset`, else
-    (heads, width).
-    """
-    sizes = self.field_sizes(is_write)
-    if field not in sizes:
-      raise ValueError(f'HeadLayout: unknown field {field!r}; one of {", ".join(sizes)}.')
-    names = list(sizes)
-    start = sum(sizes[name] for name in names[: names.index(field)])
-    if is_write:
-      first = self.num_read_heads * self.read_size + self.write_size * jnp.arange(
-          self.num_write_heads
-      )
-    else:
-      first = self.read_size * jnp.arange(self.num_read_heads)
-    if offset is None:
-      return first[:, None] + start + jnp.arange(sizes[field])
-    if field == 'shift':
-      offset += self.num_shifts // 2  # offsets -R..R are entries 0..2R
-    if not 0 <= offset < sizes[field]:
-      raise ValueError(f'HeadLayout: offset out of range for {field!r}.')
-    return first + start + offset
-
-  def split(self, raw: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(b, size) -> raw read (b, R, read size) and write (b, W, write size) parameters."""
-    cut = self.num_read_heads * self.read_size
-    batch = raw.shape[:-1]
-    return (
-        raw[..., :cut].reshape(batch + (self.num_read_heads, self.read_size)),
-        raw[..., cut:].reshape(batch + (self.num_write_heads, self.write_size)),
-    )
-
-
-def head_bias_init(
-    layout: HeadLayout, read: dict | None = None, write: dict | None = None
-):
-  """An initializer for `NTMCell.head_bias_init`: chosen starting biases, zero elsewhere.
-
-  `read` and `write` map a `HeadLayout` field, or a (field, offset) pair such as
-  ('shift', 1) for the logit of moving one slot on, to the bias every head of that kind
-  starts with. Write heads that start by keeping their focus and moving it one slot per
-  step, as a list is written: `head_bias_init(layout, write={'gate': -4.0, ('shift', 1):
-  4.0})` (Eq. 7: g = sigmoid(-4) = 0.02; Eq. 8: s(+1) = e^4 / (e^4 + 2R)).
-  """
-  settings = []
-  for is_write, fields in ((False, read or {}), (True, write or {})):
-    for name, value in fields.items():
-      field, offset = name if isinstance(name, tuple) else (name, None)
-      settings.append((layout.indices(field, is_write, offset), value))  # checks now
-
-  def init(key, shape, dtype=jnp.float32):
-    del key
-    if tuple(shape) != (layout.size,):
-      raise ValueError(
-          f'head_bias_init: the layer has {tuple(shape)} biases, the layout '
-          f"{layout.size}: build the layout from the cell's sizes."
-      )
-    bias = jnp.zeros(shape, dtype)
-    for indices, value in settings:
-      bias = bias.at[indices].set(value)
-    return bias
-
-  return init
-
-
-def _split_head_parameters(
-    raw: jax.Array, layout: HeadLayout, is_write: bool
-) -> HeadParameters:
-  """Applies the activations that keep each head parameter in its range.
-
-  beta = softplus >= 0; gate = sigmoid in (0, 1); shift = softmax over offsets;
-  gamma = 1 + softplus >= 1; erase = sigmoid in [0, 1]; add = tanh; the key is linear
-  (the cosine similarity of Eq. 6 ignores its scale).
-  """
-  sizes = list(layout.field_sizes(is_write).values())
-  parts = jnp.split(raw, list(itertools.accumulate(sizes[:-1])), axis=-1)
-  key, beta, gate, shift_logits, gamma = parts[:5]
-  params = dict(
-      key=key,
-      beta=jax.nn.softplus(beta[..., 0]),
-      gate=jax.nn.sigmoid(gate[..., 0]),
-      shift_weights=jax.nn.softmax(shift_logits, axis=-1),
-      gamma=1.0 + jax.nn.softplus(gamma[..., 0]),
-  )
-  if is_write:
-    params.update(erase=jax.nn.sigmoid(parts[5]), add=jnp.tanh(parts[6]))
-  return HeadParameters(**params)
 
 
 class NTMCell(nn.RNNCellBase):
@@ -255,11 +115,9 @@ class NTMCell(nn.RNNCellBase):
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
     residual_packing: how the gradient saves a step's values for the backward pass:
-      'always' as one buffer per dtype (`residuals.pack_residuals`: a scan then writes
-      one buffer per time step, not one per value, which on a GPU saves about a
-      hundred kernel launches a step); 'never' as JAX does; 'auto' packs on a GPU
-      only: a CPU or TPU runs the step as one program, without a launch per kernel,
-      and at large batches packing costs them time or memory (docs/BENCHMARKS.md).
+      'always' as one buffer per dtype (`residuals.pack_residuals`: one write per time
+      step, not about a hundred, on a GPU); 'never' as JAX does; 'auto' packs on a GPU
+      only, where launches cost (docs/BENCHMARKS.md).
     address_fn, read_fn, write_fn: the equations, as pure single-example functions with
       the signatures of `addressing.address` (Eq. 5-9), `memory.read` (Eq. 2) and
       `memory.write_heads` (Eq. 3-4), which the cell vmaps over heads and the batch.
@@ -334,9 +192,9 @@ class NTMCell(nn.RNNCellBase):
     return 1
 
   @property
-  def head_layout(self) -> HeadLayout:
+  def head_layout(self) -> heads.HeadLayout:
     """Where each head parameter sits in the fused head layer's output."""
-    return HeadLayout(
+    return heads.HeadLayout(
         self.num_read_heads,
         self.num_write_heads,
         self.word_size,
@@ -378,9 +236,7 @@ class NTMCell(nn.RNNCellBase):
     else:
       new_carry, y = self._packed_step(carry, x)
     if self.is_mutable_collection('intermediates'):
-      # Recorded only when asked for (apply(..., mutable=['intermediates'])): the
-      # training's entropy penalty needs the weightings of every step, and `models.NTM`
-      # stacks them over time.
+      # Only when asked (mutable=['intermediates']): for the entropy penalty and figures.
       self.sow('intermediates', 'read_weights', new_carry.read_weights)
       self.sow('intermediates', 'write_weights', new_carry.write_weights)
     return new_carry, y
@@ -525,7 +381,9 @@ class NTMCell(nn.RNNCellBase):
       new_state.append((c.astype(jnp.float32), h_prev.astype(jnp.float32)))
     return tuple(new_state), h
 
-  def _head_parameters(self, h: jax.Array) -> tuple[HeadParameters, HeadParameters]:
+  def _head_parameters(
+      self, h: jax.Array
+  ) -> tuple[heads.HeadParameters, heads.HeadParameters]:
     """One fused dense layer for all heads (one matmul instead of one per parameter)."""
     layout = self.head_layout
     raw = nn.Dense(
@@ -537,6 +395,6 @@ class NTMCell(nn.RNNCellBase):
     )(h).astype(jnp.float32)
     raw_read, raw_write = layout.split(raw)
     return (
-        _split_head_parameters(raw_read, layout, is_write=False),
-        _split_head_parameters(raw_write, layout, is_write=True),
+        heads.split_head_parameters(raw_read, layout, is_write=False),
+        heads.split_head_parameters(raw_write, layout, is_write=True),
     )

@@ -8,8 +8,8 @@ import pytest
 
 import ntm_jax
 from ntm_jax import NTMCell
-from ntm_jax import cell as cell_lib
 from ntm_jax import head_bias_init
+from ntm_jax import heads as heads_lib
 from ntm_jax import models
 
 B, T, I = 3, 5, 7  # noqa: E741 - the notation's batch, time and input width
@@ -275,8 +275,8 @@ def test_a_head_bias_starts_the_write_heads_writing_one_slot_after_another(shift
   def heads(p):  # the head parameters for a zero controller output: the biases alone
     raw_read, raw_write = layout.split(p['params']['heads']['bias'])
     return (
-        cell_lib._split_head_parameters(raw_read, layout, False),
-        cell_lib._split_head_parameters(raw_write, layout, True),
+        heads_lib.split_head_parameters(raw_read, layout, False),
+        heads_lib.split_head_parameters(raw_write, layout, True),
     )
 
   (read0, write0), (read, write) = heads(params[plain]), heads(params[advancing])

@@ -4,9 +4,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ntm_jax import models
-from ntm_jax.cell import HeadLayout
 from ntm_jax.cell import NTMCell
-from ntm_jax.cell import head_bias_init
+from ntm_jax.heads import HeadLayout
+from ntm_jax.heads import head_bias_init
 from ntm_jax.tasks.base import Task
 from ntm_jax.training.config import ExperimentConfig
 
