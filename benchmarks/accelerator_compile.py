@@ -116,8 +116,15 @@ def compile_for(target_name: str, step, *args, num_steps: int) -> dict:
   )
 
 
-def rnn_step(batch_size: int):
-  """`nn.RNN(NTMCell)` on the copy configuration: (jitted step, its arguments, steps)."""
+def cell_packing(target_name: str) -> str:
+  """The residual packing `NTMCell(residual_packing='auto')` takes on the target's
+  backend: packed on GPUs only. Deviceless, this process's backend is the CPU."""
+  return 'never' if target_name in TPU_TARGETS else 'always'
+
+
+def rnn_step(batch_size: int, packing: str):
+  """`nn.RNN(NTMCell)` on the copy configuration with the cell's residual packing:
+  (jitted step, its arguments, steps)."""
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -127,7 +134,13 @@ def rnn_step(batch_size: int):
 
   num_steps, width = 41, 9  # copy of length 20 with a delimiter channel
   model = nn.RNN(
-      NTMCell(features=width - 1, memory_size=128, word_size=20, controller_features=100)
+      NTMCell(
+          features=width - 1,
+          memory_size=128,
+          word_size=20,
+          controller_features=100,
+          residual_packing=packing,
+      )
   )
   inputs = jax.ShapeDtypeStruct((batch_size, num_steps, width + 1), jnp.float32)
   targets = jax.ShapeDtypeStruct((batch_size, num_steps, width - 1), jnp.float32)
@@ -163,10 +176,11 @@ def experiment_config(experiment: str, model: str):
   return ExperimentConfig(workdir='/unused', **values), module.build_task()
 
 
-def training_step(config, task, members: int):
+def training_step(config, task, members: int, packing: str):
   """The runner's jitted training step of `config` for one run (members=1) or a
-  population of `members` seeds (all stepped at once, as on an accelerator): (step,
-  (its abstract state,), time steps of a training sequence)."""
+  population of `members` seeds (all stepped at once, as on an accelerator), the NTM
+  cell's residuals packed as `packing` says: (step, (its abstract state,), time steps of
+  a training sequence)."""
   import jax
 
   from ntm_jax.training import factory
@@ -175,6 +189,8 @@ def training_step(config, task, members: int):
   from ntm_jax.training import train_state
 
   model = factory.build_model(config, task)
+  if config.model == 'ntm':
+    model = model.clone(cell=model.cell.clone(residual_packing=packing))
   optimizer = optim.make_optimizer(config)
   options = dict(
       entropy_penalty=config.entropy_penalty,
@@ -248,8 +264,12 @@ def worker(args) -> None:
             )
         )
   for row, build in jobs:
-    step, step_args, num_steps = build()
+    built = {}
     for name in args.targets:
+      packing = cell_packing(name)
+      if packing not in built:
+        built[packing] = build(packing)
+      step, step_args, num_steps = built[packing]
       try:
         result = compile_for(name, step, *step_args, num_steps=num_steps)
       except TargetUnavailableError as error:

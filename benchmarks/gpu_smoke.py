@@ -265,6 +265,7 @@ class Smoke:
             '--lengths=',
             '--nodense_only',
             f'--repeats={self.args.repeats}',
+            '--packing_members=' + ('1' if self.args.quick else '1,4'),
             f'--output={output_json}',
         ],
         self.args.part_timeout,

@@ -53,7 +53,7 @@ def parse_hlo(text: str) -> tuple[dict[str, list[tuple[str, str]]], str]:
   return computations, entry
 
 
-def called(attributes: str, *names: str) -> list[str]:
+def _called(attributes: str, *names: str) -> list[str]:
   """The computations an instruction calls by the given attributes."""
   found = []
   for name in names:
@@ -102,12 +102,12 @@ def count_kernels(hlo_text: str, num_steps: int) -> dict:
             else 'other'
         )
         trips = int(trip.group(1)) if trip else 1
-        for body in called(rest, 'body'):
+        for body in _called(rest, 'body'):
           walk(body, times * trips, loop_kind)
-        for condition in called(rest, 'condition'):  # evaluated once more than the body
+        for condition in _called(rest, 'condition'):  # evaluated once more than the body
           walk(condition, times * (trips + 1), loop_kind)
       elif opcode in ('call', 'conditional', 'async-start'):
-        targets = called(
+        targets = _called(
             rest,
             'to_apply',
             'calls',

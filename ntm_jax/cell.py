@@ -114,10 +114,10 @@ class NTMCell(nn.RNNCellBase):
     dtype: dtype of the dense computations (e.g. jnp.bfloat16 on accelerators). The
       carry, including the memory and the addressing, stays float32.
     param_dtype: dtype of the parameters.
-    residual_packing: how the gradient saves a step's values for the backward pass:
-      'always' as one buffer per dtype (`residuals.pack_residuals`: one write per time
-      step, not about a hundred, on a GPU); 'never' as JAX does; 'auto' packs on a GPU
-      only, where launches cost (docs/BENCHMARKS.md).
+    residual_packing: the backward pass's saved values as one buffer per dtype
+      ('always', `residuals.pack_residuals`: one write per time step on a GPU, not about
+      a hundred), as JAX saves them ('never'), or 'auto': packed where the step is traced
+      for a GPU backend (docs/BENCHMARKS.md); a deviceless GPU compile needs 'always'.
     address_fn, read_fn, write_fn: the equations, as pure single-example functions with
       the signatures of `addressing.address` (Eq. 5-9), `memory.read` (Eq. 2) and
       `memory.write_heads` (Eq. 3-4), which the cell vmaps over heads and the batch.
@@ -231,7 +231,7 @@ class NTMCell(nn.RNNCellBase):
 
   def __call__(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
     """One step of the machine for inputs x of shape (*batch, input_size)."""
-    if self.is_initializing() or self.residual_packing == 'never':
+    if self.is_initializing() or not self._packs_residuals():
       new_carry, y = self._step(carry, x)  # initialising creates the parameters here
     else:
       new_carry, y = self._packed_step(carry, x)
@@ -241,20 +241,20 @@ class NTMCell(nn.RNNCellBase):
       self.sow('intermediates', 'write_weights', new_carry.write_weights)
     return new_carry, y
 
+  def _packs_residuals(self) -> bool:
+    if self.residual_packing == 'auto':
+      # At trace time: `lax.platform_dependent` would trace both steps in every compile.
+      return jax.default_backend() in ('gpu', 'cuda', 'rocm')
+    return self.residual_packing == 'always'
+
   def _packed_step(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:
-    """`_step` as a pure function of the parameters, its residuals packed on a GPU
-    (everywhere with residual_packing='always')."""
+    """`_step` as a pure function of the parameters, its residuals packed."""
     cell = self.clone(parent=None)
     step = lambda params, carry, x: cell.apply(
         {'params': params}, carry, x, method=NTMCell._step
     )
     packed = residuals.pack_residuals(step, invariant_argnums=(0,))
-    params = self.variables['params']
-    if self.residual_packing == 'always':
-      return packed(params, carry, x)
-    return jax.lax.platform_dependent(
-        params, carry, x, cuda=packed, rocm=packed, default=step
-    )
+    return packed(self.variables['params'], carry, x)
 
   @nn.compact
   def _step(self, carry: NTMState, x: jax.Array) -> tuple[NTMState, jax.Array]:

@@ -45,10 +45,16 @@ def test_step_time_benchmark_prints_its_table_and_writes_json(tmp_path):
       '--memory_sizes=16,32',
       '--lengths=2,4',
       '--repeats=2',
+      '--packing_members=1',
+      '--packing_rounds=1',
       f'--output={output}',
   )
   assert 'fitted exponent over the two largest N' in stdout
   results = json.loads(output.read_text())
+  packing = [
+      (r['residual_packing'], r['step_seconds']) for r in results['residual_packing']
+  ]
+  assert [name for name, _ in packing] == ['never', 'always'] and packing[1][1] > 0
   assert [row['controller'] for row in results['speed']] == ['lstm', 'feedforward']
   for row in results['speed'] + results['memory_scaling'] + results['length_scaling']:
     assert row['step_seconds'] > 0 and row['peak_bytes'] > 0

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import hlo
 from ntm_jax import NTMCell
 from ntm_jax import residuals
 from ntm_jax.tasks import CopyTask
@@ -142,40 +141,19 @@ def test_three_hundred_copy_steps_with_packed_residuals_follow_the_plain_ones():
   )
 
 
-def test_on_a_cpu_automatic_packing_compiles_to_the_unpacked_step():
-  # Both branches are differentiated (a cond's residuals are the union of its branches'),
-  # and XLA drops the packed one where the CPU branch runs: the same program results.
+@pytest.mark.parametrize(
+    'backend, packs', [('cpu', False), ('tpu', False), ('gpu', True)]
+)
+def test_automatic_packing_packs_where_the_step_is_traced_for_a_gpu(
+    monkeypatch, backend, packs
+):
+  # 'auto' decides at trace time, so a CPU compile traces the plain step alone.
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
   xs = jnp.ones((1, 9, 5))
-  programs = []
-  for packing in ('never', 'auto'):
-    model = nn.RNN(
-        NTMCell(
-            features=4,
-            memory_size=16,
-            word_size=6,
-            controller_features=12,
-            residual_packing=packing,
-        )
-    )
-    params = model.init(jax.random.key(0), xs)
-    compiled = (
-        jax.jit(jax.grad(lambda p, model=model: jnp.sum(model.apply(p, xs))))
-        .lower(params)
-        .compile()
-    )
-    computations, entry = hlo.parse_hlo(compiled.as_text())
-    bodies = [
-        hlo.called(rest, 'body')[0]
-        for opcode, rest in computations[entry]
-        if opcode == 'while'
-    ]
-    programs.append(
-        (
-            compiled.memory_analysis().temp_size_in_bytes,
-            [len(computations[body]) for body in bodies],
-        )
-    )
-  assert programs[0] == programs[1]  # the memory, and the instructions of each time loop
+  model = nn.RNN(NTMCell(features=4, memory_size=16, word_size=6, controller_features=12))
+  params = model.init(jax.random.key(0), xs)
+  jaxpr = jax.make_jaxpr(model.apply)(params, xs)
+  assert ('custom_vjp_call' in str(jaxpr)) == packs
 
 
 def test_one_packed_function_used_at_two_shapes_in_one_gradient():
