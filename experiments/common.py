@@ -185,9 +185,9 @@ CONFIG_FLAGS = {
     'plots': ('evaluation', 'Write PNG figures into the workdir.'),
     'data_parallel': (
         'devices',
-        'Split each batch over all devices (of all processes, '
-        'with the multi-host flags); on the CPU, one device per core (a '
-        'population: as many as split it evenly).',
+        'Split each batch, or a population, over all devices (of all '
+        'processes: always on with --num_processes above 1); on the CPU, one '
+        'device per core (a population: as many as split it evenly).',
     ),
     'members_at_once': (
         'devices',
@@ -329,6 +329,15 @@ def make_config(
       values[name] = getattr(FLAGS, name)
   seeds_text = population_seeds()
   seeds = parse_seeds(seeds_text) if seeds_text else ()
+  # Several processes split the members, or a run's batch, over all their devices: a
+  # copy of the whole run in each process would only repeat the work.
+  if (FLAGS.num_processes or 1) > 1:
+    if FLAGS['data_parallel'].present and not FLAGS.data_parallel:
+      raise ValueError(
+          '--nodata_parallel: a run over several processes (--num_processes) splits '
+          'its work over all their devices; leave --data_parallel on.'
+      )
+    values['data_parallel'] = True
   # On a CPU a population spreads over the cores (one device each): four copy members
   # step in 6.3 ms on two cores, 9.5 ms on one (docs/BENCHMARKS.md).
   if (

@@ -72,6 +72,15 @@ def _run(*args, timeout=300):
         (['--checkpoint=best'], 'checkpoint=best (--checkpoint=best) needs eval_only'),
         (['--eval_only', '--checkpoint=best'], '--checkpoint=best needs'),
         (['--checkpoint=first'], 'value should be one of <latest|best>'),
+        (
+            [
+                '--coordinator_address=localhost:1',
+                '--num_processes=2',
+                '--process_id=0',
+                '--nodata_parallel',
+            ],
+            '--nodata_parallel: a run over several processes',
+        ),
         (['--population=0'], '--population must be 1 (one run) or more; got 0'),
         (
             ['--population=2', '--seeds=0-1'],

@@ -28,7 +28,6 @@ TINY = [
     '--eval_batch_size=4',
     '--max_length=3',
     '--eval_lengths=4',
-    '--data_parallel',
     '--restart_after=0',
 ]
 
@@ -48,7 +47,7 @@ def _env(devices):
 def _one_process(workdir, *args):
   """The run on one process with two CPU devices."""
   result = subprocess.run(
-      _command(workdir, *args),
+      _command(workdir, '--data_parallel', *args),
       cwd=ROOT,
       env=_env(2),
       capture_output=True,
@@ -60,7 +59,8 @@ def _one_process(workdir, *args):
 
 
 def _two_processes(workdir, *args):
-  """The run on two processes of one CPU device each, sharing `workdir`."""
+  """The run on two processes of one CPU device each, sharing `workdir` (several
+  processes always split the work over their devices: no --data_parallel needed)."""
   with socket.socket() as s:
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
