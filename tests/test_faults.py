@@ -190,3 +190,34 @@ def test_eval_only_on_a_workdir_of_another_task_is_one_line(tmp_path):
   ), process.stderr[-2000:]
   assert 'Traceback' not in process.stderr
   assert _restore_latest(workdir) == 5  # untouched
+
+
+def test_another_process_never_reads_a_half_written_config_or_log(tmp_path):
+  # In a multi-process run process 0 rewrites config.json and metrics.jsonl while the
+  # others read them on resuming; a half-written file stopped a rerun in CI.
+  import threading
+
+  from ntm_jax.tasks import CopyTask
+  from ntm_jax.training import workdir as workdir_lib
+
+  config, task = ExperimentConfig(workdir=str(tmp_path)), CopyTask()
+  log = tmp_path / 'metrics.jsonl'
+  log.write_text(''.join(json.dumps(dict(step=s, cost=1.0)) + '\n' for s in range(500)))
+  workdir_lib.record_config(str(tmp_path), config, task, resuming=False)
+  done, seen = threading.Event(), []
+
+  def read():
+    while not done.is_set():
+      seen.append(json.loads((tmp_path / 'config.json').read_text())['task'])
+      seen.append(len(workdir_lib.MetricsLog.read(str(tmp_path))))
+
+  reader = threading.Thread(target=read)
+  reader.start()
+  try:
+    for _ in range(300):
+      workdir_lib.record_config(str(tmp_path), config, task, resuming=False)
+      workdir_lib.MetricsLog(str(tmp_path), resume_step=1000)
+  finally:
+    done.set()
+    reader.join()
+  assert seen and set(seen) == {'copy', 500}

@@ -931,8 +931,9 @@ def _sequences_evaluated(config: ExperimentConfig) -> str:
 
 def _write_report(workdir: str, report: dict) -> None:
   if workdir_lib.is_writer():
-    with open(os.path.join(workdir, 'report.json'), 'w') as f:
-      json.dump(report, f, indent=2)
+    workdir_lib.write_whole(
+        os.path.join(workdir, 'report.json'), json.dumps(report, indent=2)
+    )
 
 
 def _best_costs(records: list[dict], size: int) -> list[float]:
@@ -1229,6 +1230,7 @@ def _write_member_metrics(records: list[dict], index: int, directory: str) -> li
   ]
   if not workdir_lib.is_writer():
     return own
-  with open(os.path.join(directory, 'metrics.jsonl'), 'w') as f:
-    f.writelines(json.dumps(r) + '\n' for r in own)
+  workdir_lib.write_whole(
+      os.path.join(directory, 'metrics.jsonl'), ''.join(json.dumps(r) + '\n' for r in own)
+  )
   return own

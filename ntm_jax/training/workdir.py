@@ -35,6 +35,15 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
+def write_whole(path: str, text: str) -> None:
+  """Writes `path` whole or not at all (a new file renamed over the old): another process
+  reading it, or a resume after a kill mid-write, finds the old file or the new one."""
+  part = f'{path}.part-{os.getpid()}'
+  with open(part, 'w') as f:
+    f.write(text)
+  os.replace(part, path)
+
+
 def prepare(workdir: str, eval_only: bool = False) -> str:
   """The workdir as an absolute path, created if needed; a WorkdirError, naming the flag,
   if it is a file or (for training) cannot be written."""
@@ -98,8 +107,7 @@ class MetricsLog:
       return
     # A resumed run repeats the steps after its checkpoint: drop what they logged before.
     kept = [record for record in self.read(workdir) if record['step'] <= resume_step]
-    with open(self.path, 'w') as f:
-      f.writelines(json.dumps(record) + '\n' for record in kept)
+    write_whole(self.path, ''.join(json.dumps(record) + '\n' for record in kept))
 
   @staticmethod
   def read(workdir: str) -> list[dict]:
@@ -187,16 +195,12 @@ def record_config(
         )
   if not is_writer():
     return
-  with open(path, 'w') as f:
-    json.dump(
-        dict(
-            current,
-            **{k: v for k, v in vars(config).items() if k not in current},
-            task_settings=settings,
-        ),
-        f,
-        indent=2,
-    )
+  record = dict(
+      current,
+      **{k: v for k, v in vars(config).items() if k not in current},
+      task_settings=settings,
+  )
+  write_whole(path, json.dumps(record, indent=2))
 
 
 def _seed_list(seeds) -> str:
