@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint import multihost as orbax_multihost
 
 KEEP_LATEST = 3
 
@@ -27,6 +28,25 @@ def _save_in_background() -> bool:
   or hang. Saving in the main thread keeps every process's collectives in one order.
   """
   return jax.process_count() == 1
+
+
+_BARRIER_COUNTS: dict[str, int] = {}
+
+
+def _unique_barriers() -> Callable | None:
+  """With several processes, Orbax's barriers with a count in each name: Orbax reuses
+  some names at every save, and the coordination service refuses a name whose previous
+  barrier it still holds ("already ongoing"). Every process passes the same barriers in
+  the same order, so the counts (shared by all checkpointers) agree."""
+  if jax.process_count() == 1:
+    return None
+  barrier = orbax_multihost.get_barrier_sync_fn()
+
+  def unique(*, key: str, timeout_ms: int) -> None:
+    _BARRIER_COUNTS[key] = _BARRIER_COUNTS.get(key, -1) + 1
+    barrier(key=f'{key}.{_BARRIER_COUNTS[key]}', timeout_ms=timeout_ms)
+
+  return unique
 
 
 def _quiet_callbacks_onto_closed_loops() -> None:
@@ -78,6 +98,7 @@ class Checkpointer:
         create=True,
         preservation_policy=ocp.checkpoint_managers.LatestN(KEEP_LATEST),
         enable_async_checkpointing=_save_in_background(),
+        async_options=ocp.AsyncOptions(barrier_sync_fn=_unique_barriers()),
     )
 
   def latest_step(self) -> int | None:
